@@ -1,0 +1,1 @@
+"""A local FirecREST v2-compatible server (plus OAuth2 token endpoint) for trying and testing ci-runner."""
