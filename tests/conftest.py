@@ -1,0 +1,81 @@
+"""Shared fixtures: Slurm detection, the `slurm` marker policy, and the sandbox server.
+
+Policy: a test marked `slurm` runs on real Slurm. Without Slurm it is skipped on a user's machine,
+but fails in CI (env CI set), where .ci/run starts Slurm: a silent skip there would hide the very
+tests that matter.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _slurm_works() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0 and any(s in probe.stdout for s in ("idle", "mix", "alloc"))
+
+
+SLURM_AVAILABLE = _slurm_works()
+
+
+@pytest.fixture(scope="session")
+def slurm_available() -> bool:
+    return SLURM_AVAILABLE
+
+
+@pytest.fixture(autouse=True)
+def _slurm_policy(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("slurm") is None or SLURM_AVAILABLE:
+        return
+    if IN_CI:
+        pytest.fail("this test needs Slurm and CI is set: .ci/run must start Slurm (start-local-slurm.sh)")
+    pytest.skip("Slurm is not available on this machine")
+
+
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Both sandbox backends; the `slurm` one follows the marker policy above."""
+    return request.param
+
+
+@pytest.fixture
+def sandbox(backend_name: str, tmp_path: Path) -> Iterator[object]:
+    """A running in-process sandbox (FirecREST v2 + token endpoint) on 127.0.0.1 with a fresh root."""
+    from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+    root = tmp_path / "cluster"
+    root.mkdir()
+    handle = start_sandbox(SandboxOptions(root=root, backend=backend_name, port=0))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def _cancel_leftover_slurm_jobs(base: Path) -> None:
+    """Cancel Slurm jobs whose working directory lies under this session's temp dir (a safety net)."""
+    listing = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True, timeout=15)
+    ids = [line.split()[0] for line in listing.stdout.splitlines()
+           if len(line.split()) == 2 and line.split()[1].startswith(str(base))]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=15)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slurm_session_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    if SLURM_AVAILABLE:
+        _cancel_leftover_slurm_jobs(tmp_path_factory.getbasetemp())
