@@ -1,0 +1,90 @@
+"""Text handling shared by the reporters: whole-line buffering, ANSI escape sequences, durations. Pure."""
+
+from __future__ import annotations
+
+import re
+
+# CSI sequences (ESC [ params final), OSC sequences (ESC ] ... BEL/ST) and two-character escapes.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+SGR = re.compile(r"\x1b\[([0-9;:]*)m")
+
+
+def strip_ansi(text: str) -> str:
+    """Remove every ANSI escape sequence (colours, cursor movement, hyperlinks)."""
+    return ANSI_ESCAPE.sub("", text)
+
+
+def clean_line(line: str) -> str:
+    """A line of job output as a log line: no trailing CR (CRLF files) and no NUL bytes."""
+    return line.rstrip("\r").replace("\x00", "")
+
+
+class LineBuffer:
+    """Splits chunks of one entry's output into whole lines; keeps the unfinished last line."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def feed(self, text: str) -> list[str]:
+        """Complete lines in `text` (without their newline); an unfinished tail waits for the next feed."""
+        if not text:
+            return []
+        pieces = (self._partial + text).split("\n")
+        self._partial = pieces.pop()
+        return pieces
+
+    def flush(self) -> list[str]:
+        """The unfinished last line, if any (called when the entry ends)."""
+        rest, self._partial = self._partial, ""
+        return [rest] if rest else []
+
+
+class StyleTracker:
+    """Remembers the SGR style active at the end of each line, to re-emit it on the next line.
+
+    GitHub Actions resets the ANSI style at every newline; re-emitting keeps a coloured block coloured.
+    """
+
+    def __init__(self) -> None:
+        self._active: list[str] = []
+
+    def restyle(self, line: str) -> str:
+        """`line` prefixed with the style left active by previous lines; updates the state from `line`."""
+        prefix = "".join(self._active)
+        for match in SGR.finditer(line):
+            parts = match.group(1).split(";")
+            if parts[0] in ("", "0"):  # reset, possibly followed by new attributes ("0;1;31")
+                self._active = []
+                parts = parts[1:]
+                if not parts:
+                    continue
+                self._active.append(f"\x1b[{';'.join(parts)}m")
+            else:
+                self._active.append(match.group(0))
+        return prefix + line
+
+
+def format_duration(seconds: float | None) -> str:
+    """'-' for unknown; '42s', '3m 07s', '2h 05m 09s'."""
+    if seconds is None:
+        return "-"
+    total = max(0, int(round(seconds)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_exit_code(exit_code: int | None) -> str:
+    """'-' for unknown, else the number."""
+    return "-" if exit_code is None else str(exit_code)
+
+
+def tail_lines(text: str, max_lines: int, max_chars: int) -> str:
+    """The last `max_lines` lines of `text`, at most `max_chars` characters, escape codes removed."""
+    lines = strip_ansi(text).replace("\r\n", "\n").rstrip("\n").split("\n")[-max_lines:]
+    result = "\n".join(lines)
+    return result[-max_chars:] if len(result) > max_chars else result
