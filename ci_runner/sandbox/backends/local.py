@@ -1,0 +1,419 @@
+"""Local backend: batch scripts as subprocesses with Slurm-like queueing, states, time limits and output files.
+
+For laptops and CI runners without Slurm. What it imitates (Slurm 22.05 without accounting, as seen
+through FirecREST):
+- `#SBATCH --output/-o`, `--error/-e`, `--input/-i` (patterns %j %x %u %%; relative to the working
+  directory; default `slurm-%j.out`; stderr into the stdout file unless `--error`), `--job-name/-J`
+  (default "sbatch", the name sbatch gives a script read from stdin), `--time/-t` (all Slurm formats).
+- A fixed number of slots: jobs queue FIFO, PENDING with reason "Resources" until a slot frees, and
+  "BeginTime" while a `pending_delay` lasts.
+- RUNNING → COMPLETED (0:0) | FAILED (R:0, NonZeroExitCode) | TIMEOUT (0:15, TimeLimit: SIGTERM to the
+  job's process group, SIGKILL after `kill_wait`) | "CANCELLED by <uid>" (0:15 when it ran, 0:0 when
+  it was still pending). When the batch script ends, whatever it left behind in its group is killed.
+- A finished job is forgotten `min_job_age` seconds after it ended (Slurm's MinJobAge, 600 s): then
+  `jobs` omits it and `metadata` returns None, as the real server answers "Job not found.".
+
+Sandbox-only knob: `time_scale` multiplies every time limit before it is enforced (0.05 makes
+`--time=1` end after 3 s) so tests reach TIMEOUT quickly; job dicts still report the requested limit.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ci_runner.sandbox.backends.base import (
+    JobRecord,
+    cancelled_state,
+    check_env,
+    job_dict,
+    metadata_dict,
+)
+from ci_runner.sandbox.backends.sbatch_options import (
+    SbatchOptions,
+    check_batch_script,
+    expand_pattern,
+    parse_options,
+)
+
+_TICK = 0.05  # seconds between scheduler passes
+_MAX_PRIORITY = 4294901760  # Slurm's priority of the first job on an idle cluster; later jobs get less
+
+
+@dataclass
+class _Job:
+    """Mutable state of one local job; only touched under the backend's lock."""
+
+    job_id: str
+    script: str
+    working_dir: str
+    env: dict[str, str]
+    name: str
+    stdout: str
+    stderr: str
+    stdin: str
+    limit: int | None
+    begin: float
+    state: str = "PENDING"
+    reason: str = "None"
+    exit_code: int | None = None
+    signal: int | None = None
+    start: float | None = None
+    end: float | None = None
+    nodes: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    term_sent: float | None = None
+    killed: bool = False
+    timed_out: bool = False
+    cancelled_by: int | None = None
+    files: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        """The job's batch process has started and not been reaped yet (it holds a slot)."""
+        return self.proc is not None and self.proc.returncode is None
+
+
+class LocalBackend:
+    """Jobs as local subprocesses, each in its own session/process group (see module docstring)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path,
+        slots: int = 2,
+        *,
+        time_scale: float = 1.0,
+        kill_wait: float = 5.0,
+        min_job_age: float = 600.0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.root = Path(root)
+        self.slots = slots
+        self.time_scale = time_scale
+        self.kill_wait = kill_wait
+        self.min_job_age = min_job_age
+        self._spool = Path(tempfile.mkdtemp(prefix="ci-runner-local-jobs-"))
+        self._jobs: dict[str, _Job] = {}
+        self._next_id = 1
+        self._lock = threading.Condition()
+        self._closed = False
+        self._user = _user_name()
+        self._group = _group_name()
+        self._node = socket.gethostname().split(".")[0] or "localhost"
+        self._thread = threading.Thread(target=self._run, name="local-backend-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- Backend interface -------------------------------------------------------------------
+
+    def submit(self, script: str, working_dir: str, env: Mapping[str, str], pending_delay: float = 0.0) -> str:
+        """Queue `script`; it starts when a slot is free and `pending_delay` seconds have passed."""
+        check_env(env)
+        check_batch_script(script)
+        options = parse_options(script)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("backend is closed")
+            job_id = str(self._next_id)
+            self._next_id += 1
+            self._jobs[job_id] = self._new_job(job_id, script, working_dir, env, options, pending_delay)
+            self._lock.notify_all()
+        return job_id
+
+    def jobs(self, job_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Job dicts of `job_ids` (unknown or forgotten ones omitted), or of every job still remembered."""
+        with self._lock:
+            self._advance(time.time())
+            ids = list(self._jobs) if job_ids is None else [i for i in job_ids if i in self._jobs]
+            now = time.time()
+            return [job_dict(self._record(self._jobs[i], now)) for i in ids]
+
+    def metadata(self, job_id: str) -> dict[str, Any] | None:
+        """Script and expanded stdin/stdout/stderr paths of the job, or None if unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            return metadata_dict(job.job_id, job.script, job.stdin, job.stdout, job.stderr)
+
+    def cancel(self, job_id: str, uid: int) -> bool:
+        """Cancel a pending or running job (its whole process group); a finished job stays as it ended."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            now = time.time()
+            if job.state == "PENDING":
+                job.state = cancelled_state(uid)
+                job.exit_code, job.signal = 0, 0
+                job.start = job.end = now
+                job.nodes = "None assigned"
+            elif job.state == "RUNNING":
+                job.cancelled_by = uid
+                self._terminate(job, now)
+            self._lock.notify_all()
+            return True
+
+    def close(self) -> None:
+        """Stop the scheduler and kill every job process this backend started."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(timeout=5)
+        with self._lock:
+            for job in self._jobs.values():
+                if job.proc is not None:
+                    _signal_group(job.proc, signal.SIGKILL)
+                    try:
+                        job.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                _close_files(job)
+        shutil.rmtree(self._spool, ignore_errors=True)
+
+    # --- scheduling ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Scheduler thread: advance every job's state until closed."""
+        with self._lock:
+            while not self._closed:
+                self._advance(time.time())
+                self._lock.wait(timeout=_TICK)
+
+    def _advance(self, now: float) -> None:
+        """Reap finished processes, enforce time limits, start queued jobs, forget old ones."""
+        for job in self._jobs.values():
+            if job.proc is not None and job.proc.returncode is None:
+                self._check_running(job, now)
+        self._start_queued(now)
+        for job_id in [i for i, j in self._jobs.items() if self._forgettable(j, now)]:
+            del self._jobs[job_id]
+
+    def _check_running(self, job: _Job, now: float) -> None:
+        assert job.proc is not None and job.start is not None
+        returncode = job.proc.poll()
+        if returncode is not None:
+            _signal_group(job.proc, signal.SIGKILL)  # leftovers of the batch script die with the job
+            _close_files(job)
+            if job.state == "RUNNING":
+                self._finish(job, returncode, now)
+            return
+        if job.limit is not None and not job.timed_out and job.cancelled_by is None:
+            if now - job.start >= job.limit * self.time_scale:
+                job.timed_out = True
+                job.state, job.reason = "TIMEOUT", "TimeLimit"
+                job.exit_code, job.signal, job.end = 0, 15, now
+                self._terminate(job, now)
+        if job.term_sent is not None and not job.killed and now - job.term_sent >= self.kill_wait:
+            job.killed = True
+            _signal_group(job.proc, signal.SIGKILL)
+
+    def _finish(self, job: _Job, returncode: int, now: float) -> None:
+        """Final state of a job whose batch script ended by itself."""
+        job.end = now
+        if returncode == 0:
+            job.state, job.reason, job.exit_code, job.signal = "COMPLETED", "None", 0, 0
+        elif returncode > 0:
+            job.state, job.reason, job.exit_code, job.signal = "FAILED", "NonZeroExitCode", returncode, 0
+        else:
+            sig = -returncode
+            job.state, job.reason, job.exit_code, job.signal = "FAILED", f"RaisedSignal:{sig}({_signame(sig)})", 0, sig
+
+    def _terminate(self, job: _Job, now: float) -> None:
+        """SIGTERM the job's process group (SIGKILL follows after kill_wait); a cancel is final at once."""
+        if job.cancelled_by is not None and not job.timed_out:
+            job.state, job.exit_code, job.signal, job.end = cancelled_state(job.cancelled_by), 0, 15, now
+        if job.term_sent is None and job.proc is not None:
+            job.term_sent = now
+            _signal_group(job.proc, signal.SIGCONT)
+            _signal_group(job.proc, signal.SIGTERM)
+
+    def _start_queued(self, now: float) -> None:
+        free = self.slots - sum(1 for j in self._jobs.values() if j.live)
+        for job in sorted(self._pending(), key=lambda j: int(j.job_id)):
+            if job.begin > now:
+                job.reason = "BeginTime"
+            elif free > 0:
+                self._launch(job, now)
+                free -= job.live
+            else:
+                job.reason = "Resources"
+
+    def _pending(self) -> list[_Job]:
+        return [j for j in self._jobs.values() if j.state == "PENDING"]
+
+    def _forgettable(self, job: _Job, now: float) -> bool:
+        return job.end is not None and not job.live and now - job.end >= self.min_job_age
+
+    # --- one job -----------------------------------------------------------------------------
+
+    def _new_job(
+        self,
+        job_id: str,
+        script: str,
+        working_dir: str,
+        env: Mapping[str, str],
+        options: SbatchOptions,
+        pending_delay: float,
+    ) -> _Job:
+        name = options.job_name or "sbatch"
+
+        def path(pattern: str) -> str:
+            expanded = expand_pattern(pattern, job_id, name, self._user)
+            return expanded if os.path.isabs(expanded) else os.path.join(working_dir, expanded)
+
+        stdout = path(options.output or "slurm-%j.out")
+        return _Job(
+            job_id=job_id,
+            script=script,
+            working_dir=working_dir,
+            env=dict(env),
+            name=name,
+            stdout=stdout,
+            stderr=path(options.error) if options.error else stdout,
+            stdin=path(options.input) if options.input else "/dev/null",
+            limit=options.time_limit,
+            begin=time.time() + max(0.0, pending_delay),
+        )
+
+    def _launch(self, job: _Job, now: float) -> None:
+        """Start the batch script like slurmstepd: own session, Slurm variables, output files opened first."""
+        job.state, job.reason, job.start, job.nodes = "RUNNING", "None", now, self._node
+        job.exit_code, job.signal = 0, 0
+        script_path = self._spool / f"job{int(job.job_id):05d}" / "slurm_script"
+        script_path.parent.mkdir(parents=True, exist_ok=True)
+        script_path.write_text(job.script)
+        script_path.chmod(0o700)
+        cwd = job.working_dir if os.path.isdir(job.working_dir) else "/tmp"
+        try:
+            out = open(job.stdout, "wb")  # noqa: SIM115 - closed when the job is reaped
+            job.files.append(out)
+            err: IO[bytes] | int = subprocess.STDOUT
+            if job.stderr != job.stdout:
+                err = open(job.stderr, "wb")  # noqa: SIM115
+                job.files.append(err)
+            stdin = open(job.stdin, "rb")  # noqa: SIM115
+            job.files.append(stdin)
+            if cwd != job.working_dir:
+                (err if err != subprocess.STDOUT else out).write(  # type: ignore[union-attr]
+                    f"slurmstepd: error: couldn't chdir to `{job.working_dir}': No such file or directory: "
+                    "going to /tmp instead\n".encode()
+                )
+                out.flush()
+            job.proc = subprocess.Popen(
+                [str(script_path)],
+                cwd=cwd,
+                env=self._job_env(job),
+                stdin=stdin,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            _close_files(job)
+            job.state, job.reason, job.exit_code, job.signal, job.end = "FAILED", "NonZeroExitCode", 1, 0, now
+            job.nodes = self._node
+            _write_quietly(job.stderr, f"slurmstepd: error: {exc}\n")
+
+    def _job_env(self, job: _Job) -> dict[str, str]:
+        """`--export=ALL,K=V,...`: the sandbox's environment, the given variables, and Slurm's own."""
+        env = dict(os.environ)
+        env.update(job.env)
+        env.update(
+            {
+                "SLURM_JOB_ID": job.job_id,
+                "SLURM_JOBID": job.job_id,
+                "SLURM_JOB_NAME": job.name,
+                "SLURM_JOB_PARTITION": "debug",
+                "SLURM_JOB_NUM_NODES": "1",
+                "SLURM_JOB_NODELIST": self._node,
+                "SLURM_SUBMIT_DIR": job.working_dir,
+                "SLURM_CLUSTER_NAME": "local",
+            }
+        )
+        return env
+
+    def _record(self, job: _Job, now: float) -> JobRecord:
+        started = job.start is not None
+        elapsed = 0
+        if job.start is not None:
+            elapsed = int((job.end if job.end is not None else now) - job.start)
+        return JobRecord(
+            job_id=job.job_id,
+            name=job.name,
+            state=job.state,
+            reason=job.reason,
+            exit_code=job.exit_code,
+            signal=job.signal,
+            working_directory=job.working_dir,
+            user=self._user,
+            group=self._group,
+            elapsed=elapsed,
+            start=int(job.start) if job.start is not None else None,
+            end=int(job.end) if job.end is not None else None,
+            suspended=0 if started else None,
+            limit=job.limit,
+            nodes=job.nodes,
+            priority=_MAX_PRIORITY - int(job.job_id),
+        )
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send `sig` to the job's whole process group (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _close_files(job: _Job) -> None:
+    for handle in job.files:
+        handle.close()
+    job.files.clear()
+
+
+def _write_quietly(path: str, text: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError:
+        pass
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.strsignal(sig) or str(sig)
+    except ValueError:
+        return str(sig)
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _group_name() -> str:
+    try:
+        return grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        return str(os.getgid())
