@@ -1,0 +1,413 @@
+"""Render each matrix entry's Slurm batch script. Pure: no cluster, no CI, no printing.
+
+Layout of a generated script:
+
+1. `#!/bin/bash` and the `#SBATCH` header: `--job-name`, `--output`/`--error` (one file, see
+   layout.py), `--account` (from `account:` unless the entry's sbatch sets it), then the entry's
+   merged `sbatch:` options as `--name=value` (true -> `--name`, false -> omitted).
+2. A prologue (`set -uo pipefail`, no `-e`: it keeps exit codes itself) that exports `env:` and the
+   `CI_RUNNER_*` variables, then the checkout into `<root>/src`: `clone` fetches exactly the CI's
+   SHA (`git init`, `git fetch --depth 1 <url> <sha>`, `git checkout --detach FETCH_HEAD`, and
+   verifies HEAD); `upload` extracts `<root>/source.tar.gz`; `none` only creates the directory.
+   A failing checkout prints `ci-runner: checkout failed: ...` and exits with CHECKOUT_FAILED.
+3. The user's rendered script, written by a quoted heredoc (delimiter derived from a hash of the
+   body and checked absent from it) to `<root>/ci-runner-job.sh`, run from `<root>/src` with
+   `bash -eo pipefail` (the shell options GitHub Actions uses for `run:` steps), and its exit
+   status becomes the job's exit status.
+
+Quoting rules. Every value from the CI (sha, ref, URL, run id) and from `env:` is written through
+`shlex.quote`. In the template, every `{{ expression }}` is shell-quoted by default (a
+`finalize` hook), so `echo {{ ci.ref }}` stays one inert word whatever the branch is called;
+`| shquote` is accepted (no double quoting) and `| raw` opts out for text that must stay shell
+syntax (several words, a macro's output). Quoting makes values safe as shell *words*: inside a
+"double-quoted string" use the exported variables ("$CI_RUNNER_REF") instead.
+
+`#SBATCH` lines are read by sbatch, not by a shell: it splits on whitespace, strips quotes,
+honours backslashes and treats `#` as a comment. So option names must match
+`[A-Za-z][A-Za-z0-9-]*` and values may only contain printable ASCII without space, quotes,
+backslash or `#`; anything else is a ConfigError, never escaped. Options ci-runner owns
+(job-name, output, error, chdir, ...) cannot be set: the working directory is passed to the
+submit call (`working_dir = layout.root`).
+
+The template context is exactly: the entry's matrix values at top level, `matrix` (the same
+dict), `entry` (name, index), `ci` (sha, ref, repo, run_id, provider) and `env` (only the
+variables named in `pass_env`, taken from `environ`). Names that look like secrets are refused in
+`pass_env`: a job script is stored on the cluster and returned by the job metadata API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Mapping, Sequence
+
+import jinja2
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+
+from ci_runner.ci import CIContext
+from ci_runner.config import Config, Scalar
+from ci_runner.errors import ConfigError
+from ci_runner.layout import EntryLayout, entry_layout
+from ci_runner.matrix import Entry
+
+CHECKOUT_FAILED = 199  # exit code of a failed checkout; above 128+64, so no signal death looks like it
+CONTEXT_NAMES = ("matrix", "entry", "ci", "env")
+
+_SBATCH_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+_SBATCH_VALUE = re.compile(r"[!$-&(-\[\]-~]+")  # printable ASCII minus space " # ' \
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW(OR)?D|CREDENTIAL|PRIVATE|(?:^|_)KEY(?:$|_)|APIKEY", re.I)
+_OWN_OPTIONS = {
+    "job-name": "ci-runner names the job after the entry",
+    "output": "ci-runner streams the output from its own file",
+    "error": "ci-runner merges stderr into the output file",
+    "input": "batch jobs read no input",
+    "chdir": "the job runs in the entry directory; use `cd` in the script",
+    "wrap": "the job script is generated from `script`/`template`",
+    "array": "one entry is one job; use the matrix",
+    "wait": "ci-runner follows the job itself",
+    "parsable": "ci-runner reads the job id from the API",
+    "test-only": "the job must really run",
+}
+_INLINE = "<script>"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One entry's batch script and where it lives on the cluster.
+
+    `env` is for the submit call: only comma-free identifiers (FirecREST passes it through
+    `sbatch --export=ALL,K=V,...`); `config.env` is exported by the script itself.
+    """
+
+    entry: Entry
+    script: str
+    layout: EntryLayout
+    env: Mapping[str, str]
+
+    @property
+    def job_name(self) -> str:
+        """The Slurm job name in the header (to find the job again, e.g. after a submit timeout)."""
+        return job_name(self.entry.name)
+
+
+class _Quoted(str):
+    """Text that is already a shell word (from `shquote`) or deliberately raw (from `raw`)."""
+
+
+def shquote(value: object) -> _Quoted:
+    """Jinja filter: `value` as one inert shell word."""
+    return value if isinstance(value, _Quoted) else _Quoted(shlex.quote(str(value)))
+
+
+def _raw(value: object) -> _Quoted:
+    return _Quoted(str(value))
+
+
+def job_name(entry_name: str) -> str:
+    """`ci-runner-<entry>`, restricted to `[A-Za-z0-9._-]`."""
+    return "ci-runner-" + re.sub(r"[^A-Za-z0-9._-]", "_", entry_name)
+
+
+def job_scripts(
+    config: Config, entries: Sequence[Entry], ci: CIContext, workdir: str, environ: Mapping[str, str]
+) -> list[JobSpec]:
+    """The job script of every entry, in order. Raises ConfigError (template, sbatch, env) or UsageError."""
+    template = _Template.load(config)
+    passed = pass_env(config, environ)
+    return [_job(config, entry, ci, workdir, passed, template) for entry in entries]
+
+
+def job_script(
+    config: Config, entry: Entry, ci: CIContext, workdir: str, environ: Mapping[str, str]
+) -> JobSpec:
+    """The job script of one entry (see `job_scripts`)."""
+    return job_scripts(config, [entry], ci, workdir, environ)[0]
+
+
+def pass_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The `env` template variable: the `pass_env` names present in `environ`. Refuses secret-like names."""
+    for name in config.pass_env:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{config.path}: pass_env: {name!r} is not an environment variable name")
+        if _SECRET_NAME.search(name):
+            raise ConfigError(
+                f"{config.path}: pass_env: {name!r} looks like a secret; secrets must not reach job scripts "
+                "(they are stored on the cluster and shown by the job metadata API)"
+            )
+    return {name: environ[name] for name in config.pass_env if name in environ}
+
+
+def _job(
+    config: Config, entry: Entry, ci: CIContext, workdir: str, passed: Mapping[str, str], template: _Template
+) -> JobSpec:
+    layout = entry_layout(workdir, ci.run_id, entry.name)
+    context = _context(config, entry, ci, passed)
+    body = template.render(context)
+    ours = {
+        "CI_RUNNER_ENTRY": entry.name,
+        "CI_RUNNER_RUN_ID": ci.run_id,
+        "CI_RUNNER_PROVIDER": ci.provider,
+        "CI_RUNNER_SHA": ci.sha,
+        "CI_RUNNER_REF": ci.ref,
+        "CI_RUNNER_REPO": ci.repo_url,
+    }
+    script = "".join(
+        [
+            "#!/bin/bash\n",
+            sbatch_header(config, entry, layout),
+            _prologue(config, entry, ci, layout, ours),
+            _checkout(config.checkout, ci, layout),
+            _run_body(body, layout),
+        ]
+    )
+    submit_env = {"CI_RUNNER_ENTRY": entry.name, "CI_RUNNER_RUN_ID": ci.run_id}
+    return JobSpec(entry=entry, script=script, layout=layout, env=submit_env)
+
+
+def sbatch_header(config: Config, entry: Entry, layout: EntryLayout) -> str:
+    """The `#SBATCH` lines for `entry`. Raises ConfigError for an option sbatch could misread."""
+    options: dict[str, Scalar] = {"job-name": job_name(entry.name), "output": layout.output, "error": layout.output}
+    if config.account and "account" not in entry.sbatch:
+        options["account"] = config.account
+    for name, value in entry.sbatch.items():
+        where = f"{config.path}: sbatch.{name} (entry {entry.name})"
+        if not _SBATCH_NAME.fullmatch(name):
+            hint = f"; did you mean {name.replace('_', '-')!r}?" if "_" in name else ""
+            raise ConfigError(f"{where}: not a long sbatch option name (write it without dashes){hint}")
+        if name in _OWN_OPTIONS:
+            raise ConfigError(f"{where}: set by ci-runner ({_OWN_OPTIONS[name]})")
+        options[name] = value
+    lines = []
+    for name, value in options.items():
+        if value is False:
+            continue
+        if value is True:
+            lines.append(f"#SBATCH --{name}\n")
+            continue
+        text = str(value)
+        if not _SBATCH_VALUE.fullmatch(text):
+            raise ConfigError(
+                f"{config.path}: sbatch.{name} (entry {entry.name}): value {text!r} not allowed in an #SBATCH line; "
+                "use printable ASCII without spaces, quotes, backslashes or '#'"
+            )
+        lines.append(f"#SBATCH --{name}={text}\n")
+    return "".join(lines)
+
+
+def _prologue(
+    config: Config, entry: Entry, ci: CIContext, layout: EntryLayout, ours: Mapping[str, str]
+) -> str:
+    lines = [
+        f"# Generated by ci-runner: entry {entry.name} of run {ci.run_id}.\n",
+        "set -uo pipefail\n",
+        "ci_runner_fail() { printf 'ci-runner: checkout failed: %s\\n' \"$1\" >&2; exit "
+        f"{CHECKOUT_FAILED}; }}\n",
+    ]
+    for name, value in config.env.items():
+        if not _ENV_NAME.fullmatch(name) or name.startswith("CI_RUNNER_"):
+            raise ConfigError(f"{config.path}: env.{name}: not a usable environment variable name")
+        lines.append(f"export {name}={_value(config, f'env.{name}', value)}\n")
+    for name, value in ours.items():
+        lines.append(f"export {name}={_value(config, name, value)}\n")
+    lines.append(f"ci_runner_root={shlex.quote(layout.root)}\n")
+    lines.append(f"ci_runner_src={shlex.quote(layout.src)}\n")
+    return "".join(lines)
+
+
+def _checkout(mode: str, ci: CIContext, layout: EntryLayout) -> str:
+    src = '"$ci_runner_src"'
+    if mode == "none":
+        return f"mkdir -p {src} || ci_runner_fail 'cannot create the source directory'\n"
+    if mode == "upload":
+        return (
+            f"rm -rf -- {src} && mkdir -p {src} || ci_runner_fail 'cannot create the source directory'\n"
+            f"tar -xzf {shlex.quote(layout.archive)} -C {src} || ci_runner_fail 'cannot extract the uploaded archive'\n"
+        )
+    if mode != "clone":
+        raise ConfigError(f"checkout: unknown mode {mode!r}; use clone, upload or none")
+    url, sha = shlex.quote(ci.repo_url), shlex.quote(ci.sha)
+    return (
+        f"rm -rf -- {src} && mkdir -p {src} || ci_runner_fail 'cannot create the source directory'\n"
+        f"cd {src} || ci_runner_fail 'cannot enter the source directory'\n"
+        "export GIT_TERMINAL_PROMPT=0\n"
+        "git init -q . || ci_runner_fail 'git init failed (is git installed on the compute node?)'\n"
+        "git -c protocol.ext.allow=never fetch -q --no-tags --depth 1 -- "
+        f"{url} {sha} || ci_runner_fail \"cannot fetch commit $CI_RUNNER_SHA from $CI_RUNNER_REPO\"\n"
+        "git -c advice.detachedHead=false checkout -q --detach FETCH_HEAD "
+        "|| ci_runner_fail 'git checkout failed'\n"
+        f'[ "$(git rev-parse HEAD)" = {sha} ] || ci_runner_fail "HEAD is not $CI_RUNNER_SHA"\n'
+    )
+
+
+def _run_body(body: str, layout: EntryLayout) -> str:
+    if "\0" in body:
+        raise ConfigError("the rendered script contains a NUL byte")
+    if body and not body.endswith("\n"):
+        body += "\n"
+    delimiter = heredoc_delimiter(body)
+    return (
+        f"ci_runner_body={shlex.quote(layout.body)}\n"
+        f"cat > \"$ci_runner_body\" <<'{delimiter}' || ci_runner_fail 'cannot write the job script'\n"
+        f"{body}{delimiter}\n"
+        'cd "$ci_runner_src" || ci_runner_fail \'cannot enter the source directory\'\n'
+        '"${BASH:-/bin/bash}" -eo pipefail "$ci_runner_body"\n'
+        "exit $?\n"
+    )
+
+
+def heredoc_delimiter(body: str) -> str:
+    """A heredoc delimiter that is not a line of `body` (a hash of the body, extended if needed)."""
+    lines = set(body.split("\n"))
+    digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+    delimiter = f"CI_RUNNER_EOF_{digest[:16]}"
+    while delimiter in lines:
+        delimiter += "_"
+    return delimiter
+
+
+def _value(config: Config, name: str, value: object) -> str:
+    text = str(value)
+    if "\0" in text:
+        raise ConfigError(f"{config.path}: {name}: value contains a NUL byte")
+    return shlex.quote(text)
+
+
+def _context(config: Config, entry: Entry, ci: CIContext, passed: Mapping[str, str]) -> dict[str, Any]:
+    clash = sorted(set(entry.values) & set(CONTEXT_NAMES))
+    if clash:
+        raise ConfigError(
+            f"{config.path}: matrix variable(s) {', '.join(clash)} clash with the template names "
+            f"{', '.join(CONTEXT_NAMES)}; rename the axis"
+        )
+    matrix = dict(entry.values)
+    return {
+        **matrix,
+        "matrix": matrix,
+        "entry": {"name": entry.name, "index": entry.index},
+        "ci": {"sha": ci.sha, "ref": ci.ref, "repo": ci.repo_url, "run_id": ci.run_id, "provider": ci.provider},
+        "env": dict(passed),
+    }
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A compiled job template and how to name its lines in error messages."""
+
+    template: jinja2.Template
+    describe: Callable[[str | None, int | None], str]
+
+    @classmethod
+    def load(cls, config: Config) -> _Template:
+        if (config.script is None) == (config.template is None):
+            raise ConfigError(f"{config.path}: set exactly one of `script` and `template`")
+        environment = _environment(config)
+        name = _INLINE if config.script is not None else str(config.template)
+        describe = _describer(config)
+        try:
+            template = environment.get_template(name)
+        except jinja2.TemplateSyntaxError as error:
+            raise ConfigError(f"{describe(error.filename, error.lineno)}: {error.message}") from error
+        except jinja2.TemplateNotFound as error:
+            raise ConfigError(f"{config.path}: template: file not found: {error.name}") from error
+        return cls(template=template, describe=describe)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        try:
+            return self.template.render(context)
+        except jinja2.TemplateSyntaxError as error:  # in an included template
+            raise ConfigError(f"{self.describe(error.filename, error.lineno)}: {error.message}") from error
+        except jinja2.TemplateNotFound as error:  # an {% include %} of a missing file
+            where = self.describe(*_template_frame(error.__traceback__))
+            raise ConfigError(f"{where}: template not found: {error.name}") from error
+        except ConfigError:
+            raise
+        except Exception as error:  # sandbox violations, undefined names, errors in expressions
+            filename, lineno = _template_frame(error.__traceback__)
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if isinstance(error, jinja2.UndefinedError):
+                message += f" ({_available(context)})"
+            raise ConfigError(f"{self.describe(filename, lineno)}: {message}") from error
+
+
+def _environment(config: Config) -> SandboxedEnvironment:
+    base = config.path.parent
+
+    def load(name: str) -> tuple[str, str, Callable[[], bool]] | None:
+        if name == _INLINE:
+            return config.script or "", str(config.path), lambda: True
+        path = Path(name) if Path(name).is_absolute() else base / name
+        try:
+            return path.read_text(encoding="utf-8"), str(path), lambda: True
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read template: {error}") from error
+
+    environment = SandboxedEnvironment(
+        loader=jinja2.FunctionLoader(load),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=shquote,
+    )
+    environment.filters["shquote"] = shquote
+    environment.filters["raw"] = _raw
+    return environment
+
+
+def _template_frame(tb: TracebackType | None) -> tuple[str | None, int | None]:
+    """(file, line) of the innermost template frame of a traceback jinja2 has rewritten."""
+    found: tuple[str | None, int | None] = (None, None)
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name in ("template", "top-level template code") or code.co_name.startswith("block "):
+            found = (code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _describer(config: Config) -> Callable[[str | None, int | None], str]:
+    """Names a template line: `file:line` for template files, the config file's line for inline scripts."""
+    offset = _script_offset(config) if config.script is not None else None
+
+    def describe(filename: str | None, lineno: int | None) -> str:
+        if config.script is not None and filename in (None, str(config.path)):
+            if lineno is None:
+                return f"{config.path}: script"
+            if offset is not None:
+                return f"{config.path}:{offset + lineno}: script line {lineno}"
+            return f"{config.path}: script line {lineno}"
+        name = filename or str(config.template)
+        return f"{name}:{lineno}" if lineno is not None else name
+
+    return describe
+
+
+def _script_offset(config: Config) -> int | None:
+    """Line of the config file just before an inline `script: |` block's first line, if it can be found."""
+    try:
+        root = yaml.compose(config.path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for key, value in root.value:
+        if key.value == "script" and isinstance(value, yaml.ScalarNode):
+            if value.style == "|" and value.value == config.script:
+                return value.start_mark.line + 1  # 0-based line of `|` + 1 = 1-based line of `|`
+            if value.style in (None, "", "'", '"') and "\n" not in value.value and value.value == config.script:
+                return value.start_mark.line
+    return None
+
+
+def _available(context: Mapping[str, Any]) -> str:
+    """A hint listing the template variables, for undefined-name errors."""
+    names = [name for name in context if name not in CONTEXT_NAMES] + list(CONTEXT_NAMES)
+    passed = ", ".join(context.get("env", {})) or "none"
+    return f"template variables: {', '.join(names)}; env has the pass_env variables that are set: {passed}"
