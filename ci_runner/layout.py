@@ -51,7 +51,7 @@ def entry_layout(workdir: str, run_id: str, entry_name: str) -> EntryLayout:
     base = check_remote_dir(workdir)
     _check_name(run_id, "run id", UsageError)
     _check_name(entry_name, "entry name", ConfigError)
-    root = f"{base}/{run_id}/{entry_name}"
+    root = f"{base.rstrip('/')}/{run_id}/{entry_name}"
     return EntryLayout(
         root=root,
         src=f"{root}/src",
