@@ -8,9 +8,9 @@ The rules, in order (GitHub Actions semantics for `include`):
    object names (a partial match). Values compare by type: `4` matches `4` and `4.0`, not `"4"`.
 3. **Include.** Each `include` object, in order, is tried against every remaining combination of
    step 2. It *fits* a combination when it does not change any of the combination's axis values
-   (keys it shares with the axes have equal values). Its other keys, values added by earlier
-   includes included, are set on **every** combination it fits; its `sbatch` mapping is merged
-   over that entry's `sbatch`. An object that fits no combination becomes a **new entry** with
+   (keys it shares with the axes have equal values). Its other keys are set on **every**
+   combination it fits, replacing values an earlier include set there; its `sbatch` mapping is
+   merged over that entry's `sbatch`. An object that fits no combination becomes a **new entry** with
    just its own keys (a later include never extends such a new entry). So an include can bring
    back a combination that `exclude` dropped, as a new entry.
 4. **No matrix.** A configuration without axes and without includes has one entry, `default`.
