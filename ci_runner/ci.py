@@ -27,7 +27,7 @@ _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object names
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_ID = 100
 _URL_SCHEMES = ("https", "http", "ssh", "git", "file")
-_SCP_LIKE = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!//)\S+")  # git@host:owner/repo.git
+_SCP_LIKE = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!:|//)\S+")  # git@host:o/r.git, not helper::x
 _GIT_TIMEOUT = 30.0
 
 
