@@ -1,0 +1,266 @@
+"""Slurm backend: real `sbatch`, `scontrol` and `scancel` on this machine, as the FirecREST server runs them.
+
+- submit: `sbatch --parsable --export=ALL,K=V,... --chdir=<dir> [--begin=now+N]`, script on stdin
+  (the real server's command line; `pending_delay` becomes `--begin`, so the job is PENDING/BeginTime.
+  Note: Slurm only re-evaluates a job after its begin time at its next scheduling pass, up to ~30 s later).
+- job info from `scontrol show job -o` (there is no accounting database, so no sacct): fields mapped
+  the way the real server maps sacct/squeue columns. A job cancelled through `cancel` reads
+  "CANCELLED by <uid>" like sacct shows it; other cancelled jobs read "CANCELLED by <our uid>".
+- Once Slurm purges a finished job (MinJobAge, 600 s here) it is gone: `jobs` omits it and `metadata`
+  returns None, which the server turns into 404 "Job not found." like a real server without accounting.
+- `jobs()` without ids lists only the jobs this backend submitted (other users of the machine's Slurm,
+  e.g. parallel test runs, stay invisible); explicit ids are looked up whoever submitted them.
+- Slurm command failures → BackendError(500, "Unexpected Slurm command response. ..."); a QOS or
+  association limit on submit → 403; a command that hangs longer than `command_timeout` → 408.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ci_runner.sandbox.backends.base import (
+    BackendError,
+    JobRecord,
+    cancelled_state,
+    check_env,
+    job_dict,
+    metadata_dict,
+    slurm_command_error,
+)
+
+_ACTIVE = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
+    "STAGE_OUT", "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
+}  # fmt: skip
+_QUOTA = re.compile(r"\b(?:QOS|Assoc)(?:Max|Min)\w*Limit\b", re.IGNORECASE)
+_FIELD = re.compile(r"([A-Za-z][A-Za-z0-9:/_]*)=(.*?)(?= [A-Za-z][A-Za-z0-9:/_]*=|$)")
+_INVALID_JOB = "Invalid job id specified"
+_ONE_YEAR = 365 * 86400  # sched/backfill records an unlimited job's limit as 365-00:00:00
+
+
+def slurm_works(timeout: float = 5.0) -> bool:
+    """True when `sbatch` is on PATH and `scontrol ping` finds the controller up."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return False
+    try:
+        done = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "UP" in done.stdout
+
+
+class SlurmBackend:
+    """Jobs on the machine's real Slurm (see module docstring)."""
+
+    name = "slurm"
+
+    def __init__(self, command_timeout: float = 10.0) -> None:
+        self.command_timeout = command_timeout
+        self._lock = threading.Lock()
+        self._scripts: dict[str, str] = {}  # job id -> submitted script, in submission order
+        self._cancelled: dict[str, int] = {}  # job id -> uid that cancelled it through the API
+        self._cluster: str | None = None
+
+    # --- Backend interface -------------------------------------------------------------------
+
+    def submit(self, script: str, working_dir: str, env: Mapping[str, str], pending_delay: float = 0.0) -> str:
+        """Run sbatch like the real server; the job id it prints."""
+        check_env(env)
+        export = ",".join(["ALL", *(f"{key}={value}" for key, value in env.items())])
+        args = ["sbatch", "--parsable", f"--export={export}", f"--chdir={working_dir}"]
+        if pending_delay > 0:
+            args.append(f"--begin=now+{max(1, round(pending_delay))}")
+        done = self._run(args, stdin=script)
+        if done.returncode != 0:
+            if _QUOTA.search(done.stderr):
+                raise BackendError(
+                    403, f"Job submission rejected: accounting/QOS policy limit exceeded. {done.stderr.strip()}"
+                )
+            raise slurm_command_error("sbatch", done.returncode, done.stderr)
+        job_id = done.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise slurm_command_error("sbatch", done.returncode, f"no job id in output {done.stdout!r}")
+        with self._lock:
+            self._scripts[job_id] = script
+        return job_id
+
+    def jobs(self, job_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Job dicts from `scontrol show job -o`, in the order asked (or of submission)."""
+        with self._lock:
+            wanted = list(self._scripts) if job_ids is None else list(job_ids)
+            cancelled = dict(self._cancelled)
+        if not wanted:
+            return []
+        fields_by_id = {f.get("JobId", ""): f for f in self._show_jobs(wanted)}
+        cluster = self._cluster_name()
+        return [
+            job_dict(job_record(fields_by_id[i], cancelled.get(i), cluster)) for i in wanted if i in fields_by_id
+        ]
+
+    def metadata(self, job_id: str) -> dict[str, Any] | None:
+        """Script and StdIn/StdOut/StdErr (patterns expanded by Slurm), or None once Slurm forgot the job."""
+        found = self._show_jobs([job_id])
+        if not found:
+            return None
+        fields = found[0]
+        with self._lock:
+            script = self._scripts.get(job_id)
+        if script is None:
+            done = self._run(["scontrol", "write", "batch_script", job_id, "-"])
+            script = done.stdout if done.returncode == 0 else ""
+        return metadata_dict(
+            job_id, script, fields.get("StdIn", ""), fields.get("StdOut", ""), fields.get("StdErr", "")
+        )
+
+    def cancel(self, job_id: str, uid: int) -> bool:
+        """scancel the job; False if Slurm does not know it. A finished job keeps its final state."""
+        if not self._show_jobs([job_id]):
+            return False
+        with self._lock:
+            self._cancelled.setdefault(job_id, uid)
+        done = self._run(["scancel", job_id])
+        if done.returncode != 0:
+            raise slurm_command_error("scancel", done.returncode, done.stderr)
+        return True
+
+    def close(self) -> None:
+        """Cancel the jobs this backend submitted that are still queued or running."""
+        with self._lock:
+            ids = list(self._scripts)
+        if not ids:
+            return
+        try:
+            active = [f["JobId"] for f in self._show_jobs(ids) if _base_state(f.get("JobState", "")) in _ACTIVE]
+            if active:
+                self._run(["scancel", *active])
+        except BackendError:
+            pass
+
+    # --- Slurm commands ------------------------------------------------------------------------
+
+    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm command with epoch timestamps; timeouts and missing binaries become BackendError."""
+        env = dict(os.environ, SLURM_TIME_FORMAT="%s")
+        try:
+            return subprocess.run(
+                args,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=self.command_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BackendError(408, f"Command execution timeout: {args[0]} ({self.command_timeout:g} s)") from exc
+        except OSError as exc:
+            raise slurm_command_error(args[0], 127, str(exc)) from exc
+
+    def _show_jobs(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
+        """scontrol's fields of the known jobs among `job_ids` (one call per id for a single id, else one)."""
+        ids = [i for i in job_ids if i.isdigit()]
+        if not ids:
+            return []
+        args = ["scontrol", "show", "job", "-o"] + (ids if len(ids) == 1 else [])
+        done = self._run(args)
+        if done.returncode != 0:
+            if _INVALID_JOB in done.stderr:
+                return []
+            raise slurm_command_error("scontrol show job", done.returncode, done.stderr)
+        wanted = set(ids)
+        return [f for f in map(parse_scontrol_line, done.stdout.splitlines()) if f.get("JobId") in wanted]
+
+    def _cluster_name(self) -> str:
+        if self._cluster is None:
+            done = self._run(["scontrol", "show", "config"])
+            match = re.search(r"^ClusterName\s*=\s*(\S+)", done.stdout, re.MULTILINE)
+            self._cluster = match.group(1) if match else "local"
+        return self._cluster
+
+
+def parse_scontrol_line(line: str) -> dict[str, str]:
+    """`Key=Value` pairs of one `scontrol show job -o` line (values may contain spaces)."""
+    return {m.group(1): m.group(2) for m in _FIELD.finditer(line.strip())}
+
+
+def job_record(fields: Mapping[str, str], cancelled_by: int | None, cluster: str) -> JobRecord:
+    """Map scontrol's fields to what FirecREST reports (sacct semantics: null start/end while unknown)."""
+    state = _base_state(fields.get("JobState", ""))
+    pending = state == "PENDING"
+    terminal = state not in _ACTIVE
+    exit_code, signal = _exit_code(fields.get("ExitCode", ""))
+    nodes = _null(fields.get("NodeList", ""))
+    return JobRecord(
+        job_id=fields.get("JobId", ""),
+        name=fields.get("JobName", ""),
+        state=cancelled_state(cancelled_by) if state == "CANCELLED" else state,
+        reason=fields.get("Reason", "None"),
+        exit_code=None if pending else exit_code,
+        signal=None if pending else signal,
+        working_directory=fields.get("WorkDir", ""),
+        user=_name_of(fields.get("UserId", "")),
+        group=_name_of(fields.get("GroupId", "")),
+        elapsed=duration_seconds(fields.get("RunTime", "")) or 0,
+        start=None if pending else _epoch(fields.get("StartTime", "")),
+        end=_epoch(fields.get("EndTime", "")) if terminal else None,
+        suspended=None if pending else 0,
+        limit=_limit(fields.get("TimeLimit", "")),
+        account="(null)" if pending and fields.get("Account") == "(null)" else _null(fields.get("Account", "")),
+        cluster=cluster,
+        partition=fields.get("Partition", ""),
+        nodes="None assigned" if terminal and not nodes else nodes,
+        allocation_nodes=_leading_int(fields.get("NumNodes", "")) or 1,
+        priority=_leading_int(fields.get("Priority", "")),
+    )
+
+
+def duration_seconds(text: str) -> int | None:
+    """Seconds of scontrol's [D-]HH:MM:SS (or MM:SS); None for UNLIMITED, Partition_Limit and the like."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _limit(text: str) -> int | None:
+    """TimeLimit in seconds; None for no limit (UNLIMITED, or the one year backfill substitutes for it)."""
+    seconds = duration_seconds(text)
+    return None if seconds is None or seconds >= _ONE_YEAR else seconds
+
+
+def _base_state(text: str) -> str:
+    """'CANCELLED by 0' or 'CANCELLED+' → 'CANCELLED'."""
+    return text.split(" ")[0].rstrip("+")
+
+
+def _exit_code(text: str) -> tuple[int | None, int | None]:
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), int(sig or 0)
+    except ValueError:
+        return None, None
+
+
+def _epoch(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _null(text: str) -> str:
+    return "" if text == "(null)" else text
+
+
+def _name_of(text: str) -> str:
+    """'root(0)' → 'root'."""
+    return text.split("(")[0]
+
+
+def _leading_int(text: str) -> int | None:
+    match = re.match(r"\d+", text)
+    return int(match.group()) if match else None
