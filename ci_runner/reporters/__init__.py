@@ -5,6 +5,50 @@
 
 from __future__ import annotations
 
-from ci_runner.reporters.base import EntryResult, PlainReporter, Reporter
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence, TextIO
 
-__all__ = ["EntryResult", "PlainReporter", "Reporter"]
+from ci_runner.reporters.base import EntryResult, PlainReporter, Reporter, supports_color
+
+if TYPE_CHECKING:
+    from ci_runner.ci import CIContext
+
+__all__ = ["EntryResult", "PlainReporter", "Reporter", "for_context", "supports_color"]
+
+JUNIT_NAME = "ci-runner-junit.xml"
+
+
+def for_context(
+    ci: CIContext,
+    stream: TextIO,
+    *,
+    entries: Sequence[str] | None = None,
+    color: bool = False,
+) -> Reporter:
+    """The reporter for the CI that runs us.
+
+    `entries`: names of the entries this run will follow (one entry: groups/sections; several:
+    `[entry] ` prefixes; None: prefixes). `color` applies to plain/Jenkins output only (the caller
+    decides with `supports_color(stream, environ)`); GitHub and GitLab always render colours.
+    Report files go where the CI wants them: GitHub outputs/summary files and the current directory
+    (the workspace) for JUnit + JSON summary; GitLab CI_PROJECT_DIR; Jenkins WORKSPACE.
+    """
+    if ci.provider == "github":
+        from ci_runner.reporters.github import GitHubReporter
+
+        return GitHubReporter(
+            stream,
+            entries=entries,
+            output_path=ci.paths.github_output,
+            summary_path=ci.paths.github_step_summary,
+            report_dir=Path.cwd(),
+            run_url=ci.run_url,
+        )
+    if ci.provider == "gitlab":
+        from ci_runner.reporters.gitlab import GitLabReporter
+
+        return GitLabReporter(stream, entries=entries, report_dir=ci.paths.gitlab_project_dir or Path.cwd())
+    if ci.provider == "jenkins":
+        workspace = ci.paths.jenkins_workspace or Path.cwd()
+        return PlainReporter(stream, color=color, entries=entries, junit_path=workspace / JUNIT_NAME)
+    return PlainReporter(stream, color=color, entries=entries)

@@ -159,7 +159,7 @@ class PlainReporter:
         self._message(finished_line(result))
 
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
-        self._write_lines(self._summary_table(results))
+        self._own_lines(self._summary_table(results))
         self._message(verdict_line(results, exit_code))
         if self._junit_path is not None:
             self._write_junit(results, self._junit_path)
@@ -173,7 +173,11 @@ class PlainReporter:
 
     def _message(self, text: str) -> None:
         """A line of ci-runner's own (not job output)."""
-        self._write_lines([f"ci-runner: {text}"])
+        self._own_lines([f"ci-runner: {text}"])
+
+    def _own_lines(self, lines: list[str]) -> None:
+        """Lines written by ci-runner itself (never job output)."""
+        self._write_lines(lines)
 
     def _job_lines(self, entry: str, lines: list[str]) -> None:
         """Whole lines of one entry's output."""

@@ -48,6 +48,11 @@ class StyleTracker:
     def __init__(self) -> None:
         self._active: list[str] = []
 
+    @property
+    def active(self) -> bool:
+        """A style is still in effect after the last line."""
+        return bool(self._active)
+
     def restyle(self, line: str) -> str:
         """`line` prefixed with the style left active by previous lines; updates the state from `line`."""
         prefix = "".join(self._active)
