@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ci_runner import __version__
-from ci_runner.errors import CIRunnerError
+from ci_runner.errors import CIRunnerError, UsageError
+
+if TYPE_CHECKING:
+    from ci_runner.matrix import Entry
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -72,3 +77,95 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _register_sandbox()
+
+
+# --- validate / matrix / render (config helper) --------------------------------------------------
+# ci_runner.config/matrix/render are imported inside the commands.
+
+GITLAB_MAX_PARALLEL = 200  # GitLab rejects a `parallel: matrix:` with more jobs
+RENDER_WORKDIR = "/tmp/ci-runner"  # placeholder base directory for dry runs without a configured workdir
+
+_CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=".ci-runner.yml",
+    show_default=True, help="Configuration file.")
+
+
+@cli.command("validate", help="Check the configuration file and its matrix; print one line with the entry count.")
+@_CONFIG_OPTION
+def validate_command(config_path: Path) -> None:
+    from ci_runner import config, matrix
+
+    entries = matrix.expand(config.load(config_path))
+    noun = "entry" if len(entries) == 1 else "entries"
+    click.echo(f"{config_path}: OK, {len(entries)} {noun}: {', '.join(e.name for e in entries)}")
+
+
+@cli.command("matrix", help="Print the matrix entries. json: a list of {name, values, sbatch, system}; "
+             "github: one line for `strategy.matrix: ${{ fromJSON(...) }}` with `entry` per job "
+             "(then `ci-runner run --entry ${{ matrix.entry }}`); gitlab: a `parallel: matrix:` list "
+             "with ENTRY (then `ci-runner run --entry $ENTRY`).")
+@_CONFIG_OPTION
+@click.option("--format", "output_format", type=click.Choice(["json", "github", "gitlab"]), default="json",
+              show_default=True, help="Output format.")
+def matrix_command(config_path: Path, output_format: str) -> None:
+    import json
+
+    from ci_runner import config, matrix
+
+    entries = matrix.expand(config.load(config_path))
+    if output_format == "github":
+        document: object = {"include": [{"entry": e.name, **e.values} for e in entries]}
+        click.echo(json.dumps(document, separators=(",", ":"), ensure_ascii=False))
+    elif output_format == "gitlab":
+        if len(entries) > GITLAB_MAX_PARALLEL:
+            raise UsageError(f"{config_path}: {len(entries)} entries; GitLab's parallel:matrix allows at most "
+                             f"{GITLAB_MAX_PARALLEL} jobs")
+        click.echo(json.dumps([{"ENTRY": [e.name for e in entries]}], ensure_ascii=False))
+    else:
+        document = [{"name": e.name, "values": dict(e.values), "sbatch": dict(e.sbatch), "system": e.system}
+                    for e in entries]
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@cli.command("render", help="Dry run: print each entry's job script (or write <DIR>/<entry>.sh); submits nothing.")
+@_CONFIG_OPTION
+@click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Only this entry (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write the scripts to DIR/<entry>.sh instead of printing them.")
+@click.option("--workdir", metavar="DIR",
+              help=f"Remote base directory (default: the config's `workdir`, else {RENDER_WORKDIR}; "
+                   "`run` asks the system for its default).")
+def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Path | None, workdir: str | None) -> None:
+    import os
+
+    from ci_runner import ci, config, matrix, render
+
+    loaded = config.load(config_path)
+    entries = select_entries(matrix.expand(loaded), entry_names)
+    specs = render.job_scripts(loaded, entries, ci.detect(os.environ, Path.cwd()),
+                               workdir or loaded.workdir or RENDER_WORKDIR, os.environ)
+    if out_dir is None:
+        for spec in specs:
+            click.echo(f"# {'=' * 20} entry {spec.entry.name} (system {spec.entry.system}) {'=' * 20}")
+            click.echo(spec.script, nl=not spec.script.endswith("\n"))
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            target = out_dir / f"{spec.entry.name}.sh"
+            target.write_text(spec.script, encoding="utf-8")
+            click.echo(f"wrote {target}")
+    except OSError as error:
+        raise UsageError(f"--out {out_dir}: cannot write: {error.strerror or error}") from None
+
+
+def select_entries(entries: list[Entry], names: tuple[str, ...]) -> list[Entry]:
+    """The entries called `names` (all when empty), in matrix order; UsageError naming the valid ones."""
+    if not names:
+        return entries
+    known = {e.name for e in entries}
+    unknown = [n for n in dict.fromkeys(names) if n not in known]
+    if unknown:
+        raise UsageError(f"unknown entry {', '.join(repr(n) for n in unknown)}; valid entries: "
+                         f"{', '.join(e.name for e in entries)}")
+    return [e for e in entries if e.name in names]
