@@ -41,12 +41,11 @@ RESERVED_SBATCH = {
     "wait": "ci-runner follows the job itself",
     "parsable": "ci-runner reads the job id from FirecREST",
     "test-only": "ci-runner submits real jobs; use `ci-runner render` for a dry run",
-    "account": "use the top-level `account` key",
 }
 # Names the template context uses itself; a matrix axis of that name would shadow them.
-RESERVED_AXES = {"entry", "ci", "env", "sbatch"}
+RESERVED_AXES = {"entry", "ci", "env", "matrix", "sbatch"}
 MATRIX_KEYWORDS = ("exclude", "include", "max_entries")
-SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SYSTEM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class InvalidDuration(ConfigError, ValueError):
@@ -491,7 +490,7 @@ class _Checks:
                 self.fail(("matrix", name), f"{name!r} is reserved in templates; rename the axis", key=True)
         if isinstance(axes.get("system"), list):
             for index, value in enumerate(axes["system"]):
-                if not (isinstance(value, str) and SYSTEM_NAME.match(value)):
+                if not (isinstance(value, str) and SYSTEM_NAME.fullmatch(value)):
                     self.fail(("matrix", "system", index), f"expected a system name, got {_describe(value)}")
         excludes = matrix.get("exclude")
         for index, exclude in enumerate(excludes if isinstance(excludes, list) else []):
@@ -505,7 +504,7 @@ class _Checks:
             for name, value in include.items():
                 if name in RESERVED_AXES - {"sbatch"}:
                     self.fail(path + (name,), f"{name!r} is reserved in templates; rename the variable", key=True)
-                elif name == "system" and not (isinstance(value, str) and SYSTEM_NAME.match(value)):
+                elif name == "system" and not (isinstance(value, str) and SYSTEM_NAME.fullmatch(value)):
                     self.fail(path + (name,), f"expected a system name, got {_describe(value)}")
             if isinstance(include.get("sbatch"), dict):
                 self.sbatch(path + ("sbatch",), include["sbatch"])
