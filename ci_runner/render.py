@@ -176,8 +176,9 @@ def sbatch_header(config: Config, entry: Entry, layout: EntryLayout) -> str:
     if config.account and "account" not in entry.sbatch:
         options["account"] = config.account
     for name, value in entry.sbatch.items():
-        where = f"{config.path}: sbatch.{name} (entry {entry.name})"
-        if not _SBATCH_NAME.fullmatch(name):
+        valid = _SBATCH_NAME.fullmatch(name) is not None
+        where = f"{config.path}: sbatch.{name if valid else repr(name)} (entry {entry.name})"
+        if not valid:
             hint = f"; did you mean {name.replace('_', '-')!r}?" if "_" in name else ""
             raise ConfigError(f"{where}: not a long sbatch option name (write it without dashes){hint}")
         if name in _OWN_OPTIONS:
@@ -211,7 +212,7 @@ def _prologue(
     ]
     for name, value in config.env.items():
         if not _ENV_NAME.fullmatch(name) or name.startswith("CI_RUNNER_"):
-            raise ConfigError(f"{config.path}: env.{name}: not a usable environment variable name")
+            raise ConfigError(f"{config.path}: env: {name!r} is not a usable environment variable name")
         lines.append(f"export {name}={_value(config, f'env.{name}', value)}\n")
     for name, value in ours.items():
         lines.append(f"export {name}={_value(config, name, value)}\n")

@@ -1,0 +1,456 @@
+"""Job-script rendering, checked by running the generated scripts with bash (and once with sbatch)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+import yaml
+
+from ci_runner.ci import CIContext
+from ci_runner.config import Config
+from ci_runner.errors import ConfigError
+from ci_runner.matrix import Entry
+from ci_runner.render import CHECKOUT_FAILED, JobSpec, heredoc_delimiter, job_script, job_scripts
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+HOSTILE = [
+    "$(touch {canary})",
+    "`touch {canary}`",
+    "'; touch {canary}; '",
+    '"; touch {canary}; "',
+    "a;touch {canary}",
+    "a|touch {canary}",
+    "a && touch {canary}",
+    "x\ntouch {canary}\ny",
+    "${{IFS}}touch${{IFS}}{canary}",
+    "  two  spaces  ",
+    "tab\there",
+    "\\",
+    "*",
+    "~",
+    "-n",
+    "",
+    "ünïcödé 漢字",
+    "EOF",
+]
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main", *args],
+        cwd=cwd, capture_output=True, text=True, check=True,
+    )
+    return done.stdout.strip()
+
+
+def make_config(tmp_path: Path, **fields: Any) -> Config:
+    fields.setdefault("script", "true\n")
+    fields.setdefault("checkout", "none")
+    return Config(path=tmp_path / ".ci-runner.yml", system="local", **fields)
+
+
+def make_entry(values: Mapping[str, Any] | None = None, sbatch: Mapping[str, Any] | None = None,
+               name: str = "gcc-4", index: int = 0) -> Entry:
+    return Entry(name=name, index=index, values=dict(values or {}), sbatch=dict(sbatch or {}), system="local")
+
+
+def make_ci(**fields: Any) -> CIContext:
+    base: dict[str, Any] = dict(provider="local", sha=SHA, ref="refs/heads/main",
+                                repo_url="https://example.org/r.git", run_id="run-1")
+    base.update(fields)
+    return CIContext(**base)
+
+
+def run(spec: JobSpec, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run the generated script as Slurm would: bash, working directory = the entry root."""
+    Path(spec.layout.root).mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "job.sbatch"
+    script.write_text(spec.script)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LC_ALL": "C.UTF-8"}
+    return subprocess.run(["bash", str(script)], cwd=spec.layout.root, env=env, capture_output=True, timeout=60)
+
+
+def nul_fields(output: bytes) -> list[str]:
+    assert output.endswith(b"\0"), output
+    return output[:-1].decode().split("\0")
+
+
+# ---------------------------------------------------------------- hostile values stay inert
+
+
+def test_hostile_values_stay_inert_and_round_trip(tmp_path: Path) -> None:
+    canary = tmp_path / "CANARY"
+    values = [v.format(canary=canary) for v in HOSTILE]
+    matrix = {f"v{i}": v for i, v in enumerate(values)}
+    printed = " ".join(f"{{{{ v{i} }}}} {{{{ matrix.v{i} }}}} {{{{ v{i} | shquote }}}}" for i in range(len(values)))
+    script = (
+        f"printf '%s\\0' {printed}\n"
+        "printf '%s\\0' {{ ci.ref }} {{ ci.repo }} {{ ci.sha }} {{ env.HOSTILE_ENV }}\n"
+        'printf \'%s\\0\' "$CI_RUNNER_REF" "$CI_RUNNER_REPO" "$FROM_CONFIG"\n'
+    )
+    hostile = values[0] + values[7]
+    config = make_config(tmp_path, script=script, pass_env=("HOSTILE_ENV",), env={"FROM_CONFIG": hostile})
+    ci = make_ci(ref=f"refs/heads/{hostile}", repo_url=f"https://example.org/{values[2]}.git")
+    spec = job_script(config, make_entry(matrix), ci, str(tmp_path / "work"), {"HOSTILE_ENV": hostile})
+
+    done = run(spec, tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert not canary.exists()
+    expected = [v for v in values for _ in range(3)]
+    expected += [ci.ref, ci.repo_url, SHA, hostile, ci.ref, ci.repo_url, hostile]
+    assert nul_fields(done.stdout) == expected
+
+
+def test_raw_filter_is_not_quoted_so_the_harness_can_see_injection(tmp_path: Path) -> None:
+    """Control for the test above: an unquoted value does execute, and the canary check notices."""
+    canary = tmp_path / "CANARY"
+    config = make_config(tmp_path, script="echo {{ v | raw }}\n")
+    spec = job_script(config, make_entry({"v": f"$(touch {canary})"}), make_ci(), str(tmp_path / "w"), {})
+    assert run(spec, tmp_path).returncode == 0
+    assert canary.exists()
+
+
+def test_body_lines_that_look_like_delimiters_are_kept(tmp_path: Path) -> None:
+    body = "cat <<'EOF'\nCI_RUNNER_EOF_0000000000000000\n'EOF'\nEOF\necho two\n"
+    script = "{% raw %}" + body + "{% endraw %}"
+    spec = job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    done = run(spec, tmp_path)
+    assert (done.returncode, done.stdout) == (0, b"CI_RUNNER_EOF_0000000000000000\n'EOF'\ntwo\n")
+    assert heredoc_delimiter(body) not in body.split("\n")
+
+
+def test_script_without_trailing_newline(tmp_path: Path) -> None:
+    spec = job_script(make_config(tmp_path, script="echo last"), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    assert run(spec, tmp_path).stdout == b"last\n"
+
+
+# ---------------------------------------------------------------- exit codes
+
+
+@pytest.mark.parametrize(
+    "script, code",
+    [
+        ("echo ok\n", 0),
+        ("exit 3\n", 3),
+        ("false\necho not reached\n", 1),
+        ("false | true\necho not reached\n", 1),
+        ("kill -TERM $$\n", 143),
+    ],
+)
+def test_user_exit_status_becomes_the_job_status(tmp_path: Path, script: str, code: int) -> None:
+    spec = job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    done = run(spec, tmp_path)
+    assert done.returncode == code, done.stderr
+    assert b"not reached" not in done.stdout
+
+
+def test_user_script_runs_in_src_with_the_ci_runner_variables(tmp_path: Path) -> None:
+    script = 'pwd; echo "$CI_RUNNER_ENTRY $CI_RUNNER_RUN_ID $CI_RUNNER_PROVIDER $CI_RUNNER_SHA $OMP_NUM_THREADS"\n'
+    config = make_config(tmp_path, script=script, env={"OMP_NUM_THREADS": "2"})
+    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    lines = run(spec, tmp_path).stdout.decode().splitlines()
+    assert lines == [spec.layout.src, f"gcc-4 run-1 local {SHA} 2"]
+    assert spec.env == {"CI_RUNNER_ENTRY": "gcc-4", "CI_RUNNER_RUN_ID": "run-1"}
+
+
+# ---------------------------------------------------------------- checkout
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> tuple[Path, str, str]:
+    """A real repository with two commits; returns (path, first sha, second sha)."""
+    path = tmp_path / "origin"
+    path.mkdir()
+    git(path, "init", "-q")
+    (path / "version.txt").write_text("first\n")
+    git(path, "add", "version.txt")
+    git(path, "commit", "-q", "-m", "first")
+    first = git(path, "rev-parse", "HEAD")
+    (path / "version.txt").write_text("second\n")
+    git(path, "commit", "-q", "-am", "second")
+    return path, first, git(path, "rev-parse", "HEAD")
+
+
+def test_clone_checks_out_the_exact_sha(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
+    path, first, second = origin
+    canary = tmp_path / "CANARY"
+    config = make_config(tmp_path, checkout="clone", script="git rev-parse HEAD\ncat version.txt\n")
+    ci = make_ci(sha=first, repo_url=path.as_uri(), ref=f"refs/heads/$(touch {canary})")
+    spec = job_script(config, make_entry(), ci, str(tmp_path / "w"), {})
+
+    done = run(spec, tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"{first}\nfirst\n"
+    assert first != second and not canary.exists()
+    # A requeued job runs the script again over the old checkout.
+    assert run(spec, tmp_path).stdout.decode() == f"{first}\nfirst\n"
+
+
+def test_clone_of_a_missing_commit_fails_as_checkout(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
+    path, _, _ = origin
+    config = make_config(tmp_path, checkout="clone", script="echo user script ran\n")
+    spec = job_script(config, make_entry(), make_ci(sha="f" * 40, repo_url=path.as_uri()), str(tmp_path / "w"), {})
+    done = run(spec, tmp_path)
+    assert done.returncode == CHECKOUT_FAILED
+    assert b"ci-runner: checkout failed: cannot fetch commit " + b"f" * 40 in done.stderr
+    assert b"user script ran" not in done.stdout
+
+
+def test_upload_extracts_the_archive(tmp_path: Path) -> None:
+    config = make_config(tmp_path, checkout="upload", script="cat data/hello.txt\n")
+    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    Path(spec.layout.root).mkdir(parents=True)
+    with tarfile.open(spec.layout.archive, "w:gz") as archive:
+        content = b"hello from the archive\n"
+        info = tarfile.TarInfo("data/hello.txt")
+        info.size = len(content)
+        archive.addfile(info, io.BytesIO(content))
+    done = run(spec, tmp_path)
+    assert (done.returncode, done.stdout) == (0, b"hello from the archive\n")
+
+
+def test_upload_without_archive_fails_as_checkout(tmp_path: Path) -> None:
+    config = make_config(tmp_path, checkout="upload")
+    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}), tmp_path)
+    assert done.returncode == CHECKOUT_FAILED
+    assert b"cannot extract the uploaded archive" in done.stderr
+
+
+# ---------------------------------------------------------------- template context and errors
+
+
+def write_config(tmp_path: Path, text: str, **fields: Any) -> Config:
+    path = tmp_path / ".ci-runner.yml"
+    path.write_text(text)
+    data = yaml.safe_load(text)
+    return Config(path=path, system="local", script=data.get("script"), checkout="none", **fields)
+
+
+def render_error(config: Config, entry: Entry | None = None, environ: Mapping[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        job_scripts(config, [entry or make_entry({"compiler": "gcc"})], make_ci(), "/w", environ or {})
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_undefined_variable_in_inline_script_names_the_config_line(tmp_path: Path) -> None:
+    text = "version: 1\nsystem: local\nscript: |\n  module load {{ compiler }}\n  srun -n {{ ranks }} ./t\n"
+    message = render_error(write_config(tmp_path, text))
+    assert message.startswith(f"{tmp_path / '.ci-runner.yml'}:5: script line 2: ")
+    assert "'ranks' is undefined" in message and "template variables: compiler, matrix" in message
+
+
+def test_syntax_error_in_inline_script_names_the_config_line(tmp_path: Path) -> None:
+    text = "system: local\nscript: |\n  echo ok\n\n  {% if compiler %}\n  echo {{ compiler\n"
+    message = render_error(write_config(tmp_path, text))
+    assert message.startswith(f"{tmp_path / '.ci-runner.yml'}:6: script line 4: ")
+
+
+def test_single_line_inline_script(tmp_path: Path) -> None:
+    message = render_error(write_config(tmp_path, "system: local\nscript: 'echo {{ nope }}'\n"))
+    assert message.startswith(f"{tmp_path / '.ci-runner.yml'}:2: script line 1: ")
+
+
+def test_inline_script_line_without_a_config_file(tmp_path: Path) -> None:
+    message = render_error(make_config(tmp_path, script="echo\necho {{ nope }}\n"))
+    assert message.startswith(f"{tmp_path / '.ci-runner.yml'}: script line 2: ")
+
+
+def test_template_file_errors_name_the_template_and_line(tmp_path: Path) -> None:
+    template = tmp_path / "ci" / "job.sh.j2"
+    template.parent.mkdir()
+    template.write_text("echo one\necho {{ compiler }}\necho {{ entry.nmae }}\n")
+    config = Config(path=tmp_path / ".ci-runner.yml", system="local", template=template, checkout="none")
+    assert render_error(config).startswith(f"{template}:3: ")
+
+    template.write_text("echo one\n{% for x in %}\n")
+    assert render_error(config).startswith(f"{template}:2: ")
+
+    (tmp_path / "ci" / "part.sh.j2").write_text("ok\n{{ missing }}\n")
+    template.write_text("{% include 'ci/part.sh.j2' %}\n")
+    assert render_error(config).startswith(f"{tmp_path / 'ci' / 'part.sh.j2'}:2: ")
+
+
+def test_missing_template_file(tmp_path: Path) -> None:
+    config = Config(path=tmp_path / ".ci-runner.yml", system="local", template=tmp_path / "nope.j2")
+    assert "file not found" in render_error(config)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["''.__class__", "''.__class__.__mro__[1].__subclasses__()", "ci.__class__", "range.__globals__"],
+)
+def test_sandbox_violations_are_config_errors(tmp_path: Path, expression: str) -> None:
+    config = make_config(tmp_path, script="echo ok\necho {{ " + expression + " }}\n")
+    message = render_error(config)
+    assert message.startswith(f"{config.path}: script line 2: ") and "unsafe" in message
+
+
+def test_template_context(tmp_path: Path) -> None:
+    script = (
+        "{{ compiler }} {{ matrix.ranks }} {{ entry.name }} {{ entry.index }} "
+        "{{ ci.sha }} {{ ci.ref }} {{ ci.repo }} {{ ci.run_id }} {{ ci.provider }} {{ env | length }} {{ env.KEEP }}"
+    )
+    config = make_config(tmp_path, script=script, pass_env=("KEEP", "ABSENT"))
+    entry = make_entry({"compiler": "gcc", "ranks": 4}, name="gcc-4", index=3)
+    spec = job_script(config, entry, make_ci(), "/w", {"KEEP": "k", "OTHER": "o"})
+    assert f"gcc 4 gcc-4 3 {SHA} refs/heads/main https://example.org/r.git run-1 local 1 k\n" in spec.script
+
+
+def test_env_holds_only_pass_env_variables(tmp_path: Path) -> None:
+    config = make_config(tmp_path, script="{{ env.HOME }}\n", pass_env=("KEEP",))
+    message = render_error(config, environ={"HOME": "/root", "KEEP": "k"})
+    assert "has no attribute 'HOME'" in message and "pass_env variables that are set: KEEP" in message
+
+
+@pytest.mark.parametrize("name", ["GITHUB_TOKEN", "CI_JOB_TOKEN", "FIRECREST_CLIENT_SECRET", "DB_PASSWORD", "SSH_KEY"])
+def test_secret_like_pass_env_names_are_refused(tmp_path: Path, name: str) -> None:
+    assert "looks like a secret" in render_error(make_config(tmp_path, pass_env=(name,)), environ={name: "s3cr3t"})
+
+
+def test_secrets_from_the_environment_never_reach_the_script(tmp_path: Path) -> None:
+    environ = {"FIRECREST_CLIENT_SECRET": "s3cr3t-1", "GITHUB_TOKEN": "s3cr3t-2", "KEEP": "fine"}
+    config = make_config(tmp_path, script="{{ env.KEEP }}\n", pass_env=("KEEP",))
+    spec = job_script(config, make_entry(), make_ci(), "/w", environ)
+    assert "s3cr3t" not in spec.script and "fine" in spec.script
+
+
+@pytest.mark.parametrize("axis", ["ci", "env", "entry", "matrix"])
+def test_matrix_axis_clashing_with_context_names(tmp_path: Path, axis: str) -> None:
+    assert "clash" in render_error(make_config(tmp_path), entry=make_entry({axis: "x"}))
+
+
+def test_exactly_one_of_script_and_template(tmp_path: Path) -> None:
+    config = Config(path=tmp_path / "c.yml", system="local")
+    assert "exactly one" in render_error(config)
+
+
+# ---------------------------------------------------------------- #SBATCH header
+
+
+def header(spec: JobSpec) -> list[str]:
+    return [line for line in spec.script.splitlines() if line.startswith("#SBATCH")]
+
+
+def test_sbatch_header(tmp_path: Path) -> None:
+    sbatch = {"partition": "debug", "time": "00:15:00", "nodes": 1, "exclusive": True, "requeue": False,
+              "constraint": "gpu&(a|b)", "mem-per-cpu": 1.5}
+    config = make_config(tmp_path, account="g123")
+    spec = job_script(config, make_entry(sbatch=sbatch), make_ci(), "/scratch/ci", {})
+    root = "/scratch/ci/run-1/gcc-4"
+    assert header(spec) == [
+        "#SBATCH --job-name=ci-runner-gcc-4",
+        f"#SBATCH --output={root}/slurm-%j.out",
+        f"#SBATCH --error={root}/slurm-%j.out",
+        "#SBATCH --account=g123",
+        "#SBATCH --partition=debug",
+        "#SBATCH --time=00:15:00",
+        "#SBATCH --nodes=1",
+        "#SBATCH --exclusive",
+        "#SBATCH --constraint=gpu&(a|b)",
+        "#SBATCH --mem-per-cpu=1.5",
+    ]
+    assert spec.script.startswith("#!/bin/bash\n#SBATCH ")
+    assert spec.job_name == "ci-runner-gcc-4"
+
+
+def test_entry_account_overrides_config_account(tmp_path: Path) -> None:
+    spec = job_script(make_config(tmp_path, account="g1"), make_entry(sbatch={"account": "g2"}), make_ci(), "/w", {})
+    assert [line for line in header(spec) if "account" in line] == ["#SBATCH --account=g2"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "debug\n#SBATCH --wrap=touch /tmp/x",
+        "debug\ntouch /tmp/x",
+        "debug\r--wrap=x",
+        "de\0bug",
+        "debug --wrap=x",
+        "debug\t--wrap=x",
+        "'debug'",
+        '"debug"',
+        "debug#x",
+        "debug\\",
+        "",
+        "débug",
+    ],
+)
+def test_sbatch_values_that_sbatch_could_misparse_are_rejected(tmp_path: Path, value: str) -> None:
+    message = render_error(make_config(tmp_path), entry=make_entry(sbatch={"partition": value}))
+    assert "sbatch.partition (entry gcc-4)" in message and "not allowed" in message
+
+
+@pytest.mark.parametrize("name", ["cpus_per_task", "--time", "time=1", "a b", "x\n#SBATCH --wrap", ""])
+def test_sbatch_bad_option_names(tmp_path: Path, name: str) -> None:
+    message = render_error(make_config(tmp_path), entry=make_entry(sbatch={name: "1"}))
+    assert "not a long sbatch option name" in message
+    if name == "cpus_per_task":
+        assert "did you mean 'cpus-per-task'" in message
+
+
+@pytest.mark.parametrize("name", ["output", "error", "job-name", "chdir", "wrap", "array"])
+def test_options_ci_runner_owns_cannot_be_set(tmp_path: Path, name: str) -> None:
+    assert "set by ci-runner" in render_error(make_config(tmp_path), entry=make_entry(sbatch={name: "x"}))
+
+
+@pytest.mark.parametrize("name, value", [("BAD-NAME", "x"), ("CI_RUNNER_SHA", "x"), ("OK", "a\0b")])
+def test_bad_config_env(tmp_path: Path, name: str, value: str) -> None:
+    render_error(make_config(tmp_path, env={name: value}))
+
+
+def test_one_spec_per_entry_in_order(tmp_path: Path) -> None:
+    entries = [make_entry({"c": c}, name=f"e{i}", index=i) for i, c in enumerate(["gcc", "clang"])]
+    specs = job_scripts(make_config(tmp_path, script="echo {{ c }}\n"), entries, make_ci(), "/w", {})
+    assert [(s.entry.name, s.layout.root) for s in specs] == [("e0", "/w/run-1/e0"), ("e1", "/w/run-1/e1")]
+    assert "echo gcc\n" in specs[0].script and "echo clang\n" in specs[1].script
+
+
+# ---------------------------------------------------------------- real sbatch
+
+
+def _scontrol(job_id: str) -> dict[str, str]:
+    done = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=15)
+    return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
+
+
+@pytest.mark.slurm
+def test_sbatch_runs_the_script_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    canary = tmp_path / "CANARY"
+    value = f"$(touch {canary}) 'q' \"d\" `x`"
+    config = make_config(tmp_path, script="printf '%s\\n' {{ v }} \"$CI_RUNNER_REF\"\nexit 3\n")
+    ci = make_ci(ref=f"refs/heads/{value}")
+    spec = job_script(config, make_entry({"v": value}, sbatch={"time": "00:02:00"}), ci, str(tmp_path / "w"), {})
+    Path(spec.layout.root).mkdir(parents=True)
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={spec.layout.root}"],
+        input=spec.script, capture_output=True, text=True, timeout=30,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 90
+        info = _scontrol(job_id)
+        while info.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            assert time.monotonic() < deadline, f"job {job_id} did not finish: {info.get('JobState')}"
+            time.sleep(0.2)
+            info = _scontrol(job_id)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+    assert info["JobName"] == "ci-runner-gcc-4"
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "3:0")
+    assert info["StdOut"] == spec.layout.output_path(job_id) == info["StdErr"]
+    assert Path(spec.layout.output_path(job_id)).read_text() == f"{value}\n{ci.ref}\n"
+    assert not canary.exists()
