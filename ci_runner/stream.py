@@ -1,0 +1,300 @@
+"""Follow a remote output file by byte offset (design.md, "Streaming contract").
+
+The server decodes what it reads as UTF-8 with `errors="replace"`, so we only ever see text. Offsets
+stay exact because we count the bytes of the characters we accept: a valid character re-encodes to its
+own bytes. A U+FFFD is the one ambiguous character (a genuine U+FFFD is 3 bytes, an invalid byte 1, a
+truncated sequence 2-3), so:
+
+* tail mode (`tail --bytes=+offset+1`, everything to EOF): text up to the first U+FFFD is exact. A
+  trailing run of U+FFFD may be a character still being written: it is withheld while the job runs.
+  A U+FFFD elsewhere is resolved by bracketing the next read with `stat_size`: when the size is the
+  same before and after, the text spans exactly `size - offset` bytes. While the file keeps growing
+  we emit the exact prefix and retry; after the job ended the file is stable, so `drain` resolves it.
+* chunk mode, entered on 413 (a backlog at or above the server's output cap): aligned `view` reads of
+  block size S. The server returns the first S characters of decode(bytes[k·S, k·S + 2·S)), so 2·S
+  must stay below the cap. From block k we drop `carry` leading U+FFFD (stray continuation bytes of the
+  character that straddled the previous boundary, one byte each), take characters until the byte
+  count reaches (k+1)·S, the straddling character included (it is complete inside the 2·S window), and
+  carry its bytes beyond the boundary into block k+1. When a block ends early (EOF inside it) we go
+  back to tail mode. Known limit: inside a chunk a U+FFFD that is not a stray continuation byte is
+  counted as one byte (right for invalid single bytes, wrong for a genuine U+FFFD or a truncated
+  sequence); each such guess is reported once as a warning. Amplification (bytes fetched / bytes
+  produced) in chunk mode ≈ the average bytes per character (≈1.0 for mostly ASCII); switching in
+  from an unaligned tail offset re-reads at most S bytes once.
+
+A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
+(requeue): we warn and restart at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+REPLACEMENT = "\ufffd"
+DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the 5 MiB output cap
+SERVER_OUTPUT_CAP = 5 * 1024 * 1024
+
+
+class RemoteFile(Protocol):
+    """The part of `cluster.Cluster` a reader needs."""
+
+    async def tail_from(self, path: str, offset: int) -> str: ...
+
+    async def view(self, path: str, offset: int, size: int) -> str: ...
+
+    async def stat_size(self, path: str) -> int | None: ...
+
+
+def _missing_or_too_large() -> tuple[type[Exception], type[Exception]]:
+    from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
+
+    return RemoteFileMissing, OutputTooLarge
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8."""
+    return len(text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class TailSplit:
+    """What to do with one tail answer: emit `text`, advance by `consumed` bytes, and whether an
+    ambiguous U+FFFD is left that needs a size-bracketed read."""
+
+    text: str
+    consumed: int
+    ambiguous: bool
+
+
+def split_tail(text: str, exact_total: int | None, final: bool) -> TailSplit:
+    """Decide how much of a tail answer is confirmed.
+
+    `exact_total` is the byte length the text is known to span (from a stable `stat_size` bracket) or
+    None. `final`: the job has ended, so a trailing U+FFFD cannot be completed any more.
+    """
+    body = text.rstrip(REPLACEMENT)
+    trailing = len(text) - len(body)
+    if exact_total is not None:
+        if trailing == 0 or final:
+            return TailSplit(text, exact_total, False)
+        if REPLACEMENT not in body:
+            return TailSplit(body, utf8_len(body), False)
+    first = text.find(REPLACEMENT)
+    if first == -1:
+        return TailSplit(text, utf8_len(text), False)
+    if first >= len(body):  # only a trailing run: withhold it; when final it needs a bracket
+        return TailSplit(body, utf8_len(body), final)
+    prefix = text[:first]
+    return TailSplit(prefix, utf8_len(prefix), True)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Result of consuming one `view` block: text to emit, new confirmed offset, carry into the next
+    block, whether EOF was inside the block, and how many U+FFFD were counted as one byte by guess."""
+
+    text: str
+    offset: int
+    carry: int
+    eof: bool
+    guessed: int
+
+
+def consume_block(text: str, block_start: int, block_size: int, skip_to: int, drop: int) -> Block:
+    """Consume the answer of `view(offset=block_start, size=block_size)` (block_start aligned).
+
+    `drop`: leading stray continuation bytes (one U+FFFD each) of a character already emitted.
+    `skip_to`: absolute offset already confirmed (≥ block_start); characters before it are not emitted.
+    """
+    block_end = block_start + block_size
+    pos = block_start
+    i = 0
+    while i < len(text) and i < drop:  # stray continuation bytes: one byte each
+        pos += 1
+        i += 1
+    out: list[str] = []
+    starts: list[int] = []  # byte position of each emitted character
+    guessed = 0
+    synced = drop > 0  # after dropped carry bytes we are at a character boundary
+    while i < len(text) and pos < block_end:
+        char = text[i]
+        size = 1 if char == REPLACEMENT else utf8_len(char)
+        if char != REPLACEMENT:
+            synced = True
+        elif synced or pos >= skip_to:  # not a stray continuation byte at the block start
+            guessed += 1
+        if pos >= skip_to:
+            out.append(char)
+            starts.append(pos)
+        pos += size
+        i += 1
+    ends_at_eof = pos < block_end or (
+        i == len(text) and len(text) < block_size and bool(out) and out[-1] == REPLACEMENT
+    )
+    if not ends_at_eof:
+        return Block("".join(out), pos, pos - block_end, False, guessed)
+    # EOF inside the block: a trailing U+FFFD may be a character still being written; tail mode decides.
+    while out and out[-1] == REPLACEMENT:
+        out.pop()
+        pos = starts.pop()
+        guessed -= 1
+    return Block("".join(out), max(pos, skip_to), 0, True, guessed)
+
+
+class OutputReader:
+    """Incremental reader of one remote output file. `poll()` while the job runs, `drain()` after."""
+
+    def __init__(
+        self,
+        cluster: RemoteFile,
+        path: str,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        output_cap: int = SERVER_OUTPUT_CAP,
+        shrink_check_every: int = 20,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        if not 0 < 2 * block_size < output_cap:
+            raise ValueError(f"block_size must satisfy 0 < 2*block_size < {output_cap}")
+        self.cluster = cluster
+        self.path = path
+        self.block_size = block_size
+        self.shrink_check_every = shrink_check_every
+        self.offset = 0  # bytes confirmed
+        self.bytes_read = 0  # bytes of content received from the API (amplification = bytes_read / offset)
+        self.requests = 0
+        self.warnings: list[str] = []
+        self._on_warning = on_warning
+        self._chunked = False
+        self._carry = 0
+        self._need_bracket = False
+        self._polls_since_stat = 0
+        self._warned_guess = False
+
+    @property
+    def chunked(self) -> bool:
+        """True while reading a large backlog with `view` blocks."""
+        return self._chunked
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self._on_warning is not None:
+            self._on_warning(message)
+
+    async def poll(self) -> str:
+        """One incremental read (one request, two more when resolving an ambiguous U+FFFD); new text only."""
+        return await self._read(final=False)
+
+    async def drain(self, max_reads: int = 50) -> str:
+        """After the job reached a terminal state: read until no new bytes arrive (bounded)."""
+        parts: list[str] = []
+        for _ in range(max_reads):
+            before = self.offset
+            parts.append(await self._read(final=True))
+            if self.offset == before and not self._need_bracket and not self._chunked:
+                break
+        return "".join(parts)
+
+    async def _stat(self) -> int | None:
+        self.requests += 1
+        self._polls_since_stat = 0
+        return await self.cluster.stat_size(self.path)
+
+    async def _restart_if_shrunk(self, size: int | None) -> bool:
+        if size is not None and size < self.offset:
+            self._warn(f"{self.path} shrank from {self.offset} to {size} bytes (requeued?): reading it again from 0")
+            self.offset = 0
+            self._chunked = False
+            self._carry = 0
+            self._need_bracket = False
+            return True
+        return False
+
+    async def _read(self, final: bool) -> str:
+        if self._chunked:
+            return await self._read_block()
+        missing, too_large = _missing_or_too_large()
+        self._polls_since_stat += 1
+        if self._polls_since_stat >= self.shrink_check_every and not self._need_bracket:
+            await self._restart_if_shrunk(await self._stat())
+        bracket = self._need_bracket
+        size_before = await self._stat() if bracket else None
+        try:
+            self.requests += 1
+            text = await self.cluster.tail_from(self.path, self.offset)
+        except missing:
+            if self.offset > 0:
+                self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
+                self.offset = 0
+                self._need_bracket = False
+            return ""
+        except too_large:
+            self._chunked = True
+            self._carry = 0
+            self._need_bracket = False
+            return await self._read_block()
+        self.bytes_read += utf8_len(text)
+        if not text:
+            if self.offset > 0 and self._polls_since_stat >= 3:
+                await self._restart_if_shrunk(await self._stat())
+            return ""
+        exact = None
+        if bracket:
+            size_after = await self._stat()
+            if size_before is not None and size_before == size_after and size_before >= self.offset:
+                exact = size_before - self.offset
+        split = split_tail(text, exact, final)
+        self._need_bracket = split.ambiguous
+        self.offset += split.consumed
+        return split.text
+
+    async def _read_block(self) -> str:
+        """Read the aligned block holding the offset (minus the carry), consume it, advance."""
+        missing, _ = _missing_or_too_large()
+        start = self.offset - self.offset % self.block_size
+        if self._carry:
+            start = self.offset - self._carry  # a block end, hence aligned
+        try:
+            self.requests += 1
+            text = await self.cluster.view(self.path, start, self.block_size)
+        except missing:
+            self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
+            self.offset, self._carry, self._chunked = 0, 0, False
+            return ""
+        self.bytes_read += utf8_len(text)
+        block = consume_block(text, start, self.block_size, self.offset, self._carry)
+        if block.guessed and not self._warned_guess:
+            self._warned_guess = True
+            self._warn(
+                f"{self.path}: invalid UTF-8 inside a backlog over the API's output cap; "
+                "each replacement character there is counted as one byte"
+            )
+        self.offset = block.offset
+        self._carry = block.carry
+        if block.eof:
+            self._chunked = False
+        return block.text
+
+
+@dataclass(frozen=True)
+class PollInterval:
+    """Delay before the next poll: `minimum` while output flows, ×`factor` per idle poll up to
+    `maximum`, and never below `floor` (the entry's share of the request budget, see `budget_floor`)."""
+
+    minimum: float = 1.0
+    maximum: float = 15.0
+    factor: float = 1.6
+
+    def next(self, previous: float | None, produced_output: bool, floor: float = 0.0) -> float:
+        if produced_output or previous is None:
+            delay = self.minimum
+        else:
+            delay = min(self.maximum, max(self.minimum, previous * self.factor))
+        return max(delay, floor)
+
+    @staticmethod
+    def budget_floor(requests_per_minute: float, active_entries: int, requests_per_poll: float = 2.0) -> float:
+        """Seconds between polls so that `active_entries` followers, each spending `requests_per_poll`
+        requests per poll (job state + output), stay within `requests_per_minute`."""
+        return 60.0 * max(1, active_entries) * requests_per_poll / requests_per_minute

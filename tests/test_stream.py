@@ -1,0 +1,340 @@
+"""OutputReader against a remote-file double with the exact FirecREST server semantics.
+
+`RemoteBytes` is a test double of the *remote file*, not of our modules: `tail_from` is GNU
+`tail --bytes=+N` decoded with errors="replace" and 413 at the output cap; `view` is the server's dd
+command (2·size bytes from block offset//size, decoded, sliced by characters). Cluster-over-HTTP
+tests live in test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
+from ci_runner.stream import REPLACEMENT, OutputReader, PollInterval, consume_block, split_tail
+
+
+class RemoteBytes:
+    def __init__(self, data: bytes = b"", cap: int = 5 * 1024 * 1024, exists: bool = True) -> None:
+        self.data = bytearray(data)
+        self.cap = cap
+        self.exists = exists
+        self.calls: list[str] = []
+
+    def _check(self) -> None:
+        if not self.exists:
+            raise RemoteFileMissing("No such file or directory")
+
+    async def tail_from(self, path: str, offset: int) -> str:
+        self.calls.append("tail")
+        self._check()
+        out = bytes(self.data[offset:])
+        if len(out) >= self.cap:
+            raise OutputTooLarge("Command output exceeded buffer limit.")
+        return out.decode("utf-8", "replace")
+
+    async def view(self, path: str, offset: int, size: int) -> str:
+        self.calls.append("view")
+        self._check()
+        assert 0 < size <= self.cap and offset >= 0
+        skip = offset // size
+        window = bytes(self.data[skip * size: skip * size + 2 * size])
+        if len(window) >= self.cap:
+            raise OutputTooLarge("Command output exceeded buffer limit.")
+        i = offset % size
+        return window.decode("utf-8", "replace")[i: i + size]
+
+    async def stat_size(self, path: str) -> int | None:
+        self.calls.append("stat")
+        return len(self.data) if self.exists else None
+
+
+def expected(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def drain_all(reader: OutputReader) -> str:
+    return asyncio.run(reader.drain())
+
+
+# -- pure pieces ---------------------------------------------------------------------------------
+
+def test_split_tail_rules() -> None:
+    assert split_tail("abc", None, False) == ("abc", 3, False) or split_tail("abc", None, False).consumed == 3
+    s = split_tail("ab\ufffd", None, False)
+    assert (s.text, s.consumed, s.ambiguous) == ("ab", 2, False)  # trailing: withheld, waits for more bytes
+    s = split_tail("ab\ufffd", None, True)
+    assert (s.text, s.consumed, s.ambiguous) == ("ab", 2, True)  # final: needs a bracket
+    s = split_tail("a\ufffdb", None, False)
+    assert (s.text, s.consumed, s.ambiguous) == ("a", 1, True)
+    s = split_tail("a\ufffdb", 5, False)
+    assert (s.text, s.consumed, s.ambiguous) == ("a\ufffdb", 5, False)
+    s = split_tail("é\ufffd", 4, False)  # stable but running: the trailing one may still complete
+    assert (s.text, s.consumed, s.ambiguous) == ("é", 2, False)
+    s = split_tail("é\ufffd", 4, True)
+    assert (s.text, s.consumed, s.ambiguous) == ("é\ufffd", 4, False)
+
+
+def test_consume_block_carries_the_straddling_character() -> None:
+    data = "ab€cd".encode()  # € = 3 bytes at 2..4
+    size = 4
+    first = data[0:8].decode("utf-8", "replace")[:size]
+    b = consume_block(first, 0, size, 0, 0)
+    assert (b.text, b.offset, b.carry, b.eof) == ("ab€", 5, 1, False)
+    second = data[4:12].decode("utf-8", "replace")[:size]
+    assert second[0] == REPLACEMENT
+    b2 = consume_block(second, 4, size, 5, 1)
+    assert (b2.text, b2.offset, b2.eof) == ("cd", 7, True)
+
+
+# -- reader --------------------------------------------------------------------------------------
+
+def test_missing_file_is_not_an_error_and_offsets_are_bytes() -> None:
+    remote = RemoteBytes(exists=False)
+    reader = OutputReader(remote, "/out")
+
+    async def main() -> list[str]:
+        got = [await reader.poll()]
+        remote.exists = True
+        remote.data += "héllo\n".encode()
+        got.append(await reader.poll())
+        return got
+
+    assert asyncio.run(main()) == ["", "héllo\n"]
+    assert reader.offset == 7
+    assert remote.calls.count("tail") == 2
+
+
+def test_split_character_is_withheld_then_completed() -> None:
+    remote = RemoteBytes("a€".encode()[:2])
+    reader = OutputReader(remote, "/out")
+
+    async def main() -> list[str]:
+        got = [await reader.poll()]
+        remote.data += "€".encode()[1:] + b"z"
+        got.append(await reader.poll())
+        return got
+
+    assert asyncio.run(main()) == ["a", "€z"]
+    assert reader.offset == 5
+
+
+def test_ambiguous_replacement_resolved_by_size_bracket() -> None:
+    # a genuine U+FFFD (3 bytes), an invalid byte (1), a truncated sequence (2) in the middle
+    data = "x\ufffdy".encode() + b"\xff" + b"z" + "€".encode()[:2] + b"w\n"
+    remote = RemoteBytes(data)
+    reader = OutputReader(remote, "/out")
+
+    async def main() -> str:
+        return await reader.poll() + await reader.poll()
+
+    assert asyncio.run(main()) == expected(data)
+    assert reader.offset == len(data)
+    assert remote.calls == ["tail", "stat", "tail", "stat"]
+
+
+def test_growing_file_emits_prefix_until_stable() -> None:
+    data = b"ok \xff more"
+    remote = RemoteBytes(data)
+    reader = OutputReader(remote, "/out")
+
+    class Growing(RemoteBytes):
+        pass
+
+    async def main() -> list[str]:
+        got = [await reader.poll()]
+        # the file grows between the bracketing stats: nothing after the U+FFFD is confirmed yet
+        original = remote.tail_from
+
+        async def tail_and_grow(path: str, offset: int) -> str:
+            text = await original(path, offset)
+            remote.data += b"!"
+            return text
+
+        remote.tail_from = tail_and_grow  # type: ignore[method-assign]
+        got.append(await reader.poll())
+        remote.tail_from = original  # type: ignore[method-assign]
+        got.append(await reader.drain())
+        return got
+
+    got = asyncio.run(main())
+    assert got[0] == "ok " and got[1] == ""
+    assert "".join(got) == expected(bytes(remote.data))
+    assert reader.offset == len(remote.data)
+
+
+def test_shrunk_file_warns_and_restarts() -> None:
+    remote = RemoteBytes(b"first run\n")
+    warnings: list[str] = []
+    reader = OutputReader(remote, "/out", on_warning=warnings.append)
+
+    async def main() -> list[str]:
+        got = [await reader.poll()]
+        remote.data = bytearray(b"new\n")
+        for _ in range(5):
+            got.append(await reader.poll())
+        return got
+
+    got = asyncio.run(main())
+    assert got[0] == "first run\n"
+    assert "".join(got[1:]) == "new\n"
+    assert len(warnings) == 1 and "shrank" in warnings[0]
+    assert reader.warnings == warnings
+
+
+def test_backlog_over_the_cap_switches_to_blocks_and_back() -> None:
+    rng = random.Random(3)
+    alphabet = ["a", "b", "\n", "é", "€", "𝄞", " "]
+    data = "".join(rng.choice(alphabet) for _ in range(3000)).encode()
+    remote = RemoteBytes(data[:10], cap=256)
+    reader = OutputReader(remote, "/out", block_size=100, output_cap=256)
+
+    async def main() -> str:
+        got = [await reader.poll()]  # tail mode, unaligned offset afterwards
+        remote.data = bytearray(data)
+        for _ in range(200):
+            got.append(await reader.poll())
+            if reader.offset == len(data) and not reader.chunked:
+                break
+        got.append(await reader.drain())
+        return "".join(got)
+
+    assert asyncio.run(main()) == expected(data)
+    assert reader.offset == len(data)
+    assert "view" in remote.calls
+    assert not reader.warnings
+
+
+def random_output(rng: random.Random, n: int, invalid: list[bytes], genuine_fffd: bool) -> bytes:
+    pieces = ["x", "y", "\n", "é", "€", "𝄞"] + (["\ufffd"] if genuine_fffd else [])
+    return b"".join(
+        rng.choice(invalid) if rng.random() < 0.03 else rng.choice(pieces).encode() for _ in range(n)
+    )
+
+
+def follow_growing(rng: random.Random, data: bytes, remote: RemoteBytes, reader: OutputReader) -> str:
+    async def main() -> str:
+        got: list[str] = []
+        written = 0
+        while written < len(data):
+            step = rng.choice([1, 1, 2, 3, 5, 17, 40, 150, 400, 900])
+            remote.data += data[written: written + step]
+            written += step
+            got.append(await reader.poll())
+        got.append(await reader.drain(max_reads=500))
+        return "".join(got)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_growing_file_with_every_kind_of_invalid_byte_exact(seed: int) -> None:
+    """Tail mode: multi-byte characters cut at every position by random growth, invalid bytes, truncated
+    sequences and genuine U+FFFD: output and offsets exact."""
+    rng = random.Random(seed)
+    data = random_output(rng, 1500, [b"\xff", b"\xfe", b"\x80", b"\xc3(", b"\xe2\x82(", b"\xf0\x9d\x84("], True)
+    remote = RemoteBytes(b"")
+    reader = OutputReader(remote, "/out", shrink_check_every=7)
+    assert follow_growing(rng, data, remote, reader) == expected(data)
+    assert reader.offset == len(data)
+    assert not reader.warnings
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_growing_file_over_the_cap_exact(seed: int) -> None:
+    """Small output cap, so big increments go through view blocks: split characters at block
+    boundaries, invalid single bytes, random growth: output and offsets exact."""
+    rng = random.Random(seed)
+    data = random_output(rng, 1500, [b"\xff", b"\xfe", b"\x80", b"\xc3("], False)
+    remote = RemoteBytes(b"", cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300, shrink_check_every=7)
+    assert follow_growing(rng, data, remote, reader) == expected(data)
+    assert reader.offset == len(data)
+    assert "view" in remote.calls
+    assert not reader.chunked
+
+
+def test_genuine_replacement_character_in_a_big_backlog_is_reported() -> None:
+    data = ("é" * 50 + "\ufffd" + "x" * 400).encode()
+    remote = RemoteBytes(data, cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
+    asyncio.run(reader.poll())
+    asyncio.run(reader.poll())
+    assert reader.chunked or reader.offset > 0
+    assert any("counted as one byte" in w for w in reader.warnings)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_block_boundary_inside_a_character(seed: int) -> None:
+    """Valid UTF-8 read entirely in chunk mode: each phase of 2-, 3-, 4-byte characters against the boundary."""
+    rng = random.Random(seed)
+    data = ("a" * seed + "".join(rng.choice(["é", "€", "𝄞", "z"]) for _ in range(4000))).encode()
+    remote = RemoteBytes(data, cap=300)
+    reader = OutputReader(remote, "/out", block_size=97, output_cap=300)
+
+    async def main() -> str:
+        got = [await reader.poll() for _ in range(400)]
+        return "".join(got) + await reader.drain()
+
+    assert asyncio.run(main()) == expected(data)
+    assert reader.offset == len(data)
+    assert not reader.warnings
+
+
+def test_mostly_ascii_amplification_is_low() -> None:
+    rng = random.Random(11)
+    lines = []
+    for n in range(20000):
+        line = f"test_{n} PASSED {'ok' * rng.randint(0, 30)}"
+        if n % 50 == 0:
+            line += " ✓ é"
+        lines.append(line + "\n")
+    data = "".join(lines).encode()
+    remote = RemoteBytes(b"", cap=64 * 1024)
+    reader = OutputReader(remote, "/out", block_size=16 * 1024, output_cap=64 * 1024)
+
+    async def main() -> str:
+        got: list[str] = []
+        written = 0
+        while written < len(data):
+            step = rng.choice([100, 5000, 40000, 150000])
+            remote.data += data[written: written + step]
+            written += step
+            got.append(await reader.poll())
+        return "".join(got) + await reader.drain()
+
+    assert asyncio.run(main()) == expected(data)
+    assert "view" in remote.calls
+    assert reader.bytes_read / len(data) <= 1.05
+
+
+def test_block_size_must_fit_the_cap() -> None:
+    with pytest.raises(ValueError):
+        OutputReader(RemoteBytes(), "/out", block_size=2621440)
+
+
+# -- poll interval -------------------------------------------------------------------------------
+
+def test_poll_interval_fast_while_output_flows_backs_off_when_idle() -> None:
+    policy = PollInterval(minimum=1.0, maximum=20.0, factor=2.0)
+    assert policy.next(None, produced_output=False) == 1.0
+    delays = []
+    d = None
+    for _ in range(8):
+        d = policy.next(d, produced_output=False)
+        delays.append(d)
+    assert delays == sorted(delays) and delays[-1] == 20.0 and delays[1] > delays[0]
+    assert policy.next(20.0, produced_output=True) == 1.0
+
+
+def test_poll_interval_respects_the_budget_share() -> None:
+    policy = PollInterval(minimum=1.0, maximum=20.0)
+    floor = policy.budget_floor(requests_per_minute=10, active_entries=4, requests_per_poll=2)
+    assert floor == pytest.approx(48.0)
+    assert policy.next(None, produced_output=True, floor=floor) == pytest.approx(48.0)
+    assert policy.next(100.0, produced_output=False, floor=floor) == pytest.approx(48.0)
+    assert policy.budget_floor(600, 1) < 1.0
+    assert policy.next(None, produced_output=True, floor=policy.budget_floor(600, 1)) == 1.0
