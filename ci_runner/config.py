@@ -71,7 +71,7 @@ class Config:
     system: str                                 # FirecREST system; "" when only the `system` matrix axis sets it
     matrix: MatrixSpec = field(default_factory=MatrixSpec)
     script: str | None = None                   # inline job body (jinja2 template text) ...
-    template: Path | None = None                # ... or a template file; exactly one of the two
+    template: Path | None = None                # ... or a template file (absolute); exactly one of the two
     version: int = 1
     account: str | None = None
     workdir: str | None = None                  # remote base dir; None = the system's default work dir + /ci-runner
@@ -586,7 +586,7 @@ def _build_config(data: dict[str, Any], path: Path, where: Mapping[KeyPath, _Whe
         system=data.get("system", ""),
         matrix=spec,
         script=data.get("script"),
-        template=(path.parent / data["template"]) if "template" in data else None,
+        template=(path.parent / data["template"]).resolve() if "template" in data else None,
         version=int(data["version"]),
         account=data.get("account"),
         workdir=data.get("workdir"),

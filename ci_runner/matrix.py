@@ -16,8 +16,8 @@ The rules, in order (GitHub Actions semantics for `include`):
 4. **No matrix.** A configuration without axes and without includes has one entry, `default`.
 5. **sbatch.** An entry's options are the top-level `sbatch` with its includes' `sbatch` on top.
 6. **system.** An entry runs on its `system` value (an axis or an include key), else on `system`.
-7. **Names.** An entry's name joins its axis values with `-` in axis order (`gcc-4`); a new entry
-   from an include joins all its values (axis keys first, then the rest in the object's order).
+7. **Names.** An entry's name joins its axis values with `-` in axis order (`gcc-4`), also for a
+   new entry from an include (only an include without any axis key is named by all its values).
    Values become `true`/`false` for booleans; characters outside `[A-Za-z0-9._-]` become `_`
    (accents are dropped first), leading `-`/`.` are removed, names are cut at 64 characters, and
    a name already taken (ignoring case) gets `-2`, `-3`, ... in order.
@@ -77,7 +77,7 @@ def expand(config: Config) -> list[Entry]:
             row.sbatch.update(sbatch)
         if not fitting:
             axis_names = [name for name, _ in spec.axes]
-            keys = [k for k in axis_names if k in values] + [k for k in values if k not in axis_names]
+            keys = [k for k in axis_names if k in values] or list(values)
             added.append(_Row(dict(values), dict(values), sbatch, tuple(keys)))  # type: ignore[arg-type]
     rows += added
     if not spec.axes and not spec.include:
