@@ -5,15 +5,16 @@ Layout of a generated script:
 1. `#!/bin/bash` and the `#SBATCH` header: `--job-name`, `--output`/`--error` (one file, see
    layout.py), `--account` (from `account:` unless the entry's sbatch sets it), then the entry's
    merged `sbatch:` options as `--name=value` (true -> `--name`, false -> omitted).
-2. A prologue (`set -uo pipefail`, no `-e`: it keeps exit codes itself) that exports `env:` and the
+2. A prologue (`set -uo pipefail`, no `-e`: it keeps exit codes itself) that exports the
    `CI_RUNNER_*` variables, then the checkout into `<root>/src`: `clone` fetches exactly the CI's
    SHA (`git init`, `git fetch --depth 1 <url> <sha>`, `git checkout --detach FETCH_HEAD`, and
    verifies HEAD); `upload` extracts `<root>/source.tar.gz`; `none` only creates the directory.
    A failing checkout prints `ci-runner: checkout failed: ...` and exits with CHECKOUT_FAILED.
 3. The user's rendered script, written by a quoted heredoc (delimiter derived from a hash of the
-   body and checked absent from it) to `<root>/ci-runner-job.sh`, run from `<root>/src` with
-   `bash -eo pipefail` (the shell options GitHub Actions uses for `run:` steps), and its exit
-   status becomes the job's exit status.
+   body and checked absent from it) to `<root>/ci-runner-job.sh`. Then the `env:` variables are
+   exported (this late, so that e.g. a PATH there cannot disturb git, tar or cat), and the script
+   runs from `<root>/src` with `bash -eo pipefail` (the options GitHub Actions uses for `run:`
+   steps); its exit status becomes the job's exit status.
 
 Quoting rules. Every value from the CI (sha, ref, URL, run id) and from `env:` is written through
 `shlex.quote`. In the template, every `{{ expression }}` is shell-quoted by default (a
@@ -163,7 +164,7 @@ def _job(
             sbatch_header(config, entry, layout),
             _prologue(config, entry, ci, layout, ours),
             _checkout(config.checkout, ci, layout),
-            _run_body(body, layout),
+            _run_body(body, layout, _user_env(config)),
         ]
     )
     submit_env = {"CI_RUNNER_ENTRY": entry.name, "CI_RUNNER_RUN_ID": ci.run_id}
@@ -210,14 +211,20 @@ def _prologue(
         "ci_runner_fail() { printf 'ci-runner: checkout failed: %s\\n' \"$1\" >&2; exit "
         f"{CHECKOUT_FAILED}; }}\n",
     ]
-    for name, value in config.env.items():
-        if not _ENV_NAME.fullmatch(name) or name.startswith("CI_RUNNER_"):
-            raise ConfigError(f"{config.path}: env: {name!r} is not a usable environment variable name")
-        lines.append(f"export {name}={_value(config, f'env.{name}', value)}\n")
     for name, value in ours.items():
         lines.append(f"export {name}={_value(config, name, value)}\n")
     lines.append(f"ci_runner_root={shlex.quote(layout.root)}\n")
     lines.append(f"ci_runner_src={shlex.quote(layout.src)}\n")
+    return "".join(lines)
+
+
+def _user_env(config: Config) -> str:
+    """`export` lines for `env:`, placed just before the user's script so they cannot disturb our commands."""
+    lines = []
+    for name, value in config.env.items():
+        if not _ENV_NAME.fullmatch(name) or name.startswith("CI_RUNNER_"):
+            raise ConfigError(f"{config.path}: env: {name!r} is not a usable environment variable name")
+        lines.append(f"export {name}={_value(config, f'env.{name}', value)}\n")
     return "".join(lines)
 
 
@@ -246,7 +253,7 @@ def _checkout(mode: str, ci: CIContext, layout: EntryLayout) -> str:
     )
 
 
-def _run_body(body: str, layout: EntryLayout) -> str:
+def _run_body(body: str, layout: EntryLayout, exports: str) -> str:
     if "\0" in body:
         raise ConfigError("the rendered script contains a NUL byte")
     if body and not body.endswith("\n"):
@@ -256,6 +263,7 @@ def _run_body(body: str, layout: EntryLayout) -> str:
         f"ci_runner_body={shlex.quote(layout.body)}\n"
         f"cat > \"$ci_runner_body\" <<'{delimiter}' || ci_runner_fail 'cannot write the job script'\n"
         f"{body}{delimiter}\n"
+        f"{exports}"
         'cd "$ci_runner_src" || ci_runner_fail \'cannot enter the source directory\'\n'
         '"${BASH:-/bin/bash}" -eo pipefail "$ci_runner_body"\n'
         "exit $?\n"

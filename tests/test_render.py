@@ -197,6 +197,14 @@ def test_clone_checks_out_the_exact_sha(tmp_path: Path, origin: tuple[Path, str,
     assert run(spec, tmp_path).stdout.decode() == f"{first}\nfirst\n"
 
 
+def test_config_env_cannot_disturb_the_checkout(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
+    path, first, _ = origin
+    config = make_config(tmp_path, checkout="clone", script='echo "$PATH"\n', env={"PATH": "/nowhere"})
+    spec = job_script(config, make_entry(), make_ci(sha=first, repo_url=path.as_uri()), str(tmp_path / "w"), {})
+    done = run(spec, tmp_path)
+    assert (done.returncode, done.stdout) == (0, b"/nowhere\n"), done.stderr
+
+
 def test_clone_of_a_missing_commit_fails_as_checkout(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
     path, _, _ = origin
     config = make_config(tmp_path, checkout="clone", script="echo user script ran\n")
