@@ -93,8 +93,9 @@ class JobSpec:
 
     @property
     def job_name(self) -> str:
-        """The Slurm job name in the header (to find the job again, e.g. after a submit timeout)."""
-        return job_name(self.entry.name)
+        """The Slurm job name in the header, unique per run and entry (to find the job again after a submit timeout)."""
+        run_id = self.layout.root.rsplit("/", 2)[-2]  # root is <workdir>/<run_id>/<entry>
+        return job_name(self.entry.name, run_id)
 
 
 class _Quoted(str):
@@ -110,9 +111,10 @@ def _raw(value: object) -> _Quoted:
     return _Quoted(str(value))
 
 
-def job_name(entry_name: str) -> str:
-    """`ci-runner-<entry>`, restricted to `[A-Za-z0-9._-]`."""
-    return "ci-runner-" + re.sub(r"[^A-Za-z0-9._-]", "_", entry_name)
+def job_name(entry_name: str, run_id: str) -> str:
+    """`ci-runner-<entry>-<run id>`, restricted to `[A-Za-z0-9._-]`. The run id keeps concurrent runs
+    (two branches, a re-run) apart when a job is looked up by name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"ci-runner-{entry_name}-{run_id}")
 
 
 def job_scripts(
@@ -161,7 +163,7 @@ def _job(
     script = "".join(
         [
             "#!/bin/bash\n",
-            sbatch_header(config, entry, layout),
+            sbatch_header(config, entry, layout, job_name(entry.name, ci.run_id)),
             _prologue(config, entry, ci, layout, ours),
             _checkout(config.checkout, ci, layout),
             _run_body(body, layout, _user_env(config)),
@@ -171,9 +173,9 @@ def _job(
     return JobSpec(entry=entry, script=script, layout=layout, env=submit_env)
 
 
-def sbatch_header(config: Config, entry: Entry, layout: EntryLayout) -> str:
+def sbatch_header(config: Config, entry: Entry, layout: EntryLayout, name: str) -> str:
     """The `#SBATCH` lines for `entry`. Raises ConfigError for an option sbatch could misread."""
-    options: dict[str, Scalar] = {"job-name": job_name(entry.name), "output": layout.output, "error": layout.output}
+    options: dict[str, Scalar] = {"job-name": name, "output": layout.output, "error": layout.output}
     if config.account and "account" not in entry.sbatch:
         options["account"] = config.account
     for name, value in entry.sbatch.items():

@@ -359,7 +359,7 @@ def test_sbatch_header(tmp_path: Path) -> None:
     spec = job_script(config, make_entry(sbatch=sbatch), make_ci(), "/scratch/ci", {})
     root = "/scratch/ci/run-1/gcc-4"
     assert header(spec) == [
-        "#SBATCH --job-name=ci-runner-gcc-4",
+        "#SBATCH --job-name=ci-runner-gcc-4-run-1",
         f"#SBATCH --output={root}/slurm-%j.out",
         f"#SBATCH --error={root}/slurm-%j.out",
         "#SBATCH --account=g123",
@@ -371,7 +371,9 @@ def test_sbatch_header(tmp_path: Path) -> None:
         "#SBATCH --mem-per-cpu=1.5",
     ]
     assert spec.script.startswith("#!/bin/bash\n#SBATCH ")
-    assert spec.job_name == "ci-runner-gcc-4"
+    assert spec.job_name == "ci-runner-gcc-4-run-1"
+    other_run = job_script(config, make_entry(sbatch=sbatch), make_ci(run_id="run-2"), "/scratch/ci", {})
+    assert other_run.job_name == "ci-runner-gcc-4-run-2" and f"--job-name={other_run.job_name}" in other_run.script
 
 
 def test_entry_account_overrides_config_account(tmp_path: Path) -> None:
@@ -457,7 +459,7 @@ def test_sbatch_runs_the_script_and_keeps_the_exit_code(tmp_path: Path) -> None:
             info = _scontrol(job_id)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
-    assert info["JobName"] == "ci-runner-gcc-4"
+    assert info["JobName"] == spec.job_name == "ci-runner-gcc-4-run-1"
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "3:0")
     assert info["StdOut"] == spec.layout.output_path(job_id) == info["StdErr"]
     assert Path(spec.layout.output_path(job_id)).read_text() == f"{value}\n{ci.ref}\n"
