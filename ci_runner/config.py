@@ -118,13 +118,17 @@ def parse_duration(text: str | int) -> float:
     if clock and (clock.group(3) is not None or clock.group(1) is not None):
         days = int(clock.group(1) or 0)
         fields = [int(g) for g in clock.groups()[1:] if g is not None]
+        if clock.group(1) is not None:  # D-HH[:MM[:SS]]: every field after the days is bounded
+            bounded = zip(fields, (24, 60, 60))
+        else:  # [HH:]MM:SS: the leading field is unbounded
+            bounded = zip(fields[1:], (60, 60))
+        if any(value >= limit for value, limit in bounded):
+            raise InvalidDuration(f"{DURATION_HELP}, got {text!r} (a field after the first is out of range)")
         if clock.group(1) is not None:  # Slurm's D-HH[:MM[:SS]]
             fields += [0] * (3 - len(fields))
         elif len(fields) == 2:  # MM:SS
             fields.insert(0, 0)
         hours, minutes, seconds = fields
-        if (clock.group(1) is not None and hours >= 24) or minutes >= 60 or seconds >= 60:
-            raise InvalidDuration(f"{DURATION_HELP}, got {text!r} (a field after the first is out of range)")
         return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
     raise InvalidDuration(f"{DURATION_HELP}, got {text!r}")
 
