@@ -385,7 +385,7 @@ async def get_tail(request: Request, state: SandboxState) -> Response:
 async def get_view(request: Request, state: SandboxState) -> Response:
     path = fs_path(request, state)
     limit = state.files.max_ops_size
-    size = int_param(request, "size", 5 * 1024 * 1024)
+    size = int_param(request, "size", limit)  # the server default (5 MiB) is its default limit
     offset = int_param(request, "offset", 0)
     assert size is not None and offset is not None
     if offset < 0:
