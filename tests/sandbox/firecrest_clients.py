@@ -137,7 +137,7 @@ class StaticToken:
 def running_sandbox(tmp_path: Path, backend: str, **options: Any) -> Iterator[Sandbox]:
     """Start a sandbox over `tmp_path/cluster`; on exit cancel every job still active, then stop it."""
     root = tmp_path / "cluster"
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     options.setdefault("local_time_scale", 0.05)  # local backend: --time=1 (minute) ends after 3 s
     sb = start_sandbox(SandboxOptions(root=root, backend=backend, port=0, **options))
     try:
