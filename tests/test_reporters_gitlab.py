@@ -96,3 +96,12 @@ def test_for_context_gitlab_writes_into_ci_project_dir(tmp_path: Path) -> None:
     gl.run_finished([result("x")], 0)
     assert (tmp_path / "ci-runner.env").read_text().startswith("CI_RUNNER_EXIT_CODE=0\n")
     assert (tmp_path / "ci-runner-junit.xml").is_file()
+
+
+def test_for_context_gitlab_falls_back_to_cwd_when_the_project_dir_is_not_here(tmp_path: Path,
+                                                                              monkeypatch: object) -> None:
+    ci = CIContext(provider="gitlab", sha="c" * 40, ref="main", repo_url="https://gitlab.example/g/p.git",
+                   run_id="gl-1-2", paths=CIPaths(gitlab_project_dir=tmp_path / "builds" / "missing"))
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    for_context(ci, io.StringIO(), entries=["x"]).run_finished([result("x")], 0)
+    assert (tmp_path / "ci-runner.env").is_file() and not (tmp_path / "builds").exists()

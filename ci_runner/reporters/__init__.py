@@ -31,7 +31,9 @@ def for_context(
     `[entry] ` prefixes; None: prefixes). `color` applies to plain/Jenkins output only (the caller
     decides with `supports_color(stream, environ)`); GitHub and GitLab always render colours.
     Report files go where the CI wants them: GitHub outputs/summary files and the current directory
-    (the workspace) for JUnit + JSON summary; GitLab CI_PROJECT_DIR; Jenkins WORKSPACE.
+    (the workspace) for JUnit + JSON summary; GitLab CI_PROJECT_DIR; Jenkins WORKSPACE. A project
+    directory that does not exist here (gitlab-ci-local's shell executor reports a made-up one) means
+    the current directory, where the CI's job script starts.
     """
     if ci.provider == "github":
         from ci_runner.reporters.github import GitHubReporter
@@ -47,8 +49,12 @@ def for_context(
     if ci.provider == "gitlab":
         from ci_runner.reporters.gitlab import GitLabReporter
 
-        return GitLabReporter(stream, entries=entries, report_dir=ci.paths.gitlab_project_dir or Path.cwd())
+        return GitLabReporter(stream, entries=entries, report_dir=_existing_dir(ci.paths.gitlab_project_dir))
     if ci.provider == "jenkins":
-        workspace = ci.paths.jenkins_workspace or Path.cwd()
+        workspace = _existing_dir(ci.paths.jenkins_workspace)
         return PlainReporter(stream, color=color, entries=entries, junit_path=workspace / JUNIT_NAME)
     return PlainReporter(stream, color=color, entries=entries)
+
+
+def _existing_dir(path: Path | None) -> Path:
+    return path if path is not None and path.is_dir() else Path.cwd()
