@@ -96,6 +96,14 @@ class Sandbox:
 
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # first: a busy port fails early
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind(("127.0.0.1", options.port))
+        except OSError:
+            self._socket.close()
+            raise
+        self.port = self._socket.getsockname()[1]
         self._own_root = options.root is None
         root = Path(tempfile.mkdtemp(prefix="ci-runner-sandbox-")) if options.root is None else options.root
         self.root = Path(os.path.realpath(root))
@@ -118,10 +126,6 @@ class Sandbox:
             backend=self.backend, authority=authority, faults=faults, log=self.request_log,
             token_ttl=faults.token_ttl if faults.token_ttl is not None else options.token_ttl,
         )
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", options.port))
-        self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.token_url = self.url + TOKEN_PATH
         config = uvicorn.Config(build_app(state), http=_DroppingH11Protocol, ws="none", lifespan="off",
