@@ -28,15 +28,6 @@ FINAL_STATUS = {
 }
 
 
-def shape(value: Any) -> Any:
-    """Keys and value types, recursively; None matches any type (nullable fields)."""
-    if isinstance(value, dict):
-        return {key: shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [shape(value[0])] if value else []
-    return None if value is None else type(value).__name__
-
-
 def same_shape(real: Any, ours: Any, where: str = "") -> None:
     if real is None or ours is None:
         return
