@@ -169,3 +169,55 @@ def select_entries(entries: list[Entry], names: tuple[str, ...]) -> list[Entry]:
         raise UsageError(f"unknown entry {', '.join(repr(n) for n in unknown)}; valid entries: "
                          f"{', '.join(e.name for e in entries)}")
     return [e for e in entries if e.name in names]
+
+
+# --- run / cancel / systems (runner helper) ------------------------------------------------------
+# Heavy imports (pyfirecrest, the sandbox server) stay inside the functions.
+
+
+@cli.command("run", help="Submit the matrix entries as Slurm jobs, stream their output live, exit with the "
+             "most severe outcome.\n\n" + EXIT_CODES_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=".ci-runner.yml",
+              show_default=True, help="Configuration file.")
+@click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Run only this entry (repeatable).")
+@click.option("--system", help="FirecREST system (overrides the configuration).")
+@click.option("--workdir", help="Remote base directory (default: config `workdir`, else the system's default).")
+@click.option("--checkout", type=click.Choice(["clone", "upload", "none"]), help="Override `checkout`.")
+@click.option("--queue-timeout", metavar="DUR", help="Cancel and fail (exit 3) when still pending after DUR, e.g. 30m.")
+@click.option("--requests-per-minute", type=click.IntRange(min=1), metavar="N",
+              help="FirecREST request budget shared by all entries (default: config, else 10).")
+@click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Run state file (default: ./.ci-runner-state/<run-id>.json).")
+@click.option("--attach", is_flag=True, help="Resume following the jobs of a state file (after a runner restart).")
+@click.option("--sandbox", "use_sandbox", is_flag=True,
+              help="Start the embedded sandbox FirecREST in-process and run against it (system `local`).")
+def run_command(config_path: str, entry_names: tuple[str, ...], system: str | None, workdir: str | None,
+                checkout: str | None, queue_timeout: str | None, requests_per_minute: int | None,
+                state_file: str | None, attach: bool, use_sandbox: bool) -> int:
+    from ci_runner import runcommand
+
+    return runcommand.run(runcommand.RunRequest(
+        config_path=config_path, entry_names=entry_names, system=system, workdir=workdir, checkout=checkout,
+        queue_timeout=queue_timeout, requests_per_minute=requests_per_minute, state_file=state_file,
+        attach=attach, sandbox=use_sandbox))
+
+
+@cli.command("cancel", help="Cancel jobs: the given JOB_IDs, or every unfinished job of the state file "
+             "(for `if: cancelled()` steps and GitLab `after_script`). Idempotent; exit 0 when nothing is left running.")
+@click.argument("job_ids", nargs=-1)
+@click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Run state file (default: this CI run's, else the newest in ./.ci-runner-state/).")
+@click.option("--system", help="FirecREST system of the JOB_IDs (default: the state file's, else FIRECREST_SYSTEM).")
+def cancel_command(job_ids: tuple[str, ...], state_file: str | None, system: str | None) -> int:
+    from ci_runner import runcommand
+
+    return runcommand.cancel(job_ids, state_file, system)
+
+
+@cli.command("systems", help="Show the health of the FirecREST systems (a pre-check); exit 3 when the chosen "
+             "system is missing or unhealthy.")
+@click.option("--system", help="Check only this system.")
+def systems_command(system: str | None) -> int:
+    from ci_runner import runcommand
+
+    return runcommand.systems(system)

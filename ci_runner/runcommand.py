@@ -1,0 +1,256 @@
+"""The `run`, `cancel` and `systems` commands behind their thin click functions in cli.py.
+
+Assembly only: config → entries → CI context → job scripts → Cluster → `runner.run`, plus the
+signal handlers (SIGINT/SIGTERM set the runner's stop event) and the embedded sandbox of `--sandbox`.
+Results are exit codes; errors are the typed errors of errors.py (cli.main maps them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import click
+
+from ci_runner import statefile
+from ci_runner.errors import InfraError, UsageError
+
+if TYPE_CHECKING:
+    from ci_runner.ci import CIContext
+    from ci_runner.cluster import Cluster
+    from ci_runner.config import Config
+    from ci_runner.matrix import Entry
+    from ci_runner.statefile import RunState
+
+SANDBOX_REQUESTS_PER_MINUTE = 600  # the embedded sandbox has no quota; --requests-per-minute still wins
+CANCEL_REQUESTS_PER_MINUTE = 60
+CANCEL_WAIT = 30.0  # `ci-runner cancel`: seconds to wait for the jobs to leave the queue
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The command line of `ci-runner run`."""
+
+    config_path: str
+    entry_names: tuple[str, ...] = ()
+    system: str | None = None
+    workdir: str | None = None
+    checkout: str | None = None
+    queue_timeout: str | None = None
+    requests_per_minute: int | None = None
+    state_file: str | None = None
+    attach: bool = False
+    sandbox: bool = False
+
+
+def run(request: RunRequest) -> int:
+    """`ci-runner run`; the process exit code."""
+    from ci_runner import ci as ci_module
+    from ci_runner import config as config_module
+    from ci_runner import matrix
+
+    environ = dict(os.environ)
+    cwd = Path.cwd()
+    config = _with_overrides(config_module.load(Path(request.config_path)), request)
+    ci = ci_module.detect(environ, cwd)
+
+    recorded: RunState | None = None
+    if request.attach:
+        state_path = Path(request.state_file) if request.state_file else find_state_file(ci.run_id, cwd)
+        recorded = statefile.load(state_path)
+        ci = dataclasses.replace(ci, run_id=recorded.run_id)
+    else:
+        state_path = Path(request.state_file) if request.state_file else statefile.default_path(ci.run_id, cwd)
+
+    sandbox = None
+    try:
+        default_workdir: str | None = None
+        system = request.system
+        if request.sandbox:
+            from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+            sandbox = start_sandbox(SandboxOptions(root=None, backend="auto", port=0))  # temp root, removed on stop
+            environ.update(sandbox.env())
+            system = system or sandbox.system
+            default_workdir = f"{sandbox.root}/ci-runner"
+        entries = matrix.expand(config)
+        if system:
+            entries = [dataclasses.replace(entry, system=system) for entry in entries]
+        entries = select_entries(entries, request.entry_names, recorded)
+        systems = sorted({entry.system for entry in entries})
+        if len(systems) > 1:
+            raise UsageError(f"the selected entries run on several systems ({', '.join(systems)}); run one system "
+                             "per `ci-runner run` (--system, or --entry with the CI's own matrix: `ci-runner matrix`)")
+        return asyncio.run(_run(config, ci, entries, systems[0], environ, state_path, recorded, default_workdir, cwd))
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+def _with_overrides(config: Config, request: RunRequest) -> Config:
+    from ci_runner.config import parse_duration
+
+    changes: dict[str, Any] = {}
+    if request.checkout:
+        changes["checkout"] = request.checkout
+    if request.queue_timeout:
+        try:
+            changes["queue_timeout"] = parse_duration(request.queue_timeout)
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"--queue-timeout {request.queue_timeout!r}: {error}") from error
+    if request.requests_per_minute:
+        changes["requests_per_minute"] = request.requests_per_minute
+    elif request.sandbox:
+        changes["requests_per_minute"] = SANDBOX_REQUESTS_PER_MINUTE
+    if request.workdir:
+        changes["workdir"] = request.workdir
+    return dataclasses.replace(config, **changes)
+
+
+async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
+               state_path: Path, recorded: RunState | None, default_workdir: str | None, cwd: Path) -> int:
+    from ci_runner import render, reporters, runner, workspace
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    cluster = open_cluster(environ, system, config.requests_per_minute)
+    try:
+        if recorded is not None:
+            workdir = recorded.workdir
+        else:
+            workdir = config.workdir or default_workdir or f"{(await cluster.default_workdir()).rstrip('/')}/ci-runner"
+        specs = render.job_scripts(config, entries, ci, workdir, environ)
+        source = None
+        if config.checkout == "upload" and recorded is None:
+            source = workspace.source_archive(cwd, ci.sha)
+            workspace.check_uploadable(source)
+        reporter = reporters.for_context(ci, sys.stdout, entries=[entry.name for entry in entries],
+                                         color=reporters.supports_color(sys.stdout, dict(environ)))
+        options = runner.RunOptions.from_config(
+            config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
+            attach=recorded is not None)
+        return await runner.run(specs, cluster, reporter, options, stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await cluster.close()
+
+
+def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_minute: int) -> Cluster:
+    """A Cluster from the FIRECREST_* environment (UsageError naming what is missing)."""
+    from ci_runner.budget import RequestBudget
+    from ci_runner.cluster import Cluster, Credentials
+
+    return Cluster(Credentials.from_env(environ), system or None, budget=RequestBudget(requests_per_minute))
+
+
+def find_state_file(run_id: str, cwd: Path) -> Path:
+    """This CI run's state file, else the newest in ./.ci-runner-state/ (local runs get a new id each time)."""
+    path = statefile.default_path(run_id, cwd)
+    if path.exists():
+        return path
+    newest = statefile.newest(cwd)
+    if newest is None:
+        raise UsageError(f"no state file in {cwd / statefile.STATE_DIR}; pass --state-file PATH")
+    return newest
+
+
+def select_entries(entries: Sequence[Entry], names: Sequence[str], recorded: RunState | None) -> list[Entry]:
+    """`--entry` filter (an unknown name is a usage error); with --attach only the state file's entries."""
+    known = [entry.name for entry in entries]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"unknown entry {', '.join(unknown)}; entries: {', '.join(known)}")
+    chosen = [entry for entry in entries if not names or entry.name in names]
+    if recorded is not None:
+        chosen = [entry for entry in chosen if entry.name in recorded.entries]
+        if not chosen:
+            raise UsageError("none of the state file's entries is in the configuration")
+    if not chosen:
+        raise UsageError("the matrix has no entries")
+    return chosen
+
+
+def cancel(job_ids: Sequence[str], state_file: str | None, system: str | None) -> int:
+    """`ci-runner cancel`: cancel ids, or every unfinished job of a state file; 0 once none is left running."""
+    from ci_runner import ci as ci_module
+    from ci_runner import runner
+
+    environ = dict(os.environ)
+    handle = None
+    if not job_ids:
+        if state_file:
+            path = Path(state_file)
+        else:
+            try:
+                run_id = ci_module.detect(environ, Path.cwd()).run_id
+            except UsageError:
+                run_id = ""
+            path = find_state_file(run_id, Path.cwd())
+        handle = statefile.StateFile.open(path)
+        system = system or handle.state.system
+    system = system or environ.get("FIRECREST_SYSTEM")
+    if not system:
+        raise UsageError("no system: pass --system or set FIRECREST_SYSTEM")
+
+    async def cancel_all() -> runner.CancelReport:
+        cluster = open_cluster(environ, system, CANCEL_REQUESTS_PER_MINUTE)
+        try:
+            if handle is not None:
+                return await runner.cancel_recorded(cluster, handle, wait=CANCEL_WAIT)
+            return await runner.cancel_jobs(cluster, list(job_ids), wait=CANCEL_WAIT)
+        finally:
+            await cluster.close()
+
+    report = asyncio.run(cancel_all())
+    for line in report.lines:
+        click.echo(f"ci-runner: {line}")
+    if report.still_running:
+        raise InfraError(f"still not finished after {CANCEL_WAIT:.0f} s: job(s) {', '.join(report.still_running)}")
+    return 0
+
+
+def systems(system: str | None) -> int:
+    """`ci-runner systems`: one line per system and service; 3 when the chosen system is missing or unhealthy.
+
+    The chosen system is `--system`, else FIRECREST_SYSTEM; with neither, every system is shown and
+    any unhealthy one gives 3.
+    """
+    environ = dict(os.environ)
+    chosen = system or environ.get("FIRECREST_SYSTEM")
+
+    async def health() -> list[dict[str, Any]]:
+        cluster = open_cluster(environ, chosen, CANCEL_REQUESTS_PER_MINUTE)
+        try:
+            return await cluster.systems()
+        finally:
+            await cluster.close()
+
+    found = asyncio.run(health())
+    shown = [s for s in found if not chosen or str(s.get("name", "")).lower() == chosen.lower()]
+    if chosen and not shown:
+        names = ", ".join(str(s.get("name")) for s in found) or "none"
+        raise InfraError(f"FirecREST has no system named {chosen!r}; systems: {names}")
+    unhealthy = []
+    for entry in shown:
+        name = str(entry.get("name"))
+        services = entry.get("servicesHealth") or []
+        bad = [service for service in services if not service.get("healthy")]
+        if bad:
+            unhealthy.append(name)
+        click.echo(f"{name}: {'healthy' if not bad else 'UNHEALTHY'}")
+        for service in services:
+            status = "ok" if service.get("healthy") else f"unhealthy: {service.get('message') or 'no message'}"
+            where = f" {service['path']}" if service.get("path") else ""
+            click.echo(f"  {service.get('serviceType')}{where}: {status}")
+    if unhealthy:
+        raise InfraError(f"unhealthy: {', '.join(unhealthy)}")
+    return 0

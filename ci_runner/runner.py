@@ -1,0 +1,538 @@
+"""Orchestration of `ci-runner run`: prepare, submit, follow, decide, fetch back, report.
+
+One asyncio task per entry; all of them share the Cluster's single request budget. The state file
+records every job id (and every submit in flight) before the job is followed, and the printed output
+offset after every print, so `ci-runner cancel` and `ci-runner run --attach` work after the runner died.
+
+Cancellation (`stop` set by the CLI's SIGINT/SIGTERM handler): every follower is stopped and every
+known job is cancelled with parallel DELETE requests sent through a second `Cluster` with its own
+small budget and short retries (`urgent_cluster`), i.e. bypassing the run's pacing: a CI gives a
+cancelled job a few seconds before it kills the runner, so a cancel must not queue behind a minute
+of polling budget. One request per job (plus retries), once per run, is a deliberate exception to
+the budget: a leaked job on a shared cluster costs more than a brief excess over the quota (a 429
+would still be honoured). Entries whose submit was in flight are looked up by their unique job name.
+Then the run ends with 130.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from ci_runner import statefile, states, workspace
+from ci_runner.errors import CIRunnerError, InfraError, UsageError
+from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.text import format_duration
+from ci_runner.states import Outcome
+from ci_runner.statefile import EntryState, RunState, StateFile
+from ci_runner.stream import OutputReader, PollInterval
+
+if TYPE_CHECKING:
+    from ci_runner.cluster import Cluster, JobStatus
+    from ci_runner.config import Config
+    from ci_runner.render import JobSpec
+    from ci_runner.reporters.base import Reporter
+
+TAIL_LINES = 20
+STATE_CHECK_EVERY = 15.0      # seconds between job-state checks while output keeps flowing
+PENDING_POLL_MAX = 30.0       # slowest job-state poll while queued
+PENDING_REPORT_EVERY = 60.0   # repeat the queue state in the log at least this often
+NOT_FOUND_POLL = 3.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `run` needs besides the specs. Durations in seconds."""
+
+    run_id: str
+    workdir: str
+    state_file: Path
+    system: str = ""
+    source: workspace.SourceArchive | None = None  # checkout: upload
+    queue_timeout: float | None = None
+    max_concurrent_submits: int = 4
+    resubmit: int = 0                # automatic resubmits on infrastructure states
+    attach: bool = False             # resume following the jobs of the state file
+    artifacts: tuple[str, ...] = ()
+    junit: tuple[str, ...] = ()
+    artifacts_dir: Path = Path("ci-runner-artifacts")
+    cleanup: bool = False
+    not_found_grace: float = 60.0    # "job not found" right after submit is normal this long
+    cancel_deadline: float = 2.0     # SIGINT/SIGTERM: every cancel request must be sent within this
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: object) -> RunOptions:
+        """Options taken from the configuration; keyword arguments (run_id, workdir, ...) complete/override."""
+        values: dict[str, object] = {
+            "system": config.system,
+            "queue_timeout": config.queue_timeout,
+            "resubmit": config.resubmit,
+            "artifacts": tuple(config.artifacts) + tuple(g for g in config.junit if g not in config.artifacts),
+            "junit": tuple(config.junit),
+            "cleanup": config.cleanup,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Attempt:
+    """What following one job produced."""
+
+    status: JobStatus | None
+    outcome: Outcome
+    message: str
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+
+
+@dataclass
+class _Entry:
+    """Mutable per-entry bookkeeping of the run."""
+
+    spec: JobSpec
+    job_id: str | None = None
+    output_bytes: int = 0
+    submitted_wall: float | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    partial: str = ""  # printed text after the last newline (the reporter still holds it)
+
+    @property
+    def name(self) -> str:
+        return self.spec.entry.name
+
+
+class _Run:
+    def __init__(self, specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter,
+                 options: RunOptions, stop: asyncio.Event) -> None:
+        self.cluster = cluster
+        self.reporter = reporter
+        self.options = options
+        self.stop = stop
+        self.entries = {spec.entry.name: _Entry(spec) for spec in specs}
+        self.submit_slots = asyncio.Semaphore(max(1, options.max_concurrent_submits))
+        self.following = 0  # entries currently being followed (they share the request budget)
+        self.state: StateFile
+
+    # -- the whole run -------------------------------------------------------------------------
+
+    async def execute(self) -> int:
+        self.state = self._open_state()
+        self.reporter.info(f"state file: {self.state.path} (for `ci-runner cancel` and `ci-runner run --attach`)")
+        if self.options.source is not None and self.options.source.dirty:
+            self.reporter.warning(
+                f"the working tree has uncommitted changes; uploading commit {self.options.source.sha[:12]} without them")
+        tasks = {name: asyncio.create_task(self._entry(entry), name=f"entry {name}")
+                 for name, entry in self.entries.items()}
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            pending = set(tasks.values())
+            while pending and not self.stop.is_set():
+                _, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stopper)
+            if self.stop.is_set():
+                return await self._cancel_run(tasks)
+        except BaseException:
+            # A bug or an interrupt must not leak jobs: cancel what was submitted, then re-raise.
+            await self._cancel_run(tasks, report=False)
+            raise
+        finally:
+            stopper.cancel()
+        results = [task.result() for task in tasks.values()]
+        code = states.worst(r.outcome for r in results).exit_code
+        self.reporter.run_finished(results, code)
+        return code
+
+    def _open_state(self) -> StateFile:
+        path = self.options.state_file
+        if self.options.attach:
+            handle = StateFile.open(path)
+            for name, entry in self.entries.items():
+                recorded = handle.state.entries.get(name)
+                if recorded is not None:
+                    entry.job_id = recorded.job_id
+                    entry.submitted_wall = recorded.submitted_at
+            return handle
+        entries = {
+            name: EntryState(job_name=entry.spec.job_name, remote_dir=entry.spec.layout.root,
+                             system=entry.spec.entry.system)
+            for name, entry in self.entries.items()
+        }
+        state = RunState(run_id=self.options.run_id, system=self.options.system, workdir=self.options.workdir,
+                         entries=entries)
+        return StateFile.create(path, state)
+
+    async def _cancel_run(self, tasks: dict[str, asyncio.Task[EntryResult]], report: bool = True) -> int:
+        """Stop every follower, cancel every job (urgently, in parallel), report CANCELLED entries; 130."""
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        names = [name for name, entry in self.state.state.entries.items() if not entry.finished]
+        if names:
+            urgent = urgent_cluster(self.cluster, len(names), self.options.cancel_deadline)
+            try:
+                cancels = [self._cancel_entry(urgent, name) for name in names]
+                done = await asyncio.gather(*cancels, return_exceptions=True)
+            finally:
+                await urgent.close()
+            for name, failure in zip(names, done):
+                if isinstance(failure, BaseException):
+                    self.reporter.error(f"could not cancel the job: {failure}; run `ci-runner cancel "
+                                        f"--state-file {self.state.path}`", name)
+        if not report:
+            return Outcome.CANCELLED.exit_code
+        results = []
+        for name, entry in self.entries.items():
+            task = tasks[name]
+            if task.done() and not task.cancelled() and task.exception() is None:
+                results.append(task.result())  # finished before the signal
+                continue
+            result = self._result(entry, None, _Attempt(None, Outcome.CANCELLED, "cancelled because the CI cancelled the run"))
+            self.reporter.entry_finished(result)
+            results.append(result)
+        self.reporter.run_finished(results, Outcome.CANCELLED.exit_code)
+        return Outcome.CANCELLED.exit_code
+
+    async def _cancel_entry(self, urgent: Cluster, name: str) -> None:
+        recorded = self.state.state.entries[name]
+        job_id = recorded.job_id
+        if job_id is None and recorded.state == statefile.SUBMITTING:
+            job_id = await find_job(urgent, recorded.job_name)
+        if job_id is None:
+            self.state.update(name, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
+            return
+        await urgent.cancel(job_id)
+        self.state.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
+
+    # -- one entry -----------------------------------------------------------------------------
+
+    async def _entry(self, entry: _Entry) -> EntryResult:
+        try:
+            result = await self._entry_attempts(entry)
+        except CIRunnerError as error:
+            result = self._result(entry, None, _Attempt(None, Outcome.INFRA, str(error)))
+        if result.outcome is Outcome.PASSED and self.options.cleanup:
+            try:
+                await workspace.cleanup(self.cluster, entry.spec.layout)
+            except CIRunnerError as error:
+                self.reporter.warning(f"could not remove {entry.spec.layout.root}: {error}", entry.name)
+        self.state.update(entry.name, finished=True, state=result.state, exit_code=result.exit_code,
+                          outcome=result.outcome.value)
+        self.reporter.entry_finished(result)
+        return result
+
+    async def _entry_attempts(self, entry: _Entry) -> EntryResult:
+        recorded = self.state.state.entries.get(entry.name)
+        offset = 0
+        if self.options.attach and recorded is not None:
+            if recorded.finished:
+                return self._recorded_result(entry, recorded)
+            if entry.job_id is None and recorded.state == statefile.SUBMITTING:
+                entry.job_id = await find_job(self.cluster, recorded.job_name)
+                if entry.job_id is not None:
+                    self.state.update(entry.name, job_id=entry.job_id,
+                                      output_path=entry.spec.layout.output_path(entry.job_id))
+            offset = recorded.offset if entry.job_id is not None else 0
+            if entry.job_id is not None:
+                self.reporter.info(f"{entry.name}: attaching to Slurm job {entry.job_id} at output byte {offset}")
+        if entry.job_id is None:
+            async with self.submit_slots:
+                await workspace.prepare(self.cluster, entry.spec.layout, self.options.source)
+                await self._submit(entry)
+        resubmits = self.options.resubmit
+        while True:
+            assert entry.job_id is not None
+            self.following += 1
+            try:
+                attempt = await self._follow(entry, entry.job_id, offset)
+            finally:
+                self.following -= 1
+            state = attempt.status.state if attempt.status else ""
+            if resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
+                resubmits -= 1
+                self.reporter.warning(f"job {entry.job_id} ended {state} (cluster failure): resubmitting "
+                                      f"({resubmits} resubmit(s) left)", entry.name)
+                self._flush_partial(entry)
+                async with self.submit_slots:
+                    await self._submit(entry)
+                offset = 0
+                continue
+            break
+        artifacts_dir, junit_files = await self._fetch_artifacts(entry, attempt)
+        return self._result(entry, attempt.status, attempt, artifacts_dir, junit_files)
+
+    async def _submit(self, entry: _Entry) -> None:
+        name = entry.name
+        spec = entry.spec
+        entry.submitted_wall = time.time()
+        self.state.update(name, state=statefile.SUBMITTING, job_id=None, output_path=None, offset=0,
+                          submitted_at=entry.submitted_wall)
+        job_id = await self.cluster.submit(spec.script, spec.layout.root, dict(spec.env))
+        entry.job_id = job_id
+        self.state.update(name, job_id=job_id, output_path=spec.layout.output_path(job_id), state="SUBMITTED")
+        self.reporter.entry_submitted(name, job_id, spec.layout.root)
+
+    async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
+        """Poll the job's state and output until it is final; print the output as it arrives."""
+        name = entry.name
+        reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id),
+                              on_warning=lambda message: self.reporter.warning(message, name))
+        reader.offset = offset
+        interval = PollInterval()
+        delay: float | None = None
+        clock = time.monotonic
+        started = clock()
+        # Queue time counts from the recorded submit (also across an --attach).
+        wall_submitted = entry.submitted_wall or time.time()
+        queued_since = started - max(0.0, time.time() - wall_submitted)
+        status: JobStatus | None = None
+        seen = running = False
+        last_check = float("-inf")
+        last_report: tuple[str, str | None] | None = None
+        last_report_at = float("-inf")
+        pending_pause = 2.0
+        idle = True
+        while True:
+            now = clock()
+            if not running or idle or now - last_check >= STATE_CHECK_EVERY:
+                status = await self.cluster.job(job_id)
+                last_check = now = clock()
+                if status is None:
+                    if running or seen:
+                        text = await reader.drain() if running else ""
+                        self._emit(entry, reader, text)
+                        return _Attempt(None, Outcome.INFRA,
+                                        f"job {job_id} vanished from Slurm before a final state was seen")
+                    if now - started < self.options.not_found_grace:
+                        await asyncio.sleep(NOT_FOUND_POLL)
+                        continue
+                    return _Attempt(None, Outcome.INFRA, f"job {job_id} was not found in Slurm "
+                                    f"{format_duration(self.options.not_found_grace)} after submit")
+                seen = True
+                if states.is_pending(status.state):
+                    waited = now - queued_since
+                    key = (states.base_state(status.state), status.reason)
+                    if key != last_report or now - last_report_at >= PENDING_REPORT_EVERY:
+                        self.reporter.entry_waiting(name, status.state, status.reason, waited)
+                        last_report, last_report_at = key, now
+                    if states.hopeless_pending(status.reason):
+                        await self.cluster.cancel(job_id)
+                        return _Attempt(status, Outcome.INFRA, f"pending with reason "
+                                        f"{states.describe_pending(status.reason)}; it can never start, job cancelled")
+                    timeout = self.options.queue_timeout
+                    if timeout is not None and waited >= timeout:
+                        await self.cluster.cancel(job_id)
+                        return _Attempt(status, Outcome.INFRA, f"still {status.state} after "
+                                        f"{format_duration(waited)} in the queue (queue_timeout "
+                                        f"{format_duration(timeout)}); job cancelled", queue_seconds=waited)
+                    pause = pending_pause if timeout is None else min(pending_pause, max(0.5, timeout - waited))
+                    pending_pause = min(pending_pause * 1.5, PENDING_POLL_MAX)
+                    await asyncio.sleep(pause)
+                    continue
+                if not running:
+                    running = True
+                    if last_report is not None:  # it was seen waiting: say that the wait is over
+                        self.reporter.entry_waiting(name, status.state, None, now - queued_since)
+            assert status is not None
+            text = await reader.poll()
+            self._emit(entry, reader, text)
+            idle = not text
+            if states.is_terminal(status.state):
+                self._emit(entry, reader, await reader.drain())
+                verdict = states.classify(status.state, status.exit_code, status.signal)
+                queue = (status.start - wall_submitted) if status.start else None
+                run = status.elapsed if status.elapsed is not None else (
+                    status.end - status.start if status.start and status.end else None)
+                return _Attempt(status, verdict.outcome, "" if verdict.outcome is Outcome.PASSED else verdict.summary,
+                                queue_seconds=max(0.0, queue) if queue is not None else None, run_seconds=run)
+            if reader.chunked:
+                continue  # a backlog over the API's output cap: read the next block right away (budget permitting)
+            floor = PollInterval.budget_floor(self.cluster.budget.requests_per_minute, self.following)
+            delay = interval.next(delay, bool(text), floor)
+            await asyncio.sleep(delay)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _emit(self, entry: _Entry, reader: OutputReader, text: str) -> None:
+        """Print a chunk and record how far the output is printed (whole lines: the reporter holds the rest)."""
+        if not text:
+            return
+        self.reporter.entry_output(entry.name, text)
+        entry.output_bytes += len(text.encode("utf-8"))
+        lines = (entry.partial + text).split("\n")
+        entry.partial = lines.pop()
+        entry.tail.extend(lines)
+        # Bytes not printed yet: the unfinished last line (re-encoding is exact unless it holds
+        # invalid UTF-8, which the reader replaced with U+FFFD; then a few bytes may be repeated).
+        printed = max(0, reader.offset - len(entry.partial.encode("utf-8")))
+        self.state.update(entry.name, offset=printed)
+
+    def _flush_partial(self, entry: _Entry) -> None:
+        if entry.partial:
+            self.reporter.entry_output(entry.name, "\n")
+            entry.tail.append(entry.partial)
+            entry.partial = ""
+
+    # -- artifacts -----------------------------------------------------------------------------
+
+    async def _fetch_artifacts(self, entry: _Entry, attempt: _Attempt) -> tuple[str | None, tuple[str, ...]]:
+        """Download the configured artifacts of a job that ran; warnings (not failures) when that fails."""
+        if not self.options.artifacts or attempt.status is None or attempt.status.start is None:
+            return None, ()
+        destination = self.options.artifacts_dir / entry.name
+        try:
+            files = await fetch_artifacts(self.cluster, entry.spec.layout.src, self.options.artifacts, destination,
+                                          warn=lambda message: self.reporter.warning(message, entry.name))
+        except CIRunnerError as error:
+            self.reporter.warning(f"could not fetch artifacts: {error}", entry.name)
+            return None, ()
+        if not files:
+            return None, ()
+        junit = [workspace.glob_regex(p.removeprefix("./")) for p in self.options.junit]
+        junit_files = tuple(str(destination / f) for f in files if any(r.fullmatch(f) for r in junit))
+        return str(destination), junit_files
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _result(self, entry: _Entry, status: JobStatus | None, attempt: _Attempt,
+                artifacts_dir: str | None = None, junit_files: tuple[str, ...] = ()) -> EntryResult:
+        if status is not None:
+            state = status.state
+        elif entry.job_id is None:
+            state = statefile.NOT_SUBMITTED
+        elif attempt.outcome is Outcome.CANCELLED:
+            state = "CANCELLED"
+        else:
+            state = "UNKNOWN"
+        tail = list(entry.tail) + ([entry.partial] if entry.partial else [])
+        return EntryResult(
+            entry=entry.name, job_id=entry.job_id, state=state,
+            exit_code=status.exit_code if status is not None else None,
+            outcome=attempt.outcome, queue_seconds=attempt.queue_seconds, run_seconds=attempt.run_seconds,
+            output_bytes=entry.output_bytes, remote_dir=entry.spec.layout.root, message=attempt.message,
+            tail="\n".join(tail[-TAIL_LINES:]), artifacts_dir=artifacts_dir, junit_files=junit_files,
+        )
+
+    def _recorded_result(self, entry: _Entry, recorded: EntryState) -> EntryResult:
+        outcome = Outcome(recorded.outcome) if recorded.outcome is not None else Outcome.INFRA
+        return EntryResult(
+            entry=entry.name, job_id=recorded.job_id, state=recorded.state, exit_code=recorded.exit_code,
+            outcome=outcome, queue_seconds=None, run_seconds=None, output_bytes=recorded.offset,
+            remote_dir=recorded.remote_dir, message="finished before --attach",
+        )
+
+
+async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], destination: Path,
+                          warn: object = None) -> list[str]:
+    """List `src` recursively, download the files matching `patterns` into `destination`; their relative paths.
+
+    Links leaving `src`, non-regular and oversized files are refused (reported through `warn`).
+    """
+    list_files = getattr(cluster, "list_files", None)
+    if list_files is None:  # until cluster.py offers `ls` (see the runner helper's report)
+        raise InfraError("this version cannot list remote files (Cluster.list_files is missing)")
+    listing = workspace.remote_files(await list_files(src, recursive=True))
+    plan = workspace.plan_artifacts(src, listing, patterns)
+    for path, why in plan.refused:
+        if callable(warn):
+            warn(f"artifact {path} not fetched: {why}")
+    fetched: list[str] = []
+    for relative in plan.files:
+        target = workspace.local_destination(destination, relative)
+        data = await cluster.download(f"{src}/{relative}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        fetched.append(relative)
+    return fetched
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What `ci-runner cancel` did: lines for the log, and jobs still not final after the wait."""
+
+    lines: tuple[str, ...]
+    still_running: tuple[str, ...]
+
+
+async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30.0) -> CancelReport:
+    """Cancel `job_ids` in parallel, then wait (bounded) until each is final or unknown to Slurm.
+
+    Idempotent: a finished, already cancelled or forgotten job is reported, not an error.
+    """
+    lines: list[str] = []
+
+    async def cancel_one(job_id: str) -> None:
+        status = await cluster.job(job_id)
+        if status is None or states.is_terminal(status.state):
+            lines.append(f"job {job_id}: " + ("not known to Slurm (finished long ago?)" if status is None
+                                               else f"already {status.state}"))
+            return
+        await cluster.cancel(job_id)
+        lines.append(f"job {job_id}: cancel requested (was {status.state})")
+
+    await asyncio.gather(*(cancel_one(job_id) for job_id in job_ids))
+    deadline = time.monotonic() + wait
+    remaining = list(job_ids)
+    while remaining:
+        statuses = await asyncio.gather(*(cluster.job(job_id) for job_id in remaining))
+        remaining = [job_id for job_id, status in zip(remaining, statuses)
+                     if status is not None and not states.is_terminal(status.state)]
+        if not remaining or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(1.0)
+    return CancelReport(tuple(lines), tuple(remaining))
+
+
+async def cancel_recorded(cluster: Cluster, handle: StateFile, wait: float = 30.0) -> CancelReport:
+    """Cancel every unfinished job of a state file, also those whose id was never recorded (by job name)."""
+    lines: list[str] = []
+    ids: dict[str, str] = {}
+    for name, entry in handle.state.unfinished().items():
+        job_id = entry.job_id
+        if job_id is None and entry.state == statefile.SUBMITTING:
+            job_id = await find_job(cluster, entry.job_name)
+        if job_id is None:
+            lines.append(f"{name}: never submitted")
+            handle.update(name, finished=True, state=statefile.NOT_SUBMITTED)
+            continue
+        ids[name] = job_id
+    report = await cancel_jobs(cluster, list(ids.values()), wait=wait)
+    for name, job_id in ids.items():
+        if job_id not in report.still_running:
+            handle.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
+    if not ids and not lines:
+        lines.append(f"nothing to cancel in {handle.path}")
+    return CancelReport(tuple(lines) + report.lines, report.still_running)
+
+
+def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
+    """A second client for cancelling `jobs` jobs now: its own budget (not paced behind the run's) and
+    retries that end within about `deadline` seconds."""
+    from ci_runner.budget import RequestBudget
+    from ci_runner.cluster import Cluster as ClusterClass
+    from ci_runner.cluster import RetryPolicy
+
+    policy = RetryPolicy(max_attempts=4, max_total=deadline, base_delay=0.1, max_delay=0.5,
+                         max_retry_after=deadline, request_timeout=deadline, token_timeout=deadline)
+    return ClusterClass(cluster.credentials, cluster.system, budget=RequestBudget(max(10, 4 * jobs)), retry=policy)
+
+
+async def find_job(cluster: Cluster, name: str) -> str | None:
+    """Id of this run's job named `name` (a submit whose answer was lost), or None."""
+    return await cluster._find_job(name)  # noqa: SLF001 - public `find_job` requested from cluster.py's owner
+
+
+async def run(specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter, options: RunOptions,
+              stop: asyncio.Event | None = None) -> int:
+    """Run (or with `options.attach`, resume) the entries; the process exit code (worst outcome).
+
+    `stop`: set it (from a SIGINT/SIGTERM handler) to cancel every job and end with 130.
+    Raises InfraError only for failures before any job exists (state file not writable, ...).
+    """
+    if not specs:
+        raise UsageError("no entries to run")
+    return await _Run(specs, cluster, reporter, options, stop or asyncio.Event()).execute()

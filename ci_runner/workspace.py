@@ -1,0 +1,218 @@
+"""The remote work directory of each entry, and the source that goes into it.
+
+Layout (layout.py): `<workdir>/<run-id>/<entry>/` with `src/` (the checkout; the user's script runs
+there), `source.tar.gz` (checkout: upload) and `slurm-<jobid>.out`.
+
+- `checkout: clone`: nothing to send; the job script (render.py) clones the exact SHA on the cluster.
+  No credentials ever go into the script, so a private repository needs `checkout: upload`.
+- `checkout: upload`: `git archive` of the exact commit (never the working tree), uploaded once per
+  entry; the job script extracts it into `src/`.
+- `checkout: none`: the script brings its own sources.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from ci_runner.errors import InfraError, UsageError
+
+if TYPE_CHECKING:
+    from ci_runner.cluster import Cluster
+    from ci_runner.layout import EntryLayout
+
+# Direct transfers only (no staged S3 transfers: they need an object store and a transfer job).
+# Upload: the server's ops/upload limit (max_ops_file_size, 5 MiB; pyfirecrest itself switches to staged
+# transfers at 1 MiB, we send the raw request). Download: ops/download is base64 over SSH inside the
+# same 5 MiB buffer, so about 3.75 MiB; stay below.
+MAX_DIRECT_UPLOAD = 5 * 1024 * 1024 - 1
+MAX_DIRECT_DOWNLOAD = 3 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceArchive:
+    """A gzipped tar of one commit. `dirty`: the local tree had uncommitted changes (not included)."""
+
+    sha: str
+    data: bytes
+    dirty: bool
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=300, check=False)
+    except FileNotFoundError as error:
+        raise UsageError("checkout: upload needs `git` on PATH") from error
+    except subprocess.TimeoutExpired as error:
+        raise InfraError(f"git {args[0]} took longer than 300 s in {repo}") from error
+
+
+def source_archive(repo: Path, sha: str) -> SourceArchive:
+    """`git archive --format=tar.gz <sha>` of `repo`: exactly the commit, whatever the working tree holds."""
+    result = _git(repo, "archive", "--format=tar.gz", sha)
+    if result.returncode != 0:
+        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UsageError(
+            f"checkout: upload: cannot archive commit {sha} of {repo}: {message[-1] if message else 'git failed'}"
+        )
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    return SourceArchive(sha=sha, data=result.stdout, dirty=bool(status.stdout.strip()))
+
+
+def check_uploadable(archive: SourceArchive) -> None:
+    """Refuse archives above the direct-upload limit with a message that says what to do."""
+    size = len(archive.data)
+    if size > MAX_DIRECT_UPLOAD:
+        raise UsageError(
+            f"checkout: upload: the source archive of {archive.sha[:12]} is {size / 1048576:.1f} MiB, but FirecREST "
+            f"uploads files directly only below 5 MiB and ci-runner does not use staged (S3) transfers; "
+            f"use `checkout: clone`, or exclude large files from the archive with `export-ignore` in .gitattributes"
+        )
+
+
+async def prepare(cluster: Cluster, layout: EntryLayout, archive: SourceArchive | None) -> None:
+    """Create the entry's directory (and `src/`) and upload the archive when there is one.
+
+    The directories must exist before submit: Slurm cannot open the output file of a job whose
+    directory is missing, and `--chdir` fails.
+    """
+    await cluster.mkdir(layout.src)
+    if archive is not None:
+        check_uploadable(archive)
+        directory, filename = posixpath.split(layout.archive)
+        await cluster.upload(archive.data, directory, filename)
+
+
+async def cleanup(cluster: Cluster, layout: EntryLayout) -> None:
+    """Remove the entry's directory (config `cleanup: true`, after success only)."""
+    await cluster.rm(layout.root)
+
+
+# --- artifacts: fetched back from `src/` after the job ------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One entry of a recursive listing of the checkout. `path` is relative to `src/`, '/'-separated."""
+
+    path: str
+    kind: str                      # "file", "dir", "link" or "other"
+    size: int = 0
+    link_target: str | None = None  # as stored in the link (relative to the link's directory, or absolute)
+
+
+_KINDS = {"-": "file", "d": "dir", "l": "link"}
+
+
+def remote_files(listing: Sequence[Mapping[str, object]]) -> list[RemoteFile]:
+    """FirecREST `ops/ls` entries (`name` relative to the listed dir, `type` "-"/"d"/"l", `linkTarget`, `size`)."""
+    files = []
+    for item in listing:
+        try:
+            size = int(str(item.get("size") or 0))
+        except ValueError:
+            size = 0
+        link = item.get("linkTarget")
+        files.append(RemoteFile(path=str(item.get("name", "")), kind=_KINDS.get(str(item.get("type")), "other"),
+                                size=size, link_target=str(link) if link else None))
+    return files
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a path glob: `*` and `?` stay inside one path segment, `**/` spans directories, `[...]` classes."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = pattern.find("]", i + 2 if pattern.startswith("[!", i) or pattern.startswith("[]", i) else i + 1)
+            if end == -1:
+                out.append(re.escape(char))
+            else:
+                body = pattern[i + 1:end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+                i = end + 1
+                continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out))
+
+
+def _resolve_link(root: str, path: str, by_path: Mapping[str, RemoteFile], depth: int = 0) -> RemoteFile | None:
+    """Follow links inside the listing; None when a link leaves `root` (the checkout), dangles or loops."""
+    entry = by_path.get(path)
+    if entry is None or depth > 20:
+        return None
+    if entry.kind != "link":
+        return entry
+    target = entry.link_target or ""
+    absolute = posixpath.normpath(target if target.startswith("/") else posixpath.join(root, posixpath.dirname(path), target))
+    if absolute != root and not absolute.startswith(root + "/"):
+        return None
+    return _resolve_link(root, posixpath.relpath(absolute, root), by_path, depth + 1)
+
+
+@dataclass(frozen=True)
+class ArtifactPlan:
+    """Which files to download (relative paths under `src/`) and which were refused, with why."""
+
+    files: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...]
+
+
+def plan_artifacts(
+    root: str, listing: Sequence[RemoteFile], patterns: Sequence[str], max_size: int = MAX_DIRECT_DOWNLOAD
+) -> ArtifactPlan:
+    """Match `patterns` against the listing of `root`; refuse links leaving `root`, and oversized files.
+
+    Pure. `root` is the absolute remote checkout (`layout.src`); a symlink counts as the file it points to,
+    only while every hop stays inside `root`.
+    """
+    regexes = [glob_regex(pattern.removeprefix("./")) for pattern in patterns]
+    by_path = {entry.path: entry for entry in listing}
+    files: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for entry in sorted(listing, key=lambda e: e.path):
+        if entry.kind == "dir" or not any(regex.fullmatch(entry.path) for regex in regexes):
+            continue
+        parts = entry.path.split("/")
+        if entry.path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            refused.append((entry.path, "not a plain relative path"))
+            continue
+        target = _resolve_link(root, entry.path, by_path)
+        if target is None:
+            refused.append((entry.path, "symbolic link pointing outside the checkout (or dangling)"))
+        elif target.kind != "file":
+            refused.append((entry.path, f"not a regular file ({target.kind})"))
+        elif target.size > max_size:
+            refused.append((entry.path, f"{target.size} bytes; direct downloads are limited to {max_size} bytes"))
+        else:
+            files.append(entry.path)
+    return ArtifactPlan(files=tuple(files), refused=tuple(refused))
+
+
+def local_destination(base: Path, relative: str) -> Path:
+    """`base/relative`, refusing anything that would land outside `base` (also through local symlinks)."""
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base.resolve()):
+        raise InfraError(f"artifact {relative!r} would be written outside {base}")
+    return target
