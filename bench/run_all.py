@@ -1,0 +1,448 @@
+"""Run every benchmark, print one table (baselines and ci-runner side by side), write JSON.
+
+    python bench/run_all.py            # full run (see bench/README.md for the expected time)
+    python bench/run_all.py --smoke    # tiny sizes, seconds; what tests/test_bench_smoke.py runs
+    python bench/run_all.py --only latency,rss --json /tmp/b.json
+
+Progress goes to stderr; the table (markdown) goes to stdout. Absolute numbers are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import BASELINE, CI_RUNNER, PYTHON, TOOLS, ToolResult, Workload, clean_environ, measure
+from bench.metrics import (StreamSink, api_requests, expected_sized, max_in_window, output_read_bytes,
+                           percentile)
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+METRICS = ("latency", "amplification", "completeness", "requests", "scale", "exit", "rss", "coldstart")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every size, duration and budget of a run. `full()` is the benchmark, `smoke()` keeps the scripts alive."""
+
+    backend: str = "auto"
+    baseline_interval: float = 10.0
+    latency_budgets: tuple[int, ...] = (10, 20, 50)
+    latency_lines: int = 30
+    latency_interval: float = 2.0
+    sizes: tuple[int, ...] = (KIB, MIB, 100 * MIB)
+    size_budget: int = 50
+    idle_seconds: float = 120.0
+    chatty_lines: int = 1200
+    chatty_interval: float = 0.1
+    scale_entries: tuple[int, ...] = (16, 64)
+    scale_quota: int = 10
+    scale_lines: int = 5
+    scale_interval: float = 1.0
+    scale_timeout: float = 1800.0
+    rss_bytes: int = GIB
+    rss_budget: int = 600
+    coldstart_repeats: int = 10
+    run_timeout: float = 900.0
+    tools: tuple[str, ...] = TOOLS
+
+    @classmethod
+    def full(cls) -> Params:
+        return cls()
+
+    @classmethod
+    def smoke(cls) -> Params:
+        return cls(baseline_interval=0.5, latency_budgets=(600,), latency_lines=3, latency_interval=0.2,
+                   sizes=(KIB, 64 * KIB), size_budget=600, idle_seconds=2.0, chatty_lines=10,
+                   chatty_interval=0.1, scale_entries=(2,), scale_quota=600, scale_lines=2, scale_interval=0.1,
+                   scale_timeout=120.0, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=2, run_timeout=120.0)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Bench:
+    """Runs the measurements, collects JSON-ready results per metric and tool."""
+
+    params: Params
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    end_to_exit: dict[str, list[float]] = field(default_factory=dict)
+    counter: int = 0
+
+    def run(self, tool: str, workload: Workload, **kwargs: Any) -> ToolResult:
+        self.counter += 1
+        log(f"{tool}: {' '.join(workload.args)} {kwargs.get('entries', 1)} entr(y/ies)")
+        sink_factory = kwargs.pop("sink_factory", StreamSink)
+        result = measure(tool, self.params.backend, workload, run_dir=f"run{self.counter:03d}-{tool}",
+                         timeout=kwargs.pop("timeout", self.params.run_timeout), sink_factory=sink_factory,
+                         baseline_interval=self.params.baseline_interval, **kwargs)
+        if result.failure():
+            log(f"  {tool} did not pass: {result.failure()}")
+        self.end_to_exit.setdefault(tool, []).extend(result.end_to_exit())
+        return result
+
+    # -- 1. log latency ------------------------------------------------------------------------------
+    def latency(self) -> None:
+        p = self.params
+        workload = Workload(("stamped", str(p.latency_lines), str(p.latency_interval)))
+        for tool in p.tools:
+            per_budget = {}
+            for budget in p.latency_budgets:
+                r = self.run(tool, workload, requests_per_minute=budget if tool == "ci-runner" else None,
+                             quota_per_minute=budget,
+                             sink_factory=lambda: StreamSink(expect_stamped=p.latency_lines))
+                values = r.runs[0].sink.latencies()
+                per_budget[str(budget)] = {
+                    "p50": percentile(values, 0.5), "p95": percentile(values, 0.95),
+                    "shown": sum(1 for v in values if math.isfinite(v)) / len(values),
+                    "requests": len(api_requests(r.served)), "429": _count_429(r), "failure": r.failure()}
+            self.results.setdefault("latency", {})[tool] = per_budget
+
+    # -- 2 + 3. amplification and completeness -------------------------------------------------------
+    def amplification(self) -> None:
+        p = self.params
+        for tool in p.tools:
+            per_size = {}
+            for size in p.sizes:
+                lines, expected_bytes = expected_sized(size, multibyte=True)
+                r = self.run(tool, Workload(("sized", str(size), "--multibyte")),
+                             requests_per_minute=p.size_budget if tool == "ci-runner" else None,
+                             quota_per_minute=p.size_budget,
+                             sink_factory=lambda n=lines: StreamSink(expect_sized=n, multibyte=True))
+                sink = r.runs[0].sink
+                api = api_requests(r.served)
+                output = max(r.output_bytes, 1)
+                per_size[str(size)] = {
+                    "output_bytes": r.output_bytes, "workload_bytes": expected_bytes,
+                    "read_amplification": output_read_bytes(api) / output,
+                    "api_amplification": sum(x.bytes for x in api) / output,
+                    "exactly_once": sink.exactly_once_fraction(), "duplicated": sink.duplicated_fraction(),
+                    "corrupt_lines": sink.corrupt_lines, "requests": len(api), "failure": r.failure()}
+            self.results.setdefault("amplification", {})[tool] = per_size
+            largest = per_size[str(max(p.sizes))]
+            self.results.setdefault("completeness", {})[tool] = {
+                "size": max(p.sizes), "exactly_once": largest["exactly_once"],
+                "duplicated": largest["duplicated"], "corrupt_lines": largest["corrupt_lines"],
+                "failure": largest["failure"]}
+
+    def completeness(self) -> None:
+        if "completeness" not in self.results:
+            self.amplification()
+
+    # -- 4. requests per job-minute -----------------------------------------------------------------
+    def requests(self) -> None:
+        p = self.params
+        jobs = {"idle": Workload(("idle", str(p.idle_seconds))),
+                "chatty": Workload(("stamped", str(p.chatty_lines), str(p.chatty_interval)))}
+        for tool in p.tools:
+            per_job = {}
+            for kind, workload in jobs.items():
+                r = self.run(tool, workload)
+                api = api_requests(r.served)
+                per_job[kind] = {"requests": len(api), "wall": r.wall, "per_minute": len(api) / (r.wall / 60),
+                                 "failure": r.failure()}
+            self.results.setdefault("requests", {})[tool] = per_job
+
+    # -- 5. scale -------------------------------------------------------------------------------------
+    def scale(self) -> None:
+        p = self.params
+        workload = Workload(("stamped", str(p.scale_lines), str(p.scale_interval)))
+        for tool in p.tools:
+            per_n = {}
+            for entries in p.scale_entries:
+                r = self.run(tool, workload, entries=entries, quota_per_minute=p.scale_quota,
+                             requests_per_minute=p.scale_quota if tool == "ci-runner" else None,
+                             timeout=p.scale_timeout, slots=max(2, entries))
+                per_n[str(entries)] = {
+                    "wall": r.wall, "finished": not any(x.killed for x in r.runs),
+                    "passed": sum(1 for x in r.runs if x.exit_code == 0) if tool != "ci-runner" else int(r.ok),
+                    "429": _count_429(r), "requests": len(api_requests(r.served)),
+                    "max_60s": max_in_window(x.time for x in api_requests(r.served)),
+                    "max_60s_answered": max_in_window(x.time for x in api_requests(r.served) if x.status != 429),
+                    "failure": r.failure()}
+            self.results.setdefault("scale", {})[tool] = per_n
+
+    # -- 6. job end -> exit (from every single-job run above) ----------------------------------------
+    def exit(self) -> None:
+        if not self.end_to_exit:
+            p = self.params
+            workload = Workload(("stamped", "3", str(p.latency_interval)))
+            for tool in p.tools:
+                for _ in range(3):
+                    self.run(tool, workload)
+        for tool in self.params.tools:
+            values = self.end_to_exit.get(tool, [])
+            self.results.setdefault("exit", {})[tool] = {
+                "p50": statistics.median(values) if values else math.nan,
+                "max": max(values) if values else math.nan, "n": len(values)}
+
+    # -- 7. peak RSS while streaming -----------------------------------------------------------------
+    def rss(self) -> None:
+        p = self.params
+        for tool in p.tools:
+            r = self.run(tool, Workload(("sized", str(p.rss_bytes))), sink_factory=lambda: StreamSink(analyse=False),
+                         requests_per_minute=p.rss_budget if tool == "ci-runner" else None)
+            run = r.runs[0]
+            samples = [kib for _, kib in run.rss_samples]
+            self.results.setdefault("rss", {})[tool] = {
+                "peak_mb": run.max_rss_kib / 1024, "first_mb": samples[0] / 1024 if samples else math.nan,
+                "last_mb": samples[-1] / 1024 if samples else math.nan, "stdout_bytes": run.sink.stdout_bytes,
+                "output_bytes": r.output_bytes, "wall": r.wall, "failure": r.failure()}
+
+    # -- 8. cold start --------------------------------------------------------------------------------
+    def coldstart(self) -> None:
+        p = self.params
+        work = Path(os.environ.get("TMPDIR", "/tmp")) / f"ci-runner-bench-cold-{os.getpid()}"
+        work.mkdir(parents=True, exist_ok=True)
+        (work / ".ci-runner.yml").write_text("version: 1\nsystem: local\nsbatch:\n  partition: debug\n"
+                                             "script: |\n  echo hello\n", encoding="utf-8")
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "bench"]):
+            subprocess.run([*git, *args], cwd=work, check=True, capture_output=True, timeout=30)
+        commands = {
+            "ci-runner": {"help": [str(CI_RUNNER), "--help"], "render": [str(CI_RUNNER), "render"]},
+            "baseline": {"help": [PYTHON, str(BASELINE), "--help"]},
+        }
+        timings: dict[str, dict[str, Any]] = {}
+        for tool, named in commands.items():
+            for name, argv in named.items():
+                times = []
+                for _ in range(p.coldstart_repeats):
+                    start = time.perf_counter()
+                    done = subprocess.run(argv, cwd=work, env=clean_environ({}), capture_output=True, timeout=60)
+                    times.append(time.perf_counter() - start)
+                timings.setdefault(tool, {})[name] = {"median": statistics.median(times), "min": min(times),
+                                                      "exit": done.returncode}
+        subprocess.run(["rm", "-rf", str(work)], check=False, timeout=60)
+        self.results["coldstart"] = {"ci-runner": timings["ci-runner"], "baseline-head": timings["baseline"],
+                                     "baseline-tail": timings["baseline"]}
+
+
+def _count_429(result: ToolResult) -> int:
+    return sum(1 for r in result.served if r.status == 429)
+
+
+# --- table ------------------------------------------------------------------------------------------
+
+def _s(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if math.isinf(value):
+        return "never"
+    return f"{value:.2f} s" if value < 10 else f"{value:.0f} s"
+
+
+def _size(n: int) -> str:
+    for unit, div in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f} %"
+
+
+def _failed(d: dict[str, Any]) -> str:
+    return " ⚠" if d.get("failure") else ""
+
+
+def cells(metric: str, data: dict[str, Any]) -> str:
+    """One table cell: the metric's numbers for one tool."""
+    if "error" in data:
+        return f"error: {data['error'][:80]}"
+    if metric == "latency":
+        return "; ".join(f"{b}/min: p50 {_s(d['p50'])}, p95 {_s(d['p95'])}{_failed(d)}" for b, d in data.items())
+    if metric == "amplification":
+        reads = " · ".join(f"{_size(int(s))} {d['read_amplification']:.3g}{_failed(d)}" for s, d in data.items())
+        api = " · ".join(f"{d['api_amplification']:.3g}" for d in data.values())
+        return f"reads {reads} (all API: {api})"
+    if metric == "completeness":
+        dup = f", {_pct(data['duplicated'])} repeated" if data["duplicated"] else ""
+        return f"{_pct(data['exactly_once'])} of {_size(data['size'])}{dup}{_failed(data)}"
+    if metric == "requests":
+        return " · ".join(f"{k} {d['per_minute']:.1f}/min{_failed(d)}" for k, d in data.items())
+    if metric == "scale":
+        parts = []
+        for n, d in data.items():
+            wall = _s(d["wall"]) if d["finished"] else f"> {_s(d['wall'])} (killed)"
+            parts.append(f"{n}: {wall}, {d['429']}×429, max {d['max_60s']}/60 s{_failed(d)}")
+        return "; ".join(parts)
+    if metric == "exit":
+        return f"p50 {_s(data['p50'])}, max {_s(data['max'])} (n={data['n']})"
+    if metric == "rss":
+        return f"peak {data['peak_mb']:.0f} MB (last {data['last_mb']:.0f} MB){_failed(data)}"
+    if metric == "coldstart":
+        return " · ".join(f"{k} {_s(d['median'])}" for k, d in data.items())
+    return json.dumps(data)
+
+
+TITLES = {
+    "latency": "1 log latency (write → stdout)",
+    "amplification": "2 transfer amplification (bytes served / output bytes)",
+    "completeness": "3 completeness (bytes printed exactly once)",
+    "requests": "4 API requests per minute (idle · chatty job)",
+    "scale": "5 scale at the quota (entries: wall, 429s, max req in 60 s)",
+    "exit": "6 job end → process exit",
+    "rss": "7 peak RSS while streaming",
+    "coldstart": "8 cold start",
+}
+TARGETS = {
+    "latency": "p50 ≤ 3 s at 20/min",
+    "amplification": "≤ 1.05",
+    "completeness": "100 %",
+    "requests": "idle ≤ 3/min",
+    "scale": "0 × 429 at 64 entries, 10/min",
+    "exit": "p50 ≤ 2 s",
+    "rss": "≤ 100 MB, flat",
+    "coldstart": "--help ≤ 0.3 s",
+}
+
+
+def verdict(metric: str, d: dict[str, Any]) -> str:
+    """'met' / 'MISSED' / 'n/a' for ci-runner's numbers against the issue's target."""
+    try:
+        if metric == "latency":
+            ok = d["20"]["p50"] <= 3.0
+        elif metric == "amplification":
+            ok = all(x["read_amplification"] <= 1.05 and not x["failure"] for x in d.values())
+        elif metric == "completeness":
+            ok = d["exactly_once"] == 1.0
+        elif metric == "requests":
+            ok = d["idle"]["per_minute"] <= 3.0
+        elif metric == "scale":
+            ok = d["64"]["429"] == 0 and d["64"]["finished"]
+        elif metric == "exit":
+            ok = d["p50"] <= 2.0
+        elif metric == "rss":
+            ok = d["peak_mb"] <= 100 and not d["failure"]
+        elif metric == "coldstart":
+            ok = d["help"]["median"] <= 0.3
+        else:
+            return "n/a"
+    except (KeyError, TypeError):
+        return "n/a"
+    return "met" if ok else "MISSED"
+
+
+def headline(metric: str, results: dict[str, Any]) -> str:
+    """ci-runner relative to baseline-head (the live-printing baseline): the number users feel."""
+    try:
+        base, ours = results["baseline-head"], results["ci-runner"]
+        if metric == "latency":
+            pairs = [(base[b]["p50"], ours[b]["p50"]) for b in ours]
+            return " · ".join(f"{b}/min {_ratio(x, y)}" for b, (x, y) in zip(ours, pairs))
+        if metric == "amplification":
+            return " · ".join(f"{_size(int(s))} {_ratio(ours[s]['read_amplification'], base[s]['read_amplification'], 'x')}"
+                              for s in ours)
+        if metric == "completeness":
+            return f"{_pct(ours['exactly_once'])} vs {_pct(base['exactly_once'])}"
+        if metric == "requests":
+            return " · ".join(f"{k} {_ratio(ours[k]['per_minute'], base[k]['per_minute'], 'x')}" for k in ours)
+        if metric == "scale":
+            return " · ".join(f"{n}: wall {_ratio(base[n]['wall'], ours[n]['wall'])}" + ("" if base[n]["finished"] else " (baseline killed)")
+                              for n in ours)
+        if metric == "exit":
+            return _ratio(base["p50"], ours["p50"])
+        if metric == "rss":
+            return _ratio(ours["peak_mb"], base["peak_mb"], "x")
+        if metric == "coldstart":
+            return f"--help {_ratio(base['help']['median'], ours['help']['median'])}"
+    except (KeyError, TypeError, ZeroDivisionError):
+        return "n/a"
+    return "n/a"
+
+
+def _ratio(numerator: float, denominator: float, style: str = "faster") -> str:
+    """style 'faster': baseline/ours as 'N× faster'; 'x': ours/baseline as 'N×'."""
+    if any(math.isnan(v) for v in (numerator, denominator)):
+        return "n/a"
+    if denominator == 0:
+        return "∞" if numerator else "1×"
+    ratio = numerator / denominator
+    if math.isinf(ratio):
+        return "∞" + (" faster" if style == "faster" else "")
+    return f"{ratio:.2g}× faster" if style == "faster" else f"{ratio:.2g}×"
+
+
+def table(results: dict[str, dict[str, Any]], metrics: tuple[str, ...]) -> str:
+    header = ("metric", "baseline-head (100 lines/10 s)", "baseline-tail (1000 lines at end)", "ci-runner",
+              "ci-runner vs baseline-head", "target", "ci-runner meets")
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in metrics:
+        data = results.get(metric, {})
+        row = [TITLES[metric]] + [cells(metric, data[t]) if t in data else "not run" for t in TOOLS]
+        row += [headline(metric, data), TARGETS[metric], verdict(metric, data.get("ci-runner", {}))]
+        rows.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations (seconds)")
+    parser.add_argument("--only", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")
+    parser.add_argument("--backend", choices=["auto", "slurm", "local"], default="auto")
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "latest.json")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a parameter, e.g. --set sizes=1024,1048576 --set idle_seconds=60")
+    args = parser.parse_args(argv)
+    params = replace(Params.smoke() if args.smoke else Params.full(), backend=args.backend)
+    params = _override(params, args.set)
+    metrics = tuple(m for m in METRICS if m in args.only.split(","))
+    bench = Bench(params)
+    started = time.time()
+    for metric in metrics:
+        if metric in bench.results:
+            continue
+        log(f"== {metric}")
+        try:
+            getattr(bench, metric)()
+        except Exception as error:  # noqa: BLE001 - one broken metric must not hide the others' rows
+            traceback.print_exc()
+            bench.results[metric] = {t: {"error": f"{type(error).__name__}: {error}"} for t in TOOLS}
+    rendered = table(bench.results, metrics)
+    print(rendered, flush=True)
+    document = {"params": asdict(params), "smoke": args.smoke, "started": started, "seconds": time.time() - started,
+                "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+                "results": bench.results, "table": rendered}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=1, default=_json_value, allow_nan=True) + "\n", encoding="utf-8")
+    log(f"wrote {args.json} after {time.time() - started:.0f} s")
+    return 0
+
+
+def _json_value(value: object) -> object:
+    return str(value)
+
+
+def _override(params: Params, assignments: list[str]) -> Params:
+    changes: dict[str, Any] = {}
+    for text in assignments:
+        name, _, raw = text.partition("=")
+        current = getattr(params, name)
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            changes[name] = tuple(kind(v) for v in raw.split(",") if v)
+        else:
+            changes[name] = type(current)(raw)
+    return replace(params, **changes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
