@@ -336,7 +336,8 @@ class _Run:
                 if not running:
                     running = True
                     if last_report is not None:  # it was seen waiting: say that the wait is over
-                        self.reporter.entry_waiting(name, status.state, None, now - queued_since)
+                        self.reporter.info(f"{name}: {status.state} after "
+                                           f"{format_duration(now - queued_since)} in the queue")
             assert status is not None
             text = await reader.poll()
             self._emit(entry, reader, text)

@@ -1,0 +1,191 @@
+"""`ci-runner run` end to end: a real git repo, the sandbox over real HTTP (Slurm or local backend),
+and ci-runner as a subprocess whose stdout is read while it runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_process import (
+    cancel_jobs,
+    ci_runner,
+    entry_lines,
+    git_repo,
+    job_state,
+    recorded_jobs,
+    runner_env,
+    wait_until,
+)
+
+from ci_runner.sandbox.faults import Faults
+from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+KINDS = ("pass", "fail", "slow")
+LINES = 30
+
+MATRIX_CONFIG = """\
+version: 1
+system: local
+checkout: none
+sbatch:
+  time: 1m
+env:
+  GATE_DIR: {gates}
+matrix:
+  kind: [pass, fail, slow]
+script: |
+  for i in $(seq 1 {lines}); do echo "{{{{ kind }}}} line $i"; done
+  echo "{{{{ kind }}}} waiting"
+  for i in $(seq 1 900); do [ -e "$GATE_DIR/{{{{ kind }}}}" ] && break; sleep 0.1; done
+  echo "{{{{ kind }}}} released"
+  case {{{{ kind }}}} in
+    fail) exit 3 ;;
+    slow) sleep 300 ;;
+  esac
+"""
+
+
+@pytest.fixture
+def make_sandbox(backend_name: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start sandboxes with extra options on the parametrised backend; all stopped afterwards."""
+    started: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        root = tmp_path / f"cluster{len(started)}"
+        root.mkdir()
+        sandbox = start_sandbox(SandboxOptions(root=root, backend=backend_name, port=0, **options))
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in started:
+        sandbox.stop()
+
+
+def _expected(kind: str) -> list[str]:
+    return [f"{kind} line {i}" for i in range(1, LINES + 1)] + [f"{kind} waiting", f"{kind} released"]
+
+
+def test_matrix_streams_live_and_exits_with_the_worst_outcome(
+    make_sandbox: Callable[..., Any], backend_name: str, tmp_path: Path
+) -> None:
+    """pass / fail (exit 3) / slow (time limit): each entry's lines appear while its job runs (it waits
+    for a gate file the test creates only after seeing the line), complete and in order; exit 4."""
+    # Local backend: the 1-minute limit is enforced after 15 s; real Slurm takes its real minute.
+    sandbox = make_sandbox(slots=3, local_time_scale=0.25)
+    repo = git_repo(tmp_path / "repo")
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    config = repo / "ci.yml"
+    config.write_text(MATRIX_CONFIG.format(gates=gates, lines=LINES))
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{sandbox.root}/ci"]
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            released: set[str] = set()
+            while len(released) < len(KINDS):
+                waiting = "|".join(k for k in KINDS if k not in released)
+                kind = run.wait_for(rf"^\[({waiting})\] \1 waiting$", timeout=120).group(1)
+                # Seen in ci-runner's stdout while the job still runs: it is blocked on the gate.
+                job_id = recorded_jobs(state_file)[kind]
+                assert (job_state(sandbox, job_id) or "").startswith("RUNNING")
+                (gates / kind).touch()
+                released.add(kind)
+            code = run.finish(timeout=240)
+            lines = run.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    for kind in KINDS:
+        assert entry_lines(lines, kind) == _expected(kind), kind
+    summary = lines[lines.index("ci-runner: summary"):]
+    assert any(re.match(r"pass\s+COMPLETED\s+0\s", line) for line in summary), summary
+    assert any(re.match(r"fail\s+FAILED\s+3\s", line) for line in summary), summary
+    assert any(re.match(r"slow\s+TIMEOUT\s", line) for line in summary), summary
+    assert code == 4, lines[-12:]
+
+
+def test_queue_timeout_cancels_and_reports_the_wait(make_sandbox: Callable[..., Any], tmp_path: Path) -> None:
+    sandbox = make_sandbox(faults=Faults(pending_delay=120))
+    repo = git_repo(tmp_path / "repo")
+    config = repo / "ci.yml"
+    config.write_text("version: 1\nsystem: local\ncheckout: none\nscript: echo never\n")
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{sandbox.root}/ci", "--queue-timeout", "3s"]
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            code = run.finish(timeout=90)
+            lines = run.lines()
+        job_id = recorded_jobs(state_file)["default"]
+        wait_until(lambda: (job_state(sandbox, job_id) or "CANCELLED").startswith("CANCELLED"), 10,
+                   "the held job to be cancelled")
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert code == 3, lines
+    message = next(line for line in lines if "(queue_timeout 3s)" in line)
+    waited = re.search(r"still PENDING after (\d+)s in the queue", message)
+    assert waited and int(waited.group(1)) >= 3, message
+    assert "never" not in [line for line in lines if not line.startswith("ci-runner:")]
+
+
+BIG_JOB = """\
+import sys
+out = sys.stdout.buffer
+block = 2 * 1024 * 1024  # the reader's chunk size: put a 4-byte character across every multiple
+size = {size}
+total = 0
+n = 0
+while total < size:
+    text = "%07d " % n + "log line with some text, numbers %d and symbols " % (n * 7919)
+    if n % 10 == 0:
+        text += "é€😀漢"
+    line = (text + "x" * (n % 50)).encode() + b"\\n"
+    boundary = (total // block + 1) * block
+    if total + len(line) > boundary - 2:
+        pad = max(0, boundary - 2 - total)
+        line = b"y" * pad + "😀".encode() + b" crossing\\n"
+    out.write(line)
+    total += len(line)
+    n += 1
+"""
+
+
+def test_large_multibyte_output_is_byte_identical_and_read_once(
+    make_sandbox: Callable[..., Any], tmp_path: Path
+) -> None:
+    """50 MiB of log lines with 2-, 3- and 4-byte characters, one across every 2 MiB boundary: stdout =
+    the remote file, and the bytes the sandbox served for reading it stay within 5 % of its size.
+
+    (Mostly-ASCII text like real logs: when a backlog exceeds the API's 5 MiB output cap the reader
+    uses `ops/view`, which returns characters, so text made mostly of multi-byte characters costs up
+    to its bytes-per-character ratio more; see stream.py.)"""
+    sandbox = make_sandbox()
+    repo = git_repo(tmp_path / "repo")
+    generator = tmp_path / "big.py"
+    generator.write_text(BIG_JOB.format(size=50 * 1024 * 1024), encoding="utf-8")
+    config = repo / "ci.yml"
+    config.write_text(f"version: 1\nsystem: local\ncheckout: none\nscript: python3 -I {generator}\n")
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{sandbox.root}/ci"]
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            code = run.finish(timeout=240)
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert code == 0, run.lines()[-10:]
+    job_id = next(iter(recorded_jobs(state_file).values()))
+    remote = next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out")).read_bytes()
+    assert len(remote) >= 50 * 1024 * 1024
+    # The content is adversarial: 2 MiB and 5 MiB boundaries fall inside multi-byte characters.
+    assert all(remote[k] & 0xC0 == 0x80 for k in range(2 << 20, len(remote), 2 << 20))
+    printed = b"".join(line for line in run.raw.splitlines(keepends=True) if not line.startswith(b"ci-runner: "))
+    printed = b"\n".join(line for line in printed.split(b"\n") if not re.match(rb"^\S+\s+COMPLETED\s|^entry\s", line))
+    assert printed == remote
+    read_routes = ("/filesystem/{system_name}/ops/tail", "/filesystem/{system_name}/ops/view")
+    fetched = sum(r.bytes for r in sandbox.request_log.records if r.route in read_routes)
+    assert fetched / len(remote) <= 1.05, (fetched, len(remote))
