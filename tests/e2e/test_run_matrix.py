@@ -100,7 +100,10 @@ def test_matrix_streams_live_and_exits_with_the_worst_outcome(
     finally:
         cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
     for kind in KINDS:
-        assert entry_lines(lines, kind) == _expected(kind), kind
+        printed = entry_lines(lines, kind)
+        if kind == "slow":  # real Slurm's step daemon adds its own last line
+            printed = [line for line in printed if not re.search(r"slurmstepd.*DUE TO TIME LIMIT", line)]
+        assert printed == _expected(kind), kind
     summary = lines[lines.index("ci-runner: summary"):]
     assert any(re.match(r"pass\s+COMPLETED\s+0\s", line) for line in summary), summary
     assert any(re.match(r"fail\s+FAILED\s+3\s", line) for line in summary), summary
