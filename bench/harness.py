@@ -27,7 +27,8 @@ from bench.metrics import Served, StreamSink, end_time
 BENCH_DIR = Path(__file__).resolve().parent
 GEN = BENCH_DIR / "gen.py"
 BASELINE = BENCH_DIR / "baseline.py"
-CI_RUNNER = Path(sys.executable).with_name("ci-runner")
+# BENCH_CI_RUNNER: measure another ci-runner executable (e.g. an older release) than the one beside this Python.
+CI_RUNNER = Path(os.environ.get("BENCH_CI_RUNNER") or Path(sys.executable).with_name("ci-runner"))
 PYTHON = sys.executable
 KILL_GRACE = 15.0
 RSS_SAMPLE_EVERY = 0.25
