@@ -192,3 +192,50 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     read_routes = ("/filesystem/{system_name}/ops/tail", "/filesystem/{system_name}/ops/view")
     fetched = sum(r.bytes for r in sandbox.request_log.records if r.route in read_routes)
     assert fetched / len(remote) <= 1.05, (fetched, len(remote))
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best = start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -> None:
+    """20 % 5xx, 429 bursts and 30 s tokens: same output and exit code as a clean run, and never more
+    than the budget's requests in any 60 s window at the server (the run spans more than a minute)."""
+    budget = 20
+    faults = Faults(error_rate=0.2, burst_every=12, burst_length=3, retry_after=1, token_ttl=30, seed=5)
+    root = tmp_path / "cluster"
+    root.mkdir()
+    repo = git_repo(tmp_path / "repo")
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for kind in KINDS:
+        (gates / kind).touch()
+    config = repo / "ci.yml"
+    config.write_text(MATRIX_CONFIG.format(gates=gates, lines=LINES))
+    state_file = tmp_path / "state.json"
+    options = SandboxOptions(root=root, backend="local", port=0, slots=3, local_time_scale=0.25,
+                             min_token_ttl=10, faults=faults)
+    with start_sandbox(options) as sandbox:
+        args = ["run", "--config", str(config), "--state-file", str(state_file),
+                "--requests-per-minute", str(budget), "--workdir", f"{sandbox.root}/ci"]
+        try:
+            with ci_runner(args, repo, runner_env(sandbox)) as run:
+                code = run.finish(timeout=300)
+                lines = run.lines()
+        finally:
+            cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+        records = [r for r in sandbox.request_log.records if not r.route.startswith("/auth")]
+    statuses = {r.status for r in records}
+    assert {429, 200} <= statuses and statuses & {500, 502, 503}, statuses  # the faults did happen
+    for kind in KINDS:
+        assert entry_lines(lines, kind) == _expected(kind), (kind, lines[-20:])
+    assert code == 4, lines[-12:]
+    times = [r.time for r in records]
+    assert len(records) > budget and max(times) - min(times) > 60  # otherwise the check below is vacuous
+    assert _max_in_window(times, 60.0) <= budget
