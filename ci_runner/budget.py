@@ -57,9 +57,9 @@ class RequestBudget:
         while self._recent and self._recent[0] <= horizon:
             self._recent.popleft()
 
-    def next_slot(self) -> float:
-        """Clock time from which one more request may be granted (≤ now when one may be sent right away)."""
-        now = self._clock()
+    def next_slot(self, now: float | None = None) -> float:
+        """Clock time from which one more request may be granted (== now when one may be sent right away)."""
+        now = self._clock() if now is None else now
         self._prune(now)
         slot = max(now, self._paused_until)
         if len(self._recent) >= self.requests_per_minute:
@@ -87,7 +87,7 @@ class RequestBudget:
             async with self._lock:  # FIFO: asyncio.Lock wakes waiters in order
                 while True:
                     now = self._clock()
-                    slot = self.next_slot()
+                    slot = self.next_slot(now)
                     if slot <= now:
                         self._recent.append(now)
                         self._sent.append(now)

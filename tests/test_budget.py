@@ -100,3 +100,18 @@ def test_max_in_any_window_counts_half_open_windows() -> None:
 def test_rejects_zero_rate() -> None:
     with pytest.raises(ValueError):
         RequestBudget(0)
+
+
+def test_real_clock_grants_at_once_while_available() -> None:
+    """With the real monotonic clock (time moves between reads) a free slot is granted without waiting."""
+    budget = RequestBudget(3)
+
+    async def main() -> None:
+        for _ in range(3):
+            await asyncio.wait_for(budget.acquire(), timeout=5)
+        assert budget.available() == 0
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(budget.acquire(), timeout=0.2)
+
+    asyncio.run(main())
+    assert len(budget.sent) == 3

@@ -1,0 +1,495 @@
+"""Async facade over FirecREST v2 (pyfirecrest's `AsyncFirecrest`): the only module that talks HTTP.
+
+Every HTTP request to FirecREST goes through one shared `RequestBudget` (one `acquire` per attempt,
+retries and 401 re-tries included). Token requests go to the identity provider, a different server
+with its own limits, and are not counted.
+
+Requests are sent with the client's own `_get_request`/`_post_request`/`_delete_request` (auth
+headers, tracing ids, API-version detection) and we check the status ourselves. That gives exactly
+one HTTP request per call, which the budget needs: pyfirecrest's `download` stats first, `rm` may
+start a transfer job, async `upload` only takes local paths, and `view` sends no offset/size.
+
+Retries: reads, cancel, mkdir, upload and rm are retried on 408/424/500/502/503/504 and transport
+errors/timeouts with jittered exponential backoff (bounded attempts and total time). 429 is retried
+after `Retry-After` (capped) for every call and pauses the whole budget. A 401 rebuilds the auth
+object once (a fresh token) and retries. `submit` is not retried blindly: after a 408/5xx/transport
+error the job may be queued, so we list the user's jobs and look for the job name (`#SBATCH
+--job-name`, unique per entry and run); found → its id, not found → submit again. Without a job name
+an ambiguous submit failure is an InfraError (never risk a duplicate job).
+
+Errors after retries → `InfraError` naming what was being done, the HTTP status and the server's
+message; never headers (401 responses echo the token) and never credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ci_runner.budget import RequestBudget
+from ci_runner.errors import InfraError, UsageError
+
+RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
+MAX_DIRECT_UPLOAD = 5 * 1024 * 1024 - 1  # the server's direct-upload limit (max_ops_file_size)
+
+
+class ApiError(InfraError):
+    """FirecREST answered with an unexpected status (after retries)."""
+
+    def __init__(self, message: str, status: int | None = None, server_message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+
+
+class RemoteFileMissing(ApiError):
+    """The remote file does not exist (404 'No such file or directory')."""
+
+
+class OutputTooLarge(ApiError):
+    """The command's output reached the server's output cap (413)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach and authenticate to FirecREST (names of pyfirecrest's CLI)."""
+
+    url: str
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    api_key_header: str = "X-API-Key"
+    system: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Credentials:
+        """Read FIRECREST_URL plus either AUTH_TOKEN_URL/FIRECREST_CLIENT_ID/FIRECREST_CLIENT_SECRET or
+        FIRECREST_API_KEY (+ FIRECREST_API_KEY_HEADER); FIRECREST_SYSTEM optional. UsageError names
+        every missing variable (never a value)."""
+        def get(name: str) -> str | None:
+            value = environ.get(name, "").strip()
+            return value or None
+
+        url = get("FIRECREST_URL")
+        api_key = get("FIRECREST_API_KEY")
+        oidc = ["AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET"]
+        missing = [] if url else ["FIRECREST_URL"]
+        if api_key is None:
+            missing += [name for name in oidc if get(name) is None]
+        if missing:
+            how = "" if api_key else " (or FIRECREST_API_KEY instead of the client credentials)"
+            raise UsageError(f"missing environment variable(s) for FirecREST: {', '.join(missing)}{how}")
+        assert url is not None
+        return cls(
+            url=url,
+            token_url=get("AUTH_TOKEN_URL"),
+            client_id=get("FIRECREST_CLIENT_ID"),
+            client_secret=get("FIRECREST_CLIENT_SECRET"),
+            api_key=api_key,
+            api_key_header=get("FIRECREST_API_KEY_HEADER") or "X-API-Key",
+            system=get("FIRECREST_SYSTEM"),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded jittered exponential backoff, plus timeouts."""
+
+    max_attempts: int = 6
+    max_total: float = 120.0  # seconds from the first attempt; no retry starts after it
+    base_delay: float = 0.5
+    max_delay: float = 15.0
+    max_retry_after: float = 60.0  # cap on a 429's Retry-After
+    request_timeout: float = 30.0
+    token_timeout: float = 30.0
+    min_token_validity: float = 60.0  # the server rejects tokens with < 30 s left
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter backoff before retry number `attempt` (1-based)."""
+        return rng.uniform(self.base_delay / 2, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job as FirecREST reports it. `state` is verbatim ('CANCELLED by 1001')."""
+
+    job_id: str
+    state: str
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    start: float | None
+    end: float | None
+    elapsed: float | None
+    name: str | None = None
+
+    @classmethod
+    def from_api(cls, job: Mapping[str, Any]) -> JobStatus:
+        status = job.get("status") or {}
+        times = job.get("time") or {}
+        state = status.get("state") or ""
+        if isinstance(state, list):
+            state = ",".join(state)
+        return cls(
+            job_id=str(job.get("jobId")),
+            state=str(state),
+            reason=status.get("stateReason"),
+            exit_code=status.get("exitCode"),
+            signal=status.get("interruptSignal"),
+            start=times.get("start"),
+            end=times.get("end"),
+            elapsed=times.get("elapsed"),
+            name=job.get("name"),
+        )
+
+
+class _TokenUnavailable(Exception):
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class _Auth:
+    """Async auth for AsyncFirecrest: fetches tokens in a worker thread (pyfirecrest's are blocking),
+    one fetch at a time; `rebuild()` forces a new token after a 401."""
+
+    def __init__(self, credentials: Credentials, policy: RetryPolicy) -> None:
+        self._credentials = credentials
+        self._policy = policy
+        self._lock = asyncio.Lock()
+        self._inner: Any = self._build()
+
+    def _build(self) -> Any:
+        import firecrest
+
+        c = self._credentials
+        if c.api_key:
+            return firecrest.ApiKeyAuth(c.api_key, header_name=c.api_key_header)
+        auth = firecrest.ClientCredentialsAuth(
+            c.client_id, c.client_secret, c.token_url, min_token_validity=self._policy.min_token_validity
+        )
+        auth.timeout = self._policy.token_timeout
+        auth.disable_client_logging = True
+        return auth
+
+    def rebuild(self) -> None:
+        if not self._credentials.api_key:
+            self._inner = self._build()
+
+    async def auth_headers(self) -> dict[str, str]:
+        if self._credentials.api_key:
+            return dict(self._inner.auth_headers())
+        import requests
+        from firecrest import ClientsCredentialsException
+
+        async with self._lock:
+            try:
+                token = await asyncio.to_thread(self._inner.get_access_token)
+            except ClientsCredentialsException as e:
+                status = e.responses[-1].status_code if e.responses else None
+                raise _TokenUnavailable(
+                    f"token request to {self._credentials.token_url} failed with HTTP {status}",
+                    retryable=status is None or status in RETRYABLE_STATUSES or status == 429,
+                ) from None
+            except requests.RequestException as e:
+                raise _TokenUnavailable(
+                    f"token request to {self._credentials.token_url} failed: {type(e).__name__}", retryable=True
+                ) from None
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _server_message(response: Any) -> str:
+    try:
+        body = response.json()
+        message = body.get("message") if isinstance(body, dict) else None
+    except ValueError:
+        message = None
+    text = str(message) if message else (response.text or "")[:200]
+    return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+def _retry_after(response: Any, now_wall: float) -> float | None:
+    value = response.headers.get("Retry-After") or response.headers.get("RateLimit-Reset")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+_JOB_NAME = re.compile(r"^#SBATCH\s+(?:--job-name[= ]\s*|-J\s*)['\"]?([^\s'\"]+)", re.MULTILINE)
+
+
+def script_job_name(script: str) -> str | None:
+    """The job name set by `#SBATCH --job-name=NAME` / `-J NAME` in a script, if any (the last wins)."""
+    names = _JOB_NAME.findall(script)
+    return names[-1] if names else None
+
+
+class Cluster:
+    """FirecREST v2 for one system. All methods are coroutines; call `close()` at the end."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        system: str | None = None,
+        budget: RequestBudget | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        *,
+        verify: bool | str = True,
+        seed: int | None = None,
+    ) -> None:
+        import firecrest
+
+        self.credentials = credentials
+        self.system = system or credentials.system
+        self.budget = budget if budget is not None else RequestBudget()
+        self.retry = retry
+        self._rng = random.Random(seed)
+        self._auth = _Auth(credentials, retry)
+        self._client = firecrest.v2.AsyncFirecrest(credentials.url, self._auth, verify=verify)
+        self._client.timeout = retry.request_timeout
+        self._client.num_retries_rate_limit = 0  # we handle 429 (and tell the budget)
+        self._client.disable_client_logging = True
+
+    async def close(self) -> None:
+        await self._client.close_session()
+
+    async def __aenter__(self) -> Cluster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _sys(self) -> str:
+        if not self.system:
+            raise UsageError("no FirecREST system given: set `system` in the config or FIRECREST_SYSTEM")
+        return self.system
+
+    # -- the one request path ------------------------------------------------------------------
+
+    async def _request(
+        self,
+        what: str,
+        method: str,
+        endpoint: str,
+        expected: int,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        files: Any = None,
+        retry: bool = True,
+    ) -> Any:
+        """Send one logical request; return the httpx response with the expected status.
+
+        `retry=False`: 408/5xx/transport errors raise at once (`ApiError`, status None for transport).
+        429 and one 401 re-try are always handled.
+        """
+        import httpx
+
+        started = time.monotonic()
+        attempt = 0
+        reauthed = False
+        while True:
+            attempt += 1
+            status: int | None = None
+            pause: float | None = None
+            try:
+                await self._auth.auth_headers()  # fetch a token before taking a budget slot
+                await self.budget.acquire()
+                if method == "GET":
+                    response = await self._client._get_request(endpoint=endpoint, params=params)
+                elif method == "POST":
+                    response = await self._client._post_request(
+                        endpoint=endpoint, params=params, json_data=json, files=files
+                    )
+                else:
+                    response = await self._client._delete_request(endpoint=endpoint, params=params)
+            except _TokenUnavailable as e:
+                if not e.retryable:
+                    raise UsageError(f"{what}: {e} (check FIRECREST_CLIENT_ID/FIRECREST_CLIENT_SECRET)") from None
+                detail = str(e)
+            except httpx.TransportError as e:
+                detail = f"{type(e).__name__} talking to {self.credentials.url}"
+                if not retry:
+                    raise ApiError(f"{what}: {detail}", None) from None
+            else:
+                status = response.status_code
+                if status == expected:
+                    return response
+                message = _server_message(response)
+                detail = f"HTTP {status}" + (f": {message}" if message else "")
+                if status == 401 and not reauthed:
+                    reauthed = True
+                    self._auth.rebuild()
+                    continue
+                if status == 429:
+                    after = _retry_after(response, time.time())
+                    pause = min(self.retry.max_retry_after, after if after is not None else 10.0)
+                    self.budget.backoff_until(time.monotonic() + pause)
+                elif status not in RETRYABLE_STATUSES or not retry:
+                    raise self._error(what, status, message)
+            delay = pause if pause is not None else self.retry.delay(attempt, self._rng)
+            elapsed = time.monotonic() - started
+            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total:
+                raise ApiError(f"{what}: {detail} (gave up after {attempt} attempts)", status, detail)
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    def _error(what: str, status: int, message: str) -> ApiError:
+        text = f"{what}: HTTP {status}" + (f": {message}" if message else "")
+        if status == 404 and "No such file or directory" in message:
+            return RemoteFileMissing(text, status, message)
+        if status == 413:
+            return OutputTooLarge(text, status, message)
+        return ApiError(text, status, message)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    async def systems(self) -> list[dict[str, Any]]:
+        """GET /status/systems: the systems with their health and file systems."""
+        response = await self._request("listing FirecREST systems", "GET", "/status/systems", 200)
+        return list(response.json()["systems"])
+
+    async def default_workdir(self, system: str | None = None) -> str:
+        """The system's file system marked `defaultWorkDir` (else its first file system)."""
+        name = (system or self._sys()).lower()
+        for entry in await self.systems():
+            if str(entry.get("name", "")).lower() != name:
+                continue
+            filesystems = entry.get("fileSystems") or []
+            for fs in filesystems:
+                if fs.get("defaultWorkDir"):
+                    return str(fs["path"])
+            if filesystems:
+                return str(filesystems[0]["path"])
+            raise InfraError(f"system {name!r} lists no file systems: set `workdir` in the config")
+        raise UsageError(f"FirecREST has no system named {name!r}")
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    async def submit(
+        self, script: str, working_dir: str, env: Mapping[str, str] | None = None, *, job_name: str | None = None
+    ) -> str:
+        """Submit a batch script; return the job id. `job_name` (default: from `#SBATCH --job-name`)
+        identifies the job when a failed submit may nevertheless have queued it."""
+        name = job_name or script_job_name(script)
+        job: dict[str, Any] = {"working_directory": working_dir, "script": script}
+        if env:
+            job["env"] = dict(env)
+        what = f"submitting the job in {working_dir}"
+        started = time.monotonic()
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                response = await self._request(what, "POST", f"/compute/{self._sys()}/jobs", 201,
+                                               json={"job": job}, retry=False)
+                return str(response.json()["jobId"])
+            except ApiError as e:
+                if e.status is not None and e.status not in RETRYABLE_STATUSES:
+                    raise
+                if name is None:
+                    raise ApiError(f"{e} — the job may have been queued; no job name to look it up", e.status) from None
+                last = e
+            found = await self._find_job(name)
+            if found is not None:
+                return found
+            if attempt == self.retry.max_attempts or time.monotonic() - started > self.retry.max_total:
+                break
+            await asyncio.sleep(self.retry.delay(attempt, self._rng))
+        raise ApiError(f"{last} (gave up after {attempt} submit attempts)", last.status)
+
+    async def _find_job(self, name: str) -> str | None:
+        """Id of the user's newest job named `name` (GET /compute/{sys}/jobs), or None."""
+        response = await self._request(f"looking up job {name!r} after a failed submit", "GET",
+                                       f"/compute/{self._sys()}/jobs", 200, params={"name": name})
+        ids = [str(j.get("jobId")) for j in response.json().get("jobs") or [] if j.get("name") == name]
+        return max(ids, key=lambda i: (len(i), i)) if ids else None
+
+    async def job(self, job_id: str) -> JobStatus | None:
+        """The job's status, or None when FirecREST does not know it (404 "Job not found.": just
+        submitted, or purged); the caller decides how long to tolerate that."""
+        try:
+            response = await self._request(f"reading the state of job {job_id}", "GET",
+                                           f"/compute/{self._sys()}/jobs/{job_id}", 200)
+        except ApiError as e:
+            if e.status == 404 and "job not found" in e.server_message.lower():
+                return None
+            raise
+        jobs = response.json().get("jobs") or []
+        return JobStatus.from_api(jobs[0]) if jobs else None
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job; a job FirecREST no longer knows counts as cancelled."""
+        try:
+            await self._request(f"cancelling job {job_id}", "DELETE", f"/compute/{self._sys()}/jobs/{job_id}", 204)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+    # -- files -----------------------------------------------------------------------------------
+
+    async def tail_from(self, path: str, offset: int) -> str:
+        """Text of the file from 0-based byte `offset` to EOF (`tail --bytes=+offset+1`; never bytes=0).
+        Raises RemoteFileMissing (404) and OutputTooLarge (413, ≥ the server's output cap)."""
+        response = await self._request(f"reading {path}", "GET", f"/filesystem/{self._sys()}/ops/tail", 200,
+                                       params={"path": path, "bytes": offset + 1, "skipHeading": True})
+        return str(response.json()["output"]["content"])
+
+    async def view(self, path: str, offset: int, size: int) -> str:
+        """Raw `ops/view?offset=&size=`: the first `size` characters of decode(bytes[k·size, k·size+2·size))
+        for offset = k·size (see stream.py)."""
+        response = await self._request(f"reading {path} at byte {offset}", "GET",
+                                       f"/filesystem/{self._sys()}/ops/view", 200,
+                                       params={"path": path, "offset": offset, "size": size})
+        return str(response.json()["output"])
+
+    async def stat_size(self, path: str) -> int | None:
+        """Size in bytes, or None when the file does not exist."""
+        try:
+            response = await self._request(f"checking {path}", "GET", f"/filesystem/{self._sys()}/ops/stat", 200,
+                                           params={"path": path})
+        except RemoteFileMissing:
+            return None
+        return int(response.json()["output"]["size"])
+
+    async def mkdir(self, path: str) -> None:
+        """Create a directory and its parents (no error when it exists)."""
+        await self._request(f"creating {path}", "POST", f"/filesystem/{self._sys()}/ops/mkdir", 201,
+                            json={"sourcePath": path, "parent": True})
+
+    async def upload(self, data: bytes, directory: str, filename: str) -> None:
+        """Write `data` to directory/filename with a direct upload (below the server's 5 MiB limit)."""
+        if len(data) > MAX_DIRECT_UPLOAD:
+            raise InfraError(
+                f"uploading {filename}: {len(data)} bytes is over FirecREST's direct upload limit "
+                f"({MAX_DIRECT_UPLOAD + 1} bytes); use `checkout: clone` or make the archive smaller"
+            )
+        await self._request(f"uploading {filename} to {directory}", "POST",
+                            f"/filesystem/{self._sys()}/ops/upload", 204,
+                            params={"path": directory}, files={"file": (filename, data)})
+
+    async def download(self, path: str) -> bytes:
+        """Bytes of a small remote file (direct download; the server's limit is about 3.75 MiB)."""
+        response = await self._request(f"downloading {path}", "GET", f"/filesystem/{self._sys()}/ops/download",
+                                       200, params={"path": path})
+        return bytes(response.content)
+
+    async def rm(self, path: str) -> None:
+        """Remove a file or directory tree; a missing path is fine."""
+        try:
+            await self._request(f"removing {path}", "DELETE", f"/filesystem/{self._sys()}/ops/rm", 204,
+                                params={"path": path})
+        except RemoteFileMissing:
+            pass
