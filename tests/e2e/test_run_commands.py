@@ -1,0 +1,89 @@
+"""`ci-runner run --sandbox` (the README's main command), `ci-runner systems`, usage errors, and a
+job FirecREST does not know yet right after submit. ci-runner runs as a subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from run_process import CI_RUNNER, cancel_jobs, ci_runner, git_repo, recorded_jobs, runner_env
+
+from ci_runner.sandbox.faults import Faults
+from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CI_RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _plain_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("FIRECREST_") and k not in ("AUTH_TOKEN_URL", "GITHUB_ACTIONS", "GITLAB_CI",
+                                                            "JENKINS_URL", "BUILD_TAG")}
+
+
+def test_readme_command_runs_the_realistic_example_in_an_embedded_sandbox(tmp_path: Path) -> None:
+    repo = tmp_path / "project"
+    shutil.copytree(EXAMPLES, repo / "examples")
+    git_repo(repo)  # commits README only; `checkout: upload` archives that commit
+    result = _run(["run", "--sandbox", "--config", "examples/realistic.yml"], repo, _plain_env(), timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for entry in ("unit-1", "unit-2", "integration-1", "smoke-1"):
+        assert f"ci-runner: {entry}: PASSED (COMPLETED, exit code 0" in result.stdout, result.stdout[-3000:]
+    assert "all 4 entries passed; exit code 0" in result.stdout
+    assert list((repo / ".ci-runner-state").glob("*.json")), "state file in the default place"
+
+
+def test_systems_reports_health(tmp_path: Path) -> None:
+    with start_sandbox(SandboxOptions(root=tmp_path, backend="local", port=0)) as sandbox:
+        env = runner_env(sandbox)
+        ok = _run(["systems"], tmp_path, env)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("local: healthy")
+        missing = _run(["systems", "--system", "daint"], tmp_path, env)
+        assert missing.returncode == 3
+        assert "no system named 'daint'" in missing.stderr and "local" in missing.stderr
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    config = repo / "ci.yml"
+    config.write_text("version: 1\nsystem: local\ncheckout: none\nmatrix:\n  n: [1, 2]\nscript: echo hi\n")
+    no_env = _run(["run", "--config", str(config)], repo, _plain_env())
+    assert no_env.returncode == 2
+    assert "FIRECREST_URL" in no_env.stderr and "Traceback" not in no_env.stderr
+    with start_sandbox(SandboxOptions(root=tmp_path / "c", backend="local", port=0)) as sandbox:
+        unknown = _run(["run", "--config", str(config), "--entry", "nope"], repo, runner_env(sandbox))
+    assert unknown.returncode == 2
+    assert "unknown entry nope; entries: 1, 2" in unknown.stderr
+    no_state = _run(["cancel", "--state-file", str(tmp_path / "missing.json")], repo, _plain_env())
+    assert no_state.returncode == 2 and "state file not found" in no_state.stderr
+
+
+def test_job_unknown_right_after_submit_is_tolerated(tmp_path: Path) -> None:
+    root = tmp_path / "cluster"
+    root.mkdir()
+    repo = git_repo(tmp_path / "repo")
+    config = repo / "ci.yml"
+    config.write_text("version: 1\nsystem: local\ncheckout: none\nscript: echo done\n")
+    state_file = tmp_path / "state.json"
+    options = SandboxOptions(root=root, backend="local", port=0, faults=Faults(not_found_window=4))
+    with start_sandbox(options) as sandbox:
+        args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+                "--workdir", f"{root}/ci"]
+        try:
+            with ci_runner(args, repo, runner_env(sandbox)) as run:
+                code = run.finish(timeout=90)
+                lines: list[Any] = run.lines()
+        finally:
+            cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+        not_found = sandbox.request_log.count("GET", "/compute/{system_name}/jobs/{job_id}", 404)
+    assert code == 0, lines
+    assert "done" in lines
+    assert not_found >= 1  # the window was really hit
