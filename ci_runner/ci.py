@@ -166,9 +166,11 @@ def _git_checkout(cwd: Path, hint: str) -> _Checkout:
         raise UsageError(f"not a git repository with a commit: {cwd} ({hint})")
     ref = _git(cwd, "symbolic-ref", "-q", "HEAD") or "HEAD"
     url = _git(cwd, "config", "--get", "remote.origin.url")
+    top = Path(_git(cwd, "rev-parse", "--show-toplevel") or str(cwd))
     if not url:
-        top = _git(cwd, "rev-parse", "--show-toplevel") or str(cwd)
-        url = Path(top).resolve().as_uri()
+        url = top.resolve().as_uri()
+    elif "://" not in url and not _SCP_LIKE.fullmatch(url):
+        url = (top / url).resolve().as_uri()  # origin is a local path (a clone of a clone): git resolves it from the top
     return _Checkout(sha=_sha(sha, "git rev-parse HEAD"), ref=ref, repo_url=clean_url(url))
 
 

@@ -199,3 +199,10 @@ def test_safe_id_keeps_safe_ids_and_disambiguates_others() -> None:
     assert a != b and SAFE_ID.fullmatch(a) and SAFE_ID.fullmatch(b)
     assert len(safe_id("x" * 500)) <= 100
     assert safe_id("..") not in (".", "..")
+
+
+def test_local_clone_of_a_local_path_uses_its_file_url(repo: Path, tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    ci = detect({}, clone)
+    assert ci.repo_url == repo.resolve().as_uri()
