@@ -215,6 +215,8 @@ class _Run:
             result = await self._entry_attempts(entry)
         except CIRunnerError as error:
             result = self._result(entry, None, _Attempt(None, Outcome.INFRA, str(error)))
+            if entry.job_id is not None:
+                await self._abandon(entry.name, entry.job_id)
         if result.outcome is Outcome.PASSED and self.options.cleanup:
             try:
                 await workspace.cleanup(self.cluster, entry.spec.layout)
@@ -224,6 +226,15 @@ class _Run:
                           outcome=result.outcome.value)
         self.reporter.entry_finished(result)
         return result
+
+    async def _abandon(self, name: str, job_id: str) -> None:
+        """Following failed (API errors after retries): cancel the job rather than leave it unobserved."""
+        try:
+            await self.cluster.cancel(job_id)
+        except CIRunnerError as error:
+            self.reporter.warning(f"could not cancel job {job_id} after losing track of it: {error}", name)
+            return
+        self.reporter.warning(f"cancelled job {job_id}: ci-runner could not follow it any more", name)
 
     async def _entry_attempts(self, entry: _Entry) -> EntryResult:
         recorded = self.state.state.entries.get(entry.name)
@@ -302,16 +313,15 @@ class _Run:
                 status = await self.cluster.job(job_id)
                 last_check = now = clock()
                 if status is None:
-                    if running or seen:
-                        text = await reader.drain() if running else ""
-                        self._emit(entry, reader, text)
-                        return _Attempt(None, Outcome.INFRA,
-                                        f"job {job_id} vanished from Slurm before a final state was seen")
-                    if now - started < self.options.not_found_grace:
+                    # Unknown right after submit is normal; later (or when attaching late) the job was
+                    # purged (MinJobAge): print what its output file holds, but the verdict is unknown.
+                    if not seen and time.time() - wall_submitted < self.options.not_found_grace:
                         await asyncio.sleep(NOT_FOUND_POLL)
                         continue
-                    return _Attempt(None, Outcome.INFRA, f"job {job_id} was not found in Slurm "
-                                    f"{format_duration(self.options.not_found_grace)} after submit")
+                    self._emit(entry, reader, await reader.drain())
+                    why = "vanished from Slurm before a final state was seen" if seen else (
+                        "is not known to Slurm (purged after it ended, or never queued)")
+                    return _Attempt(None, Outcome.INFRA, f"job {job_id} {why}; its final state is unknown")
                 seen = True
                 if states.is_pending(status.state):
                     waited = now - queued_since
@@ -363,7 +373,7 @@ class _Run:
         if not text:
             return
         self.reporter.entry_output(entry.name, text)
-        entry.output_bytes += len(text.encode("utf-8"))
+        entry.output_bytes = reader.offset
         lines = (entry.partial + text).split("\n")
         entry.partial = lines.pop()
         entry.tail.extend(lines)
