@@ -455,6 +455,13 @@ class Cluster:
                                        params={"path": path, "offset": offset, "size": size})
         return str(response.json()["output"])
 
+    async def list_files(self, path: str, *, recursive: bool = False) -> list[dict[str, Any]]:
+        """`ops/ls` entries of a directory (hidden files included; symlinks not followed): dicts with
+        `name` (relative to `path`), `type` ("-", "d", "l"), `linkTarget`, `size`."""
+        response = await self._request(f"listing {path}", "GET", f"/filesystem/{self._sys()}/ops/ls", 200,
+                                       params={"path": path, "showHidden": True, "recursive": recursive})
+        return list(response.json()["output"])
+
     async def stat_size(self, path: str) -> int | None:
         """Size in bytes, or None when the file does not exist."""
         try:

@@ -108,6 +108,21 @@ def test_files_round_trip(sandbox: Sandbox) -> None:
     assert "GET /filesystem/{system_name}/ops/tail" in sandbox.request_log.counts
 
 
+def test_list_files_recursive_with_hidden_files_and_links(sandbox: Sandbox) -> None:
+    work = sandbox.root / "run" / "entry"
+    (work / "results" / "deep").mkdir(parents=True)
+    (work / "results" / "deep" / "a.xml").write_text("<a/>")
+    (work / ".hidden").write_text("h")
+    (work / "escape").symlink_to("/etc/passwd")
+
+    async def body(c: Cluster) -> list[dict[str, object]]:
+        return await c.list_files(str(work), recursive=True)
+
+    listing = {str(item["name"]): item for item in run(sandbox, body)}
+    assert {"results", "results/deep", "results/deep/a.xml", ".hidden", "escape"} <= set(listing)
+    assert listing["results/deep/a.xml"]["type"] == "-" and listing["results"]["type"] == "d"
+    assert listing["escape"]["type"] == "l" and listing["escape"]["linkTarget"] == "/etc/passwd"
+
 def test_output_cap_gives_413_and_the_reader_streams_past_it(tmp_path: Path) -> None:
     sb = start(tmp_path, max_ops_size=64 * 1024)
     try:
