@@ -381,7 +381,9 @@ def _ratio(numerator: float, denominator: float, style: str = "faster") -> str:
     ratio = numerator / denominator
     if math.isinf(ratio):
         return "∞" + (" faster" if style == "faster" else "")
-    return f"{ratio:.2g}× faster" if style == "faster" else f"{ratio:.2g}×"
+    if style != "faster":
+        return f"{ratio:.2g}×"
+    return f"{ratio:.2g}× faster" if ratio >= 1 else f"{1 / ratio:.2g}× slower"
 
 
 def table(results: dict[str, dict[str, Any]], metrics: tuple[str, ...]) -> str:
