@@ -427,13 +427,21 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
                 "results": bench.results, "table": rendered}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=1, default=_json_value, allow_nan=True) + "\n", encoding="utf-8")
+    args.json.write_text(json.dumps(_finite(document), indent=1, default=str, allow_nan=False) + "\n",
+                         encoding="utf-8")
     log(f"wrote {args.json} after {time.time() - started:.0f} s")
     return 0
 
 
-def _json_value(value: object) -> object:
-    return str(value)
+def _finite(value: object) -> object:
+    """Strict JSON: a line never shown (inf) becomes "inf", an undefined number (nan) null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _override(params: Params, assignments: list[str]) -> Params:
