@@ -46,7 +46,7 @@ GITHUB_ENV = {
     "GITHUB_REF": "refs/heads/main",
     "GITHUB_SERVER_URL": "https://github.com",
 }
-TIMEOUT = {"validate": 30, "render": 30, "render-exec": 30, "run": 120}
+TIMEOUT = {"validate": 30, "render": 30, "render-exec": 30, "run": 90}
 
 
 @dataclass(frozen=True)
