@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 GITHUB_WORKFLOWS = sorted(p for p in (ROOT / "examples" / "github").glob("*.yml") if not p.name.startswith("."))
 GITLAB_FILES = [ROOT / "examples" / "gitlab" / ".gitlab-ci.yml", *sorted((ROOT / "gitlab-templates").glob("*.yml"))]
-SNIPPET_SOURCES = [p for p in (ROOT / "docs" / "ci-snippets.md", ROOT / "README.md") if p.is_file()]
+SNIPPET_SOURCES = [ROOT / "README.md"]
 MARKED_BLOCK = re.compile(r"<!-- check: ([a-z-]+) -->\n```[a-z]*\n(.*?)\n```", re.S)
 
 
