@@ -1,0 +1,144 @@
+"""`ci-runner run` processes against a faulty `ci-runner sandbox` process on real Slurm.
+
+One scenario per fault, plus a storm of all of them. For each: the output the runner printed for the
+entry equals the job's output file byte for byte (nothing lost, nothing twice), the exit code follows
+the job (0, or 1 for a failing test: a fault must never turn into a test failure or the other way
+round), exactly one Slurm job was submitted, the request budget held (sandbox request log: at most
+`BUDGET` API requests in any 60 s window) and no traceback. When the API stays down the runner gives
+up with exit 3 and one clear line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from reliability_harness import (
+    ACTIVE,
+    SandboxProcess,
+    api_request_times,
+    finish,
+    job_script_lines,
+    max_in_window,
+    run_env,
+    scancel_named,
+    slurm_jobs_named,
+    slurm_state,
+    start_run,
+    streamed_output,
+    submitted_jobs,
+    wait_for,
+    write_config,
+)
+
+from ci_runner.render import job_name
+
+pytestmark = pytest.mark.slurm
+
+BUDGET = 30          # --requests-per-minute of every run
+LINES, DELAY = 30, 0.2
+RUN_TIMEOUT = 150.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    faults: tuple[str, ...]
+    job_exit: int = 0
+    expected: int = 0
+    restart: bool = False    # crash the sandbox while the job runs, start it again after a pause
+    note: str = ""
+
+
+SCENARIOS = [
+    Scenario("baseline", ()),
+    Scenario("5xx-20pct", ("--error-rate", "0.2", "--seed", "11"), job_exit=3, expected=1,
+             note="job exits 3: still a test failure"),
+    Scenario("429-bursts", ("--burst-every", "4", "--burst-length", "3", "--retry-after", "2")),
+    Scenario("token-expiry", ("--fault-token-ttl", "35"), note="tokens usable 5 s (server refuses < 30 s left)"),
+    Scenario("dropped-connections", ("--drop-rate", "0.15", "--seed", "5")),
+    Scenario("job-not-found-10s", ("--not-found-window", "10")),
+    Scenario("server-restart", (), restart=True, note="SIGKILL mid-job, back after 4 s"),
+    Scenario("slow-5s", ("--latency", "5")),
+    Scenario("storm", ("--error-rate", "0.1", "--seed", "23", "--burst-every", "6", "--burst-length", "2",
+                       "--drop-rate", "0.05", "--not-found-window", "6", "--fault-token-ttl", "40",
+                       "--latency", "0.5"), restart=True, job_exit=1, expected=1),
+]
+
+
+def run_id_for(name: str) -> str:
+    return f"rel{abs(hash((name, time.time()))) % 10**9}"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[..., SandboxProcess],
+               record_scenario: Callable[..., None]) -> None:
+    sandbox = sandbox_factory(scenario.faults)
+    repo = tmp_path / "repo"
+    write_config(repo, job_script_lines(LINES, DELAY, scenario.job_exit))
+    run_id = run_id_for(scenario.name)
+    name = job_name("default", f"gh-{run_id}-1")
+    record_scenario(expected=scenario.expected, budget=BUDGET, note=scenario.note)
+    process = start_run(repo, run_env(sandbox, run_id), ["--requests-per-minute", str(BUDGET)])
+    try:
+        if scenario.restart:
+            job = wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60,
+                           "the job to run")[0]
+            sandbox.crash()
+            time.sleep(4)  # the outage itself (not a wait for a condition)
+            assert slurm_state(job["JobId"]) in ACTIVE | {"COMPLETED", "FAILED"}, "the job must outlive the server"
+            sandbox.start()
+        result = finish(process, RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        scancel_named(name)
+    records = sandbox.requests()
+    busiest = max_in_window(api_request_times(records))
+    jobs = submitted_jobs(result.stdout + result.stderr)
+    streamed = streamed_output(result.stdout)
+    record_scenario(exit=result.returncode, bytes=len(streamed.encode()), **{"max req/60s": busiest})
+
+    assert "Traceback" not in result.output, result.output[-4000:]
+    assert sandbox.secret not in result.output
+    assert result.returncode == scenario.expected, result.output[-4000:]
+    assert len({job_id for job_id, _ in jobs}) == 1, f"submitted: {jobs}\n{result.output[-3000:]}"
+    assert len(slurm_jobs_named(name)) == 1, "a retried submit created a second Slurm job"
+    job_id, remote_dir = jobs[0]
+    expected = Path(remote_dir, f"slurm-{job_id}.out").read_bytes()
+    assert expected.count(b"\n") == LINES, "the job itself did not run as planned"
+    assert streamed.encode("utf-8") == expected, (
+        f"streamed {len(streamed.encode())} bytes, the job wrote {len(expected)}:\n{streamed[-1500:]}")
+    assert busiest <= BUDGET, f"{busiest} API requests within 60 s, budget {BUDGET}"
+
+
+def test_gives_up_with_infrastructure_exit_code(tmp_path: Path, sandbox_factory: Callable[..., SandboxProcess],
+                                                record_scenario: Callable[..., None]) -> None:
+    """The API goes away for good after the submit: exit 3 (not 1) with one clear line, no traceback."""
+    sandbox = sandbox_factory(())
+    repo = tmp_path / "repo"
+    write_config(repo, job_script_lines(200, 0.5))
+    run_id = run_id_for("gives-up")
+    name = job_name("default", f"gh-{run_id}-1")
+    record_scenario(expected=3, budget=BUDGET, note="server killed for good mid-job")
+    process = start_run(repo, run_env(sandbox, run_id), ["--requests-per-minute", str(BUDGET)])
+    try:
+        wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60, "the job to run")
+        sandbox.crash()
+        result = finish(process, RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        scancel_named(name)
+    busiest = max_in_window(api_request_times(sandbox.requests()))
+    record_scenario(exit=result.returncode, **{"max req/60s": busiest})
+    assert "Traceback" not in result.output, result.output[-3000:]
+    assert result.returncode == 3, result.output[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ci-runner: error")]
+    last_words = "\n".join(result.output.splitlines()[-15:])
+    assert sandbox.url in result.output or "gave up" in result.output, last_words
+    assert "gave up" in last_words or errors, last_words
+    assert busiest <= BUDGET
