@@ -46,6 +46,7 @@ GITHUB_ENV = {
     "GITHUB_REF": "refs/heads/main",
     "GITHUB_SERVER_URL": "https://github.com",
 }
+PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}  # the code under test
 TIMEOUT = {"validate": 30, "render": 30, "render-exec": 30, "run": 90}
 
 
@@ -122,7 +123,7 @@ def prepare(case: Case, tmp_path: Path) -> Workspace:
 
 def environment(case: Case, space: Workspace, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(space.repo.parent), "LC_ALL": "C.UTF-8",
-           "FIRECREST_CLIENT_SECRET": FAKE_SECRET, **GITHUB_ENV}
+           "FIRECREST_CLIENT_SECRET": FAKE_SECRET, **GITHUB_ENV, **PYTHONPATH}
     env.update(extra or {})
     env.update({k: space.substitute(v) for k, v in case.env.items()})
     return env

@@ -70,7 +70,8 @@ def write_repo(repo: Path, extra: str = "") -> None:
 
 def base_env(run_id: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "HOME": "/tmp",
-            "HARMLESS": "just-a-value", **GITHUB_ENV, "GITHUB_RUN_ID": run_id}
+            "HARMLESS": "just-a-value", **GITHUB_ENV, "GITHUB_RUN_ID": run_id,
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
 
 
 def leaks(text: str, secrets: list[str]) -> list[str]:

@@ -151,7 +151,8 @@ class RunResult:
 
 def run_env(sandbox: SandboxProcess, run_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox.root.parent), "LC_ALL": "C.UTF-8",
-            **GITHUB_ENV, "GITHUB_RUN_ID": run_id, **sandbox.env(), **(extra or {})}
+            **GITHUB_ENV, "GITHUB_RUN_ID": run_id, **sandbox.env(), **(extra or {}),
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}  # the code under test
 
 
 def start_run(repo: Path, env: dict[str, str], args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
