@@ -55,6 +55,9 @@ def run(request: RunRequest) -> int:
     from ci_runner import config as config_module
     from ci_runner import matrix
 
+    if request.attach and request.sandbox:
+        raise UsageError("--attach cannot be combined with --sandbox: a new embedded sandbox knows none of the "
+                         "recorded jobs (serve one with `ci-runner sandbox` instead)")
     environ = dict(os.environ)
     cwd = Path.cwd()
     config = _with_overrides(config_module.load(Path(request.config_path)), request)
