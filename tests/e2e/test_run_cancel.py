@@ -7,7 +7,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,9 +80,8 @@ def test_sigterm_cancels_the_job_within_two_seconds_and_exits_130(sandbox: Any, 
             job_id = recorded_jobs(state_file)["default"]
             assert (job_state(sandbox, job_id) or "").startswith("RUNNING")
             run.send(signal.SIGTERM)
-            sent = time.monotonic()
+            # The acceptance bound itself: the scheduler shows the job cancelled within 2 s of the signal.
             wait_until(lambda: _cancelled(sandbox, job_id), 2.0, "the job to be CANCELLED in the scheduler")
-            assert time.monotonic() - sent <= 2.0
             code = run.finish(timeout=30)
             lines = run.lines()
     finally:

@@ -239,3 +239,39 @@ def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -
     times = [r.time for r in records]
     assert len(records) > budget and max(times) - min(times) > 60  # otherwise the check below is vacuous
     assert _max_in_window(times, 60.0) <= budget
+
+
+@pytest.mark.slurm
+def test_hopeless_pending_reason_fails_fast(tmp_path: Path) -> None:
+    """A dependency on a job that failed can never be satisfied: cancelled at once, exit 3, reason named."""
+    import subprocess
+
+    failed = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "exit 1"],
+                            capture_output=True, text=True, timeout=30, check=True).stdout.strip().split(";")[0]
+    try:
+        wait_until(lambda: "JobState=FAILED" in subprocess.run(
+            ["scontrol", "show", "job", failed], capture_output=True, text=True, timeout=30).stdout,
+            60, "the dependency job to fail")
+        root = tmp_path / "cluster"
+        root.mkdir()
+        repo = git_repo(tmp_path / "repo")
+        config = repo / "ci.yml"
+        config.write_text("version: 1\nsystem: local\ncheckout: none\nsbatch:\n"
+                          f"  dependency: afterok:{failed}\nscript: echo never\n")
+        state_file = tmp_path / "state.json"
+        with start_sandbox(SandboxOptions(root=root, backend="slurm", port=0)) as sandbox:
+            args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute",
+                    "600", "--workdir", f"{root}/ci"]
+            try:
+                with ci_runner(args, repo, runner_env(sandbox)) as run:
+                    code = run.finish(timeout=120)
+                    lines = run.lines()
+                job_id = recorded_jobs(state_file)["default"]
+                wait_until(lambda: (job_state(sandbox, job_id) or "CANCELLED").startswith("CANCELLED"), 10,
+                           "the hopeless job to be cancelled")
+            finally:
+                cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    finally:
+        subprocess.run(["scancel", failed], capture_output=True, timeout=30)
+    assert code == 3, lines
+    assert any("DependencyNeverSatisfied" in line and "can never start" in line for line in lines), lines
