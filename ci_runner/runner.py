@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, workspace
 from ci_runner.errors import CIRunnerError, InfraError, UsageError
@@ -438,7 +438,7 @@ class _Run:
 
 
 async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], destination: Path,
-                          warn: object = None) -> list[str]:
+                          warn: Callable[[str], None] | None = None) -> list[str]:
     """List `src` recursively, download the files matching `patterns` into `destination`; their relative paths.
 
     Links leaving `src`, non-regular and oversized files are refused (reported through `warn`).
@@ -449,7 +449,7 @@ async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], d
     listing = workspace.remote_files(await list_files(src, recursive=True))
     plan = workspace.plan_artifacts(src, listing, patterns)
     for path, why in plan.refused:
-        if callable(warn):
+        if warn is not None:
             warn(f"artifact {path} not fetched: {why}")
     fetched: list[str] = []
     for relative in plan.files:
