@@ -29,7 +29,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ci_runner.budget import RequestBudget
 from ci_runner.errors import InfraError, UsageError
@@ -66,6 +66,10 @@ class Credentials:
     api_key: str | None = field(default=None, repr=False)
     api_key_header: str = "X-API-Key"
     system: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """The values that must never be shown (to mask them in CI logs)."""
+        return tuple(value for value in (self.client_secret, self.api_key) if value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Credentials:
@@ -159,9 +163,12 @@ class _Auth:
     """Async auth for AsyncFirecrest: fetches tokens in a worker thread (pyfirecrest's are blocking),
     one fetch at a time; `rebuild()` forces a new token after a 401."""
 
-    def __init__(self, credentials: Credentials, policy: RetryPolicy) -> None:
+    def __init__(self, credentials: Credentials, policy: RetryPolicy,
+                 on_secret: Callable[[str], None] | None = None) -> None:
         self._credentials = credentials
         self._policy = policy
+        self._on_secret = on_secret
+        self._last_token: str | None = None
         self._lock = asyncio.Lock()
         self._inner: Any = self._build()
 
@@ -201,6 +208,10 @@ class _Auth:
                 raise _TokenUnavailable(
                     f"token request to {self._credentials.token_url} failed: {type(e).__name__}", retryable=True
                 ) from None
+            if token != self._last_token:
+                self._last_token = token
+                if self._on_secret is not None:
+                    self._on_secret(token)  # e.g. GitHub ::add-mask:: before anything could print it
         return {"Authorization": f"Bearer {token}"}
 
 
@@ -250,6 +261,7 @@ class Cluster:
         *,
         verify: bool | str = True,
         seed: int | None = None,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
         import firecrest
 
@@ -258,7 +270,8 @@ class Cluster:
         self.budget = budget if budget is not None else RequestBudget()
         self.retry = retry
         self._rng = random.Random(seed)
-        self._auth = _Auth(credentials, retry)
+        self.on_secret = on_secret
+        self._auth = _Auth(credentials, retry, on_secret)
         self._client = firecrest.v2.AsyncFirecrest(credentials.url, self._auth, verify=verify)
         self._client.timeout = retry.request_timeout
         self._client.num_retries_rate_limit = 0  # we handle 429 (and tell the budget)
@@ -402,7 +415,7 @@ class Cluster:
                 if name is None:
                     raise ApiError(f"{e} — the job may have been queued; no job name to look it up", e.status) from None
                 last = e
-            found = await self._find_job(name)
+            found = await self.find_job(name)
             if found is not None:
                 return found
             if attempt == self.retry.max_attempts or time.monotonic() - started > self.retry.max_total:
@@ -410,7 +423,7 @@ class Cluster:
             await asyncio.sleep(self.retry.delay(attempt, self._rng))
         raise ApiError(f"{last} (gave up after {attempt} submit attempts)", last.status)
 
-    async def _find_job(self, name: str) -> str | None:
+    async def find_job(self, name: str) -> str | None:
         """Id of the user's newest job named `name` (GET /compute/{sys}/jobs), or None."""
         response = await self._request(f"looking up job {name!r} after a failed submit", "GET",
                                        f"/compute/{self._sys()}/jobs", 200, params={"name": name})

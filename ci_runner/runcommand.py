@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import click
 
@@ -124,7 +124,11 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    cluster = open_cluster(environ, system, config.requests_per_minute)
+    reporter = reporters.for_context(ci, sys.stdout, entries=[entry.name for entry in entries],
+                                     color=reporters.supports_color(sys.stdout, dict(environ)))
+    cluster = open_cluster(environ, system, config.requests_per_minute, on_secret=reporter.mask)
+    for secret in cluster.credentials.secrets():
+        reporter.mask(secret)
     try:
         if recorded is not None:
             workdir = recorded.workdir
@@ -135,8 +139,6 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
         if config.checkout == "upload" and recorded is None:
             source = workspace.source_archive(cwd, ci.sha)
             workspace.check_uploadable(source)
-        reporter = reporters.for_context(ci, sys.stdout, entries=[entry.name for entry in entries],
-                                         color=reporters.supports_color(sys.stdout, dict(environ)))
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
             attach=recorded is not None)
@@ -147,12 +149,15 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
         await cluster.close()
 
 
-def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_minute: int) -> Cluster:
-    """A Cluster from the FIRECREST_* environment (UsageError naming what is missing)."""
+def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_minute: int,
+                 on_secret: Callable[[str], None] | None = None) -> Cluster:
+    """A Cluster from the FIRECREST_* environment (UsageError naming what is missing); `on_secret`
+    learns every access token as it is fetched (to mask it)."""
     from ci_runner.budget import RequestBudget
     from ci_runner.cluster import Cluster, Credentials
 
-    return Cluster(Credentials.from_env(environ), system or None, budget=RequestBudget(requests_per_minute))
+    return Cluster(Credentials.from_env(environ), system or None, budget=RequestBudget(requests_per_minute),
+                   on_secret=on_secret)
 
 
 def find_state_file(run_id: str, cwd: Path) -> Path:

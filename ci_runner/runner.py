@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, workspace
 from ci_runner.errors import CIRunnerError, InfraError, UsageError
+from ci_runner.render import CHECKOUT_FAILED
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
@@ -355,6 +356,9 @@ class _Run:
             if states.is_terminal(status.state):
                 self._emit(entry, reader, await reader.drain())
                 verdict = states.classify(status.state, status.exit_code, status.signal)
+                if verdict.outcome is Outcome.FAILED and status.exit_code == CHECKOUT_FAILED:
+                    verdict = states.Verdict(Outcome.INFRA, f"the checkout on the cluster failed (exit code "
+                                             f"{CHECKOUT_FAILED}; see the job's log above), the tests did not run")
                 queue = (status.start - wall_submitted) if status.start else None
                 run = status.elapsed if status.elapsed is not None else (
                     status.end - status.start if status.start and status.end else None)
@@ -529,12 +533,13 @@ def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
 
     policy = RetryPolicy(max_attempts=4, max_total=deadline, base_delay=0.1, max_delay=0.5,
                          max_retry_after=deadline, request_timeout=deadline, token_timeout=deadline)
-    return ClusterClass(cluster.credentials, cluster.system, budget=RequestBudget(max(10, 4 * jobs)), retry=policy)
+    return ClusterClass(cluster.credentials, cluster.system, budget=RequestBudget(max(10, 4 * jobs)), retry=policy,
+                        on_secret=cluster.on_secret)
 
 
 async def find_job(cluster: Cluster, name: str) -> str | None:
     """Id of this run's job named `name` (a submit whose answer was lost), or None."""
-    return await cluster._find_job(name)  # noqa: SLF001 - public `find_job` requested from cluster.py's owner
+    return await cluster.find_job(name)
 
 
 async def run(specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter, options: RunOptions,

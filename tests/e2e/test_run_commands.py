@@ -87,3 +87,47 @@ def test_job_unknown_right_after_submit_is_tolerated(tmp_path: Path) -> None:
     assert code == 0, lines
     assert "done" in lines
     assert not_found >= 1  # the window was really hit
+
+
+def test_unpushed_commit_fails_the_clone_as_infrastructure(tmp_path: Path) -> None:
+    """`checkout: clone` of a commit the origin does not have: the job's checkout fails (exit 199) and
+    the run reports infrastructure (3) with a reason, not a test failure (1)."""
+    origin = git_repo(tmp_path / "origin")
+    repo = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(origin), str(repo)], check=True, timeout=30)
+    (repo / "ci.yml").write_text("version: 1\nsystem: local\ncheckout: clone\nscript: echo tests ran\n")
+    subprocess.run(["git", "-C", str(repo), "add", "ci.yml"], check=True, timeout=30)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m",
+                    "not pushed"], check=True, timeout=30)
+    with start_sandbox(SandboxOptions(root=tmp_path / "c", backend="local", port=0)) as sandbox:
+        result = _run(["run", "--config", "ci.yml", "--requests-per-minute", "600"], repo, runner_env(sandbox))
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "checkout failed" in result.stdout
+    assert "the checkout on the cluster failed" in result.stdout
+    assert "tests ran" not in result.stdout
+
+
+def test_github_masks_the_client_secret_and_every_access_token(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    (repo / "ci.yml").write_text("version: 1\nsystem: local\ncheckout: none\nscript: echo hello\n")
+    output, summary = tmp_path / "out.txt", tmp_path / "summary.md"
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    github = {"GITHUB_ACTIONS": "true", "GITHUB_SHA": sha, "GITHUB_REF": "refs/heads/main",
+              "GITHUB_REPOSITORY": "o/r", "GITHUB_SERVER_URL": "https://github.com", "GITHUB_RUN_ID": "7",
+              "GITHUB_RUN_ATTEMPT": "1", "GITHUB_JOB": "hpc", "GITHUB_OUTPUT": str(output),
+              "GITHUB_STEP_SUMMARY": str(summary)}
+    with start_sandbox(SandboxOptions(root=tmp_path / "c", backend="local", port=0, token_ttl=300)) as sandbox:
+        env = runner_env(sandbox, **github)
+        result = _run(["run", "--config", "ci.yml", "--requests-per-minute", "600"], repo, env)
+        secret = sandbox.client_secret
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    masks = [line.removeprefix("::add-mask::") for line in result.stdout.splitlines()
+             if line.startswith("::add-mask::")]
+    assert secret in masks
+    tokens = [m for m in masks if m.count(".") == 2 and len(m) > 40]  # the sandbox's JWT access tokens
+    assert tokens, masks
+    first_mask = result.stdout.index("::add-mask::")
+    assert all(result.stdout.index(token) == result.stdout.index(f"::add-mask::{token}") + len("::add-mask::")
+               for token in tokens), "a token appeared before it was masked"
+    assert first_mask < result.stdout.index("hello")
