@@ -38,6 +38,10 @@ def test_readme_command_runs_the_realistic_example_in_an_embedded_sandbox(tmp_pa
         assert f"ci-runner: {entry}: PASSED (COMPLETED, exit code 0" in result.stdout, result.stdout[-3000:]
     assert "all 4 entries passed; exit code 0" in result.stdout
     assert list((repo / ".ci-runner-state").glob("*.json")), "state file in the default place"
+    for entry, cases in (("unit-1", 5), ("unit-2", 5), ("integration-1", 3), ("smoke-1", 1)):
+        results = repo / "ci-runner-artifacts" / entry / "results"
+        assert f'tests="{cases}" failures="0"' in (results / f"junit-{entry}.xml").read_text()
+        assert len(list(results.glob("*.txt"))) == cases
 
 
 def test_systems_reports_health(tmp_path: Path) -> None:
