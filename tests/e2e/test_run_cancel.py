@@ -7,11 +7,9 @@ import json
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from run_process import (
     CI_RUNNER,
     cancel_jobs,
@@ -23,7 +21,6 @@ from run_process import (
     wait_until,
 )
 
-from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 
 SLEEPER = """\
 version: 1
@@ -46,16 +43,6 @@ script: |
   for i in $(seq 21 40); do echo "line $i"; done
 """
 
-
-@pytest.fixture
-def sandbox(backend_name: str, tmp_path: Path) -> Iterator[Any]:
-    root = tmp_path / "cluster"
-    root.mkdir()
-    handle = start_sandbox(SandboxOptions(root=root, backend=backend_name, port=0))
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 def _setup(sandbox: Any, tmp_path: Path, config_text: str) -> tuple[Path, Path, list[str]]:
