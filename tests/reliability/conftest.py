@@ -17,7 +17,7 @@ from reliability_harness import SandboxProcess
 
 _ROWS: dict[str, dict[str, Any]] = {}
 _OUTCOMES: dict[str, str] = {}
-COLUMNS = ("scenario", "result", "exit", "expected", "bytes", "max req/60s", "budget", "note")
+COLUMNS = ("scenario", "result", "exit", "expected", "bytes", "faults", "max req/60s", "budget", "note")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from reliability_harness import (
@@ -51,21 +51,37 @@ class Scenario:
     expected: int = 0
     restart: bool = False    # crash the sandbox while the job runs, start it again after a pause
     note: str = ""
+    evidence: Callable[[list[dict[str, Any]]], bool] = lambda records: True  # the fault really happened
+
+
+def statuses(*codes: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda records: any(r["status"] in codes for r in records)
+
+
+def job_not_found(records: list[dict[str, Any]]) -> bool:
+    return any(r["status"] == 404 and r["route"].endswith("/jobs/{job_id}") for r in records)
+
+
+def tokens_fetched(records: list[dict[str, Any]]) -> bool:
+    return sum(r["route"] == "/auth/token" for r in records) >= 3
 
 
 SCENARIOS = [
     Scenario("baseline", ()),
     Scenario("5xx-20pct", ("--error-rate", "0.2", "--seed", "11"), job_exit=3, expected=1,
-             note="job exits 3: still a test failure"),
-    Scenario("429-bursts", ("--burst-every", "4", "--burst-length", "3", "--retry-after", "2")),
-    Scenario("token-expiry", ("--fault-token-ttl", "35"), note="tokens usable 5 s (server refuses < 30 s left)"),
-    Scenario("dropped-connections", ("--drop-rate", "0.15", "--seed", "5")),
-    Scenario("job-not-found-10s", ("--not-found-window", "10")),
+             note="job exits 3: still a test failure", evidence=statuses(500, 502, 503)),
+    Scenario("429-bursts", ("--burst-every", "4", "--burst-length", "3", "--retry-after", "2"),
+             evidence=statuses(429)),
+    Scenario("token-expiry", ("--fault-token-ttl", "35"), note="tokens usable 5 s (server refuses < 30 s left)",
+             evidence=tokens_fetched),
+    Scenario("dropped-connections", ("--drop-rate", "0.15", "--seed", "5"), evidence=statuses(0)),
+    Scenario("job-not-found-10s", ("--not-found-window", "10"), evidence=job_not_found),
     Scenario("server-restart", (), restart=True, note="SIGKILL mid-job, back after 4 s"),
     Scenario("slow-5s", ("--latency", "5")),
     Scenario("storm", ("--error-rate", "0.1", "--seed", "23", "--burst-every", "6", "--burst-length", "2",
                        "--drop-rate", "0.05", "--not-found-window", "6", "--fault-token-ttl", "40",
-                       "--latency", "0.5"), restart=True, job_exit=1, expected=1),
+                       "--latency", "0.5"), restart=True, job_exit=1, expected=1,
+             evidence=lambda records: statuses(500, 502, 503)(records) and statuses(429)(records)),
 ]
 
 
@@ -100,7 +116,9 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
     busiest = max_in_window(api_request_times(records))
     jobs = submitted_jobs(result.stdout + result.stderr)
     streamed = streamed_output(result.stdout)
-    record_scenario(exit=result.returncode, bytes=len(streamed.encode()), **{"max req/60s": busiest})
+    injected = sum(r["status"] in (0, 401, 404, 429) or r["status"] >= 500 for r in records)
+    record_scenario(exit=result.returncode, bytes=len(streamed.encode()), faults=injected,
+                    **{"max req/60s": busiest})
 
     assert "Traceback" not in result.output, result.output[-4000:]
     assert sandbox.secret not in result.output
@@ -113,6 +131,9 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
     assert streamed.encode("utf-8") == expected, (
         f"streamed {len(streamed.encode())} bytes, the job wrote {len(expected)}:\n{streamed[-1500:]}")
     assert busiest <= BUDGET, f"{busiest} API requests within 60 s, budget {BUDGET}"
+    assert scenario.evidence(records), "the injected fault never happened: the scenario proves nothing"
+    if scenario.restart:
+        assert sandbox.logs and len(records) > len(sandbox.logs), "no requests before and after the restart"
 
 
 def test_gives_up_with_infrastructure_exit_code(tmp_path: Path, sandbox_factory: Callable[..., SandboxProcess],
