@@ -169,8 +169,6 @@ def test_api_key_never_leaks(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result["found"] == {}
 
 
-@pytest.mark.xfail(strict=True, reason="runcommand._run never calls reporter.mask() for FIRECREST_CLIENT_SECRET / "
-                   "FIRECREST_API_KEY, so on GitHub nothing is ::add-mask::ed by ci-runner itself")
 def test_github_log_masks_the_credentials(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)

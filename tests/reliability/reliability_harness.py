@@ -148,6 +148,11 @@ class RunResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    @property
+    def unmasked(self) -> str:
+        """The output without GitHub `::add-mask::` commands (GitHub shows neither them nor their values)."""
+        return "\n".join(line for line in self.output.splitlines() if not line.startswith("::add-mask::"))
+
 
 def run_env(sandbox: SandboxProcess, run_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox.root.parent), "LC_ALL": "C.UTF-8",

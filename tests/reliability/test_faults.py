@@ -121,7 +121,7 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
                     **{"max req/60s": busiest})
 
     assert "Traceback" not in result.output, result.output[-4000:]
-    assert sandbox.secret not in result.output
+    assert sandbox.secret not in result.unmasked
     assert result.returncode == scenario.expected, result.output[-4000:]
     assert len({job_id for job_id, _ in jobs}) == 1, f"submitted: {jobs}\n{result.output[-3000:]}"
     assert len(slurm_jobs_named(name)) == 1, "a retried submit created a second Slurm job"
