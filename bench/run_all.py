@@ -288,7 +288,8 @@ def cells(metric: str, data: dict[str, Any]) -> str:
     if metric == "exit":
         return f"p50 {_s(data['p50'])}, max {_s(data['max'])} (n={data['n']})"
     if metric == "rss":
-        return f"peak {data['peak_mb']:.0f} MB (last {data['last_mb']:.0f} MB){_failed(data)}"
+        printed = f"{data['stdout_bytes'] / MIB:.3g} of {data['output_bytes'] / MIB:.0f} MiB printed"
+        return f"peak {data['peak_mb']:.0f} MB (last {data['last_mb']:.0f} MB), {printed}{_failed(data)}"
     if metric == "coldstart":
         return " · ".join(f"{k} {_s(d['median'])}" for k, d in data.items())
     return json.dumps(data)
@@ -334,7 +335,7 @@ def verdict(metric: str, d: dict[str, Any]) -> str:
         elif metric == "exit":
             ok = d["p50"] <= 2.0
         elif metric == "rss":
-            ok = d["peak_mb"] <= 100 and not d["failure"]
+            ok = d["peak_mb"] <= 100 and not d["failure"] and d["stdout_bytes"] >= d["output_bytes"]
         elif metric == "coldstart":
             ok = d["help"]["median"] <= 0.3
         else:
