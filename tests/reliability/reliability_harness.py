@@ -185,9 +185,10 @@ def submitted_jobs(text: str) -> list[tuple[str, str]]:
 
 
 def streamed_output(stdout: str) -> str:
-    """The entry's output as the GitHub reporter printed it: between ::stop-commands::T and ::T::."""
-    match = re.search(r"^::stop-commands::(\S+)\n(.*?)^::\1::\n", stdout, re.S | re.M)
-    return match.group(2) if match else ""
+    """The entry's output as the GitHub reporter printed it: every block between ::stop-commands::T and ::T::
+    (the reporter closes the block to emit ::add-mask:: for a new token, then opens a new one)."""
+    blocks = re.findall(r"^::stop-commands::(\S+)\n(.*?)^::\1::\n", stdout, re.S | re.M)
+    return "".join(text for _, text in blocks)
 
 
 def max_in_window(times: Sequence[float], window: float = 60.0) -> int:
