@@ -18,7 +18,15 @@ from ci_runner.ci import CIContext
 from ci_runner.config import Config
 from ci_runner.errors import ConfigError
 from ci_runner.matrix import Entry
-from ci_runner.render import CHECKOUT_FAILED, JobSpec, heredoc_delimiter, job_script, job_scripts
+from ci_runner.render import (
+    CHECKOUT_FAILED,
+    CHECKOUT_FAILED_LINE,
+    JOB_END_LINE,
+    JobSpec,
+    heredoc_delimiter,
+    job_script,
+    job_scripts,
+)
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -152,6 +160,25 @@ def test_user_exit_status_becomes_the_job_status(tmp_path: Path, script: str, co
     done = run(spec, tmp_path)
     assert done.returncode == code, done.stderr
     assert b"not reached" not in done.stdout
+
+
+@pytest.mark.parametrize("script, code", [("echo ok\n", 0), ("echo partial; exit 3\n", 3), ("kill -TERM $$\n", 143)])
+def test_job_end_line_is_the_last_output_and_keeps_the_status(tmp_path: Path, script: str, code: int) -> None:
+    """The runner watches for this line to check the job state early; the status is the job's."""
+    spec = job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    done = run(spec, tmp_path)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.decode().endswith(f"{JOB_END_LINE}{code}\n"), done.stderr
+    assert JOB_END_LINE.encode() not in done.stdout
+
+
+def test_failed_checkout_prints_the_checkout_marker(tmp_path: Path) -> None:
+    config = make_config(tmp_path, script="echo never\n", checkout="upload")
+    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    done = run(spec, tmp_path)
+    assert done.returncode == CHECKOUT_FAILED
+    assert done.stderr.decode().endswith(f"{CHECKOUT_FAILED_LINE}cannot extract the uploaded archive\n"), done.stderr
+    assert JOB_END_LINE.encode() not in done.stderr
 
 
 def test_user_script_runs_in_src_with_the_ci_runner_variables(tmp_path: Path) -> None:
@@ -290,6 +317,19 @@ def test_template_file_errors_name_the_template_and_line(tmp_path: Path) -> None
     template.write_text("{% include 'ci/part.sh.j2' %}\n")
     assert render_error(config).startswith(f"{tmp_path / 'ci' / 'part.sh.j2'}:2: ")
 
+
+def test_templates_and_includes_stay_in_the_config_directory(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    secret = tmp_path / "runner-credentials"
+    secret.write_text("s3cret-value\n")
+    (project / "link.j2").symlink_to(secret)
+    for include in (str(secret), "../runner-credentials", "link.j2"):
+        config = make_config(project, script=f"{{% include {include!r} %}}\n")
+        message = render_error(config)
+        assert "outside" in message and "s3cret" not in message, include
+    outside_template = Config(path=project / ".ci-runner.yml", system="local", template=secret, checkout="none")
+    assert "outside" in render_error(outside_template)
 
 def test_missing_template_file(tmp_path: Path) -> None:
     config = Config(path=tmp_path / ".ci-runner.yml", system="local", template=tmp_path / "nope.j2")
@@ -462,5 +502,6 @@ def test_sbatch_runs_the_script_and_keeps_the_exit_code(tmp_path: Path) -> None:
     assert info["JobName"] == spec.job_name == "ci-runner-gcc-4-run-1"
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "3:0")
     assert info["StdOut"] == spec.layout.output_path(job_id) == info["StdErr"]
-    assert Path(spec.layout.output_path(job_id)).read_text() == f"{value}\n{ci.ref}\n"
+    # stdout and stderr share the file: the job-end line (stderr) comes last.
+    assert Path(spec.layout.output_path(job_id)).read_text() == f"{value}\n{ci.ref}\n{JOB_END_LINE}3\n"
     assert not canary.exists()

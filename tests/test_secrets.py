@@ -194,9 +194,6 @@ def test_rendered_scripts_hold_no_credentials(tmp_path: Path) -> None:
     assert leaks(done.stdout + done.stderr, [CLIENT_SECRET, API_KEY]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="render.pass_env checks only variable *names*: a pass_env variable whose value "
-                   "is the FirecREST client secret is copied into the job script (fix: refuse pass_env values equal "
-                   "to the value of any secret-looking variable of `environ`)")
 def test_pass_env_alias_of_a_secret_value_is_refused(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
