@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, workspace
 from ci_runner.errors import CIRunnerError, InfraError, UsageError
-from ci_runner.render import CHECKOUT_FAILED
+from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
@@ -39,7 +39,22 @@ if TYPE_CHECKING:
     from ci_runner.reporters.base import Reporter
 
 TAIL_LINES = 20
-STATE_CHECK_EVERY = 15.0      # seconds between job-state checks while output keeps flowing
+TAIL_LINE_CHARS = 4096        # a summary shows at most this much of one (very long) line
+# Job-state checks while output keeps flowing: a job that ends normally says so in its output (below),
+# and one that is killed stops writing, so the next (idle) poll checks the state; this is only a backstop.
+STATE_CHECK_EVERY = 60.0
+# Requests per poll for the budget share (PollInterval.budget_floor): an idle poll is job state + `stat`;
+# while output flows a poll is one read, plus a share for the rare state checks and the job-end checks.
+IDLE_REQUESTS_PER_POLL = 2.0
+FLOWING_REQUESTS_PER_POLL = 1.25
+# The job script's last output line (render.JOB_END_LINE) or a checkout failure: check the state at
+# once, then every END_RECHECK seconds, END_CHECKS times in all, until Slurm reports the job final.
+# User output can print the same text; that only costs these few early checks (at most once per
+# END_TRIGGER_EVERY), never a wrong verdict: the verdict always comes from the job state.
+END_MARKERS = (JOB_END_LINE, CHECKOUT_FAILED_LINE)
+END_CHECKS = 6
+END_RECHECK = 1.0
+END_TRIGGER_EVERY = 15.0
 PENDING_POLL_MAX = 30.0       # slowest job-state poll while queued
 PENDING_REPORT_EVERY = 60.0   # repeat the queue state in the log at least this often
 NOT_FOUND_POLL = 3.0
@@ -100,7 +115,8 @@ class _Entry:
     output_bytes: int = 0
     submitted_wall: float | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    partial: str = ""  # printed text after the last newline (the reporter still holds it)
+    partial: str = ""  # the end (≤ TAIL_LINE_CHARS) of the printed text after the last newline
+    partial_bytes: int = 0  # UTF-8 length of the whole unfinished line (the reporter still holds it)
 
     @property
     def name(self) -> str:
@@ -308,9 +324,13 @@ class _Run:
         last_report_at = float("-inf")
         pending_pause = 2.0
         idle = True
+        end_checks = 0  # state checks left after the job-end line was seen
+        end_seen_at = float("-inf")
+        recent = ""  # the end of the output so far, to find an end marker split across two reads
         while True:
             now = clock()
-            if not running or idle or now - last_check >= STATE_CHECK_EVERY:
+            if not running or idle or end_checks or now - last_check >= STATE_CHECK_EVERY:
+                end_checks = max(0, end_checks - 1)
                 status = await self.cluster.job(job_id)
                 last_check = now = clock()
                 if status is None:
@@ -319,7 +339,7 @@ class _Run:
                     if not seen and time.time() - wall_submitted < self.options.not_found_grace:
                         await asyncio.sleep(NOT_FOUND_POLL)
                         continue
-                    self._emit(entry, reader, await reader.drain())
+                    await self._drain(entry, reader)
                     why = "vanished from Slurm before a final state was seen" if seen else (
                         "is not known to Slurm (purged after it ended, or never queued)")
                     return _Attempt(None, Outcome.INFRA, f"job {job_id} {why}; its final state is unknown")
@@ -349,26 +369,51 @@ class _Run:
                     if last_report is not None:  # it was seen waiting: say that the wait is over
                         self.reporter.info(f"{name}: {status.state} after "
                                            f"{format_duration(now - queued_since)} in the queue")
+                if states.is_terminal(status.state):
+                    return await self._finished(entry, reader, status, wall_submitted)
+                if end_checks:  # the job script has ended, Slurm does not know yet: the state only
+                    await asyncio.sleep(END_RECHECK)
+                    continue
             assert status is not None
             text = await reader.poll()
             self._emit(entry, reader, text)
             idle = not text
-            if states.is_terminal(status.state):
-                self._emit(entry, reader, await reader.drain())
-                verdict = states.classify(status.state, status.exit_code, status.signal)
-                if verdict.outcome is Outcome.FAILED and status.exit_code == CHECKOUT_FAILED:
-                    verdict = states.Verdict(Outcome.INFRA, f"the checkout on the cluster failed (exit code "
-                                             f"{CHECKOUT_FAILED}; see the job's log above), the tests did not run")
-                queue = (status.start - wall_submitted) if status.start else None
-                run = status.elapsed if status.elapsed is not None else (
-                    status.end - status.start if status.start and status.end else None)
-                return _Attempt(status, verdict.outcome, "" if verdict.outcome is Outcome.PASSED else verdict.summary,
-                                queue_seconds=max(0.0, queue) if queue is not None else None, run_seconds=run)
+            if text:
+                found = has_end_marker(recent, text)
+                recent = (recent + text[-_MARKER_SPAN:])[-_MARKER_SPAN:]
+                if found and now - end_seen_at >= END_TRIGGER_EVERY:
+                    end_seen_at, end_checks = now, END_CHECKS
+                    continue  # check the state right away
             if reader.chunked:
                 continue  # a backlog over the API's output cap: read the next block right away (budget permitting)
-            floor = PollInterval.budget_floor(self.cluster.budget.requests_per_minute, self.following)
+            floor = PollInterval.budget_floor(self.cluster.budget.requests_per_minute, self.following,
+                                              FLOWING_REQUESTS_PER_POLL if text else IDLE_REQUESTS_PER_POLL)
             delay = interval.next(delay, bool(text), floor)
             await asyncio.sleep(delay)
+
+    async def _drain(self, entry: _Entry, reader: OutputReader) -> None:
+        """Print the rest of the output file, chunk by chunk (never the whole rest in memory)."""
+        async for text in reader.drain_chunks():
+            self._emit(entry, reader, text)
+
+    async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus,
+                        wall_submitted: float) -> _Attempt:
+        """The job is final: print the rest of its output, then decide. Output that could not be read
+        to its end makes the entry an infrastructure failure, whatever the job's state."""
+        await self._drain(entry, reader)
+        verdict = states.classify(status.state, status.exit_code, status.signal)
+        if verdict.outcome is Outcome.FAILED and status.exit_code == CHECKOUT_FAILED:
+            verdict = states.Verdict(Outcome.INFRA, f"the checkout on the cluster failed (exit code "
+                                     f"{CHECKOUT_FAILED}; see the job's log above), the tests did not run")
+        if reader.unread:
+            verdict = states.Verdict(Outcome.INFRA, f"the job ended {status.state}, but the last {reader.unread} "
+                                     f"bytes of its output could not be read (printed {reader.offset}); "
+                                     "the result is incomplete")
+        queue = (status.start - wall_submitted) if status.start else None
+        run = status.elapsed if status.elapsed is not None else (
+            status.end - status.start if status.start and status.end else None)
+        return _Attempt(status, verdict.outcome, "" if verdict.outcome is Outcome.PASSED else verdict.summary,
+                        queue_seconds=max(0.0, queue) if queue is not None else None, run_seconds=run)
 
     # -- output --------------------------------------------------------------------------------
 
@@ -378,19 +423,24 @@ class _Run:
             return
         self.reporter.entry_output(entry.name, text)
         entry.output_bytes = reader.offset
-        lines = (entry.partial + text).split("\n")
-        entry.partial = lines.pop()
-        entry.tail.extend(lines)
+        # Only the last TAIL_LINES lines (each cut to TAIL_LINE_CHARS) are kept for the summary.
+        head, newline, rest = text.rpartition("\n")
+        if newline:
+            lines = (entry.partial + head).rsplit("\n", TAIL_LINES)[-TAIL_LINES:]
+            entry.tail.extend(line[-TAIL_LINE_CHARS:] for line in lines)
+            entry.partial, entry.partial_bytes = "", 0
+        entry.partial = (entry.partial + rest)[-TAIL_LINE_CHARS:]
+        entry.partial_bytes += len(rest.encode("utf-8"))
         # Bytes not printed yet: the unfinished last line (re-encoding is exact unless it holds
         # invalid UTF-8, which the reader replaced with U+FFFD; then a few bytes may be repeated).
-        printed = max(0, reader.offset - len(entry.partial.encode("utf-8")))
+        printed = max(0, reader.offset - entry.partial_bytes)
         self.state.update(entry.name, offset=printed)
 
     def _flush_partial(self, entry: _Entry) -> None:
-        if entry.partial:
+        if entry.partial_bytes:
             self.reporter.entry_output(entry.name, "\n")
             entry.tail.append(entry.partial)
-            entry.partial = ""
+            entry.partial, entry.partial_bytes = "", 0
 
     # -- artifacts -----------------------------------------------------------------------------
 
@@ -423,7 +473,7 @@ class _Run:
             state = "CANCELLED"
         else:
             state = "UNKNOWN"
-        tail = list(entry.tail) + ([entry.partial] if entry.partial else [])
+        tail = list(entry.tail) + ([entry.partial] if entry.partial_bytes else [])
         return EntryResult(
             entry=entry.name, job_id=entry.job_id, state=state,
             exit_code=status.exit_code if status is not None else None,
@@ -439,6 +489,15 @@ class _Run:
             outcome=outcome, queue_seconds=None, run_seconds=None, output_bytes=recorded.offset,
             remote_dir=recorded.remote_dir, message="finished before --attach",
         )
+
+
+_MARKER_SPAN = max(len(marker) for marker in END_MARKERS)
+
+
+def has_end_marker(before: str, text: str) -> bool:
+    """An END_MARKERS line start in `text`, or across `before` (the end of the previous text) and `text`."""
+    joint = before[-_MARKER_SPAN:] + text[:_MARKER_SPAN]
+    return any(marker in joint or marker in text for marker in END_MARKERS)
 
 
 async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], destination: Path,

@@ -22,18 +22,34 @@ truncated sequence 2-3), so:
   produced) in chunk mode ≈ the average bytes per character (≈1.0 for mostly ASCII); switching in
   from an unaligned tail offset re-reads at most S bytes once.
 
+Why chunk mode cannot consume a whole window (amplification ≈ bytes per character, e.g. 2.0 for
+text of 2-byte characters): the answer holds only the first S *characters* of the 2·S-byte window,
+i.e. for multi-byte text just the first ~S bytes; the rest of the window is never sent. A block that
+started at an unaligned offset (so as to continue where the last one ended) is not possible either:
+`view` rounds the offset down to k·S and slices the decoded text by `offset % S` *characters*, so for
+any non-ASCII prefix we could not know which byte that slice starts at. Consuming S bytes per block
+of S characters is the most that stays exact; shrinking the waste would need a byte-exact endpoint.
+
 A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
 (requeue): we warn and restart at 0.
+
+Request cost: after a poll that found nothing new, the next poll asks `stat` first (one request that
+answers "anything new?" and "shrunk?") and reads only when the file grew, so an idle job costs one
+request per poll. `drain` stats once, then reads until the offset reaches that size (a bound on the
+number of reads derived from the size); what it cannot read is reported and left in `unread`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 REPLACEMENT = "\ufffd"
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the 5 MiB output cap
 SERVER_OUTPUT_CAP = 5 * 1024 * 1024
+DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
+DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
 
 
 class RemoteFile(Protocol):
@@ -171,6 +187,8 @@ class OutputReader:
         self._need_bracket = False
         self._polls_since_stat = 0
         self._warned_guess = False
+        self._idle = False  # the last poll advanced nothing: the next one asks `stat` before reading
+        self.unread = 0  # after `drain`: bytes of the final file it could not read (0 = complete)
 
     @property
     def chunked(self) -> bool:
@@ -183,18 +201,48 @@ class OutputReader:
             self._on_warning(message)
 
     async def poll(self) -> str:
-        """One incremental read (one request, two more when resolving an ambiguous U+FFFD); new text only."""
-        return await self._read(final=False)
+        """One incremental read; new text only. Usually one request: `tail` while output flows, `stat`
+        after a poll that found nothing (plus `tail` if the file grew); two more to resolve a U+FFFD."""
+        before = self.offset
+        text = await self._read(final=False)
+        self._idle = self.offset == before
+        return text
 
-    async def drain(self, max_reads: int = 50) -> str:
-        """After the job reached a terminal state: read until no new bytes arrive (bounded)."""
-        parts: list[str] = []
-        for _ in range(max_reads):
+    async def drain(self) -> str:
+        """`drain_chunks` joined (convenient for small outputs; the runner prints chunk by chunk)."""
+        return "".join([text async for text in self.drain_chunks()])
+
+    def drain_read_limit(self, size: int) -> int:
+        """Most reads `drain` spends to go from the current offset to `size`."""
+        blocks = -(-max(0, size - self.offset) // self.block_size)
+        return blocks + blocks // 8 + DRAIN_EXTRA_READS
+
+    async def drain_chunks(self) -> AsyncIterator[str]:
+        """After the job reached a terminal state: `stat` once, then read until the offset reaches that
+        size, yielding the text chunk by chunk (memory stays one chunk whatever the file size). Reads are
+        bounded (`drain_read_limit`, and a few without progress); if the end is not reached, a warning
+        says so and `unread` holds the missing byte count: the caller must not treat the output as complete.
+        A file that does not exist (never written, or deleted by the job) has nothing to drain."""
+        self.unread = 0
+        size = await self._stat()
+        if size is None:
+            if self.offset > 0:
+                self._warn(f"{self.path} disappeared after {self.offset} bytes: the rest of the output is lost")
+            return
+        await self._restart_if_shrunk(size)
+        limit = self.drain_read_limit(size)
+        reads = stalled = 0
+        while self.offset < size and reads < limit and stalled < DRAIN_STALLED_READS:
             before = self.offset
-            parts.append(await self._read(final=True))
-            if self.offset == before and not self._need_bracket and not self._chunked:
-                break
-        return "".join(parts)
+            text = await self._read(final=True)
+            reads += 1
+            stalled = stalled + 1 if self.offset == before else 0
+            if text:
+                yield text
+        if self.offset < size:
+            self.unread = size - self.offset
+            self._warn(f"{self.path}: output incomplete: read {self.offset} of {size} bytes after {reads} reads; "
+                       f"{self.unread} bytes were not printed")
 
     async def _stat(self) -> int | None:
         self.requests += 1
@@ -211,23 +259,36 @@ class OutputReader:
             return True
         return False
 
+    def _lost(self) -> None:
+        """The file is missing: normal before the job writes; after bytes were read, it was removed."""
+        if self.offset > 0:
+            self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
+            self.offset = 0
+        self._need_bracket = False
+
     async def _read(self, final: bool) -> str:
         if self._chunked:
             return await self._read_block()
         missing, too_large = _missing_or_too_large()
-        self._polls_since_stat += 1
-        if self._polls_since_stat >= self.shrink_check_every and not self._need_bracket:
-            await self._restart_if_shrunk(await self._stat())
+        if not final:
+            self._polls_since_stat += 1
+        # `stat` first: to bracket an ambiguous U+FFFD, after an idle poll (nothing new ⇒ no `tail`),
+        # and every `shrink_check_every` polls (a truncated file that grew again past our offset).
+        probe = self._need_bracket or (not final and (self._idle or self._polls_since_stat >= self.shrink_check_every))
+        size_before = await self._stat() if probe else None
+        if probe:
+            if size_before is None:
+                self._lost()
+                return ""
+            await self._restart_if_shrunk(size_before)
+            if size_before == self.offset and not self._need_bracket:
+                return ""  # nothing new: no need to read
         bracket = self._need_bracket
-        size_before = await self._stat() if bracket else None
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, self.offset)
         except missing:
-            if self.offset > 0:
-                self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
-                self.offset = 0
-                self._need_bracket = False
+            self._lost()
             return ""
         except too_large:
             self._chunked = True
@@ -236,8 +297,6 @@ class OutputReader:
             return await self._read_block()
         self.bytes_read += utf8_len(text)
         if not text:
-            if self.offset > 0 and self._polls_since_stat >= 3:
-                await self._restart_if_shrunk(await self._stat())
             return ""
         exact = None
         if bracket:
@@ -280,11 +339,14 @@ class OutputReader:
 @dataclass(frozen=True)
 class PollInterval:
     """Delay before the next poll: `minimum` while output flows, ×`factor` per idle poll up to
-    `maximum`, and never below `floor` (the entry's share of the request budget, see `budget_floor`)."""
+    `maximum`, and never below `floor` (the entry's share of the request budget, see `budget_floor`).
+
+    An idle cycle costs two requests (job state + `stat`), so `maximum` = 40 s keeps an idle job at
+    3 requests per minute; it is reached after about a minute of silence (1, 2, 4, ... 32, 40 s)."""
 
     minimum: float = 1.0
-    maximum: float = 15.0
-    factor: float = 1.6
+    maximum: float = 40.0
+    factor: float = 2.0
 
     def next(self, previous: float | None, produced_output: bool, floor: float = 0.0) -> float:
         if produced_output or previous is None:

@@ -224,7 +224,7 @@ def follow_growing(rng: random.Random, data: bytes, remote: RemoteBytes, reader:
             remote.data += data[written: written + step]
             written += step
             got.append(await reader.poll())
-        got.append(await reader.drain(max_reads=500))
+        got.append(await reader.drain())
         return "".join(got)
 
     return asyncio.run(main())

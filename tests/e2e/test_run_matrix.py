@@ -20,6 +20,7 @@ from run_process import (
     wait_until,
 )
 
+from ci_runner.render import JOB_END_LINE
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 
@@ -66,7 +67,10 @@ def make_sandbox(backend_name: str, tmp_path: Path) -> Iterator[Callable[..., An
 
 
 def _expected(kind: str) -> list[str]:
-    return [f"{kind} line {i}" for i in range(1, LINES + 1)] + [f"{kind} waiting", f"{kind} released"]
+    """The entry's output lines; the job script's own last line tells how the user's script ended
+    (a job killed at its time limit never gets to print it)."""
+    end = {"pass": [f"{JOB_END_LINE}0"], "fail": [f"{JOB_END_LINE}3"], "slow": []}[kind]
+    return [f"{kind} line {i}" for i in range(1, LINES + 1)] + [f"{kind} waiting", f"{kind} released"] + end
 
 
 def test_matrix_streams_live_and_exits_with_the_worst_outcome(
@@ -186,7 +190,10 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     assert len(remote) >= 50 * 1024 * 1024
     # The content is adversarial: 2 MiB and 5 MiB boundaries fall inside multi-byte characters.
     assert all(remote[k] & 0xC0 == 0x80 for k in range(2 << 20, len(remote), 2 << 20))
-    printed = b"".join(line for line in run.raw.splitlines(keepends=True) if not line.startswith(b"ci-runner: "))
+    job_end = f"{JOB_END_LINE}0\n".encode()
+    assert remote.endswith(job_end)
+    printed = b"".join(line for line in run.raw.splitlines(keepends=True)
+                       if not line.startswith(b"ci-runner: ") or line == job_end)
     printed = b"\n".join(line for line in printed.split(b"\n") if not re.match(rb"^\S+\s+COMPLETED\s|^entry\s", line))
     assert printed == remote
     read_routes = ("/filesystem/{system_name}/ops/tail", "/filesystem/{system_name}/ops/view")
