@@ -316,7 +316,109 @@ def test_block_size_must_fit_the_cap() -> None:
         OutputReader(RemoteBytes(), "/out", block_size=2621440)
 
 
+# -- drain after the job ended -------------------------------------------------------------------
+
+def big_finished_output() -> bytes:
+    rng = random.Random(5)
+    return "".join(rng.choice(["abc ", "é", "€", "𝄞", "line\n"]) for _ in range(6000)).encode()
+
+
+def test_drain_reads_a_finished_file_far_larger_than_fifty_blocks_to_its_end() -> None:
+    """The job ended with a backlog of ~300 blocks (the old drain stopped after 50 reads, silently)."""
+    data = big_finished_output()
+    remote = RemoteBytes(data, cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
+    assert len(data) > 250 * reader.block_size
+    assert asyncio.run(reader.drain()) == expected(data)
+    assert reader.offset == len(data)
+    assert not reader.warnings
+
+
+def test_drain_yields_block_sized_chunks_with_one_stat_and_bounded_reads() -> None:
+    data = big_finished_output()
+    remote = RemoteBytes(data, cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
+    limit = reader.drain_read_limit(len(data))
+
+    async def main() -> list[str]:
+        return [text async for text in reader.drain_chunks()]
+
+    chunks = asyncio.run(main())
+    assert "".join(chunks) == expected(data) and reader.unread == 0
+    assert max(len(c) for c in chunks) <= reader.block_size  # never the whole rest in one string
+    assert remote.calls.count("stat") == 1  # the final size, asked once
+    assert len(remote.calls) <= limit + 2  # + the stat and the tail answered 413
+
+
+def test_drain_that_cannot_finish_reports_the_unread_bytes() -> None:
+    """A server whose blocks stop making progress: drain gives up (bounded), warns, and says how much is missing."""
+    data = b"x" * 5000
+
+    class Stuck(RemoteBytes):
+        async def view(self, path: str, offset: int, size: int) -> str:
+            self.calls.append("view")
+            return "" if offset >= 1024 else self.data[offset - offset % size:][:size].decode()
+
+    remote = Stuck(data, cap=300)
+    warnings: list[str] = []
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300, on_warning=warnings.append)
+    limit = reader.drain_read_limit(len(data))
+    text = asyncio.run(reader.drain())
+    assert text == "x" * reader.offset and reader.offset < len(data)
+    assert reader.unread == len(data) - reader.offset
+    assert len(warnings) == 1 and "output incomplete" in warnings[0] and str(reader.unread) in warnings[0]
+    assert len(remote.calls) <= limit + 2
+
+
+def test_drain_of_a_missing_file_reads_nothing_and_is_complete() -> None:
+    remote = RemoteBytes(exists=False)
+    reader = OutputReader(remote, "/out")
+    assert asyncio.run(reader.drain()) == ""
+    assert reader.unread == 0 and remote.calls == ["stat"]
+
+
+def test_drain_resolves_a_trailing_cut_character_of_a_finished_job() -> None:
+    data = "done é".encode() + "€".encode()[:2]
+    remote = RemoteBytes(data)
+    reader = OutputReader(remote, "/out")
+    assert asyncio.run(reader.drain()) == expected(data)
+    assert reader.offset == len(data) and reader.unread == 0
+
+
+# -- request cost of polls -------------------------------------------------------------------------
+
+def test_idle_polls_cost_one_stat_each_and_read_only_when_the_file_grew() -> None:
+    remote = RemoteBytes(b"first\n")
+    reader = OutputReader(remote, "/out")
+
+    async def main() -> list[str]:
+        got = [await reader.poll(), await reader.poll()]  # text, then nothing new (one tail each)
+        remote.calls.clear()
+        got += [await reader.poll() for _ in range(10)]  # idle
+        assert remote.calls == ["stat"] * 10
+        remote.data += b"second\n"
+        got.append(await reader.poll())
+        return got
+
+    assert "".join(asyncio.run(main())) == "first\nsecond\n"
+    assert remote.calls[-2:] == ["stat", "tail"]
+
+
 # -- poll interval -------------------------------------------------------------------------------
+
+def test_idle_back_off_reaches_forty_seconds_so_an_idle_job_costs_three_requests_a_minute() -> None:
+    policy = PollInterval()
+    delays: list[float] = []
+    d = None
+    for _ in range(12):
+        d = policy.next(d, produced_output=False)
+        delays.append(d)
+    assert delays[0] == policy.minimum == 1.0  # fast again as soon as output flows
+    assert delays[-1] == 40.0 and delays.index(40.0) <= 7  # reached within about a minute of silence
+    idle_cycle_requests = 2  # job state + stat
+    assert idle_cycle_requests * 60 / delays[-1] <= 3.0
+    assert policy.next(40.0, produced_output=True) == 1.0
+
 
 def test_poll_interval_fast_while_output_flows_backs_off_when_idle() -> None:
     policy = PollInterval(minimum=1.0, maximum=20.0, factor=2.0)
