@@ -22,13 +22,15 @@ truncated sequence 2-3), so:
   produced) in chunk mode ≈ the average bytes per character (≈1.0 for mostly ASCII); switching in
   from an unaligned tail offset re-reads at most S bytes once.
 
-Why chunk mode cannot consume a whole window (amplification ≈ bytes per character, e.g. 2.0 for
-text of 2-byte characters): the answer holds only the first S *characters* of the 2·S-byte window,
-i.e. for multi-byte text just the first ~S bytes; the rest of the window is never sent. A block that
-started at an unaligned offset (so as to continue where the last one ended) is not possible either:
-`view` rounds the offset down to k·S and slices the decoded text by `offset % S` *characters*, so for
-any non-ASCII prefix we could not know which byte that slice starts at. Consuming S bytes per block
-of S characters is the most that stays exact; shrinking the waste would need a byte-exact endpoint.
+Why chunk mode wastes up to half of each answer on multi-byte text (amplification ≈ bytes per
+character, e.g. 2.0 for text of 2-byte characters): an answer holds S characters of the 2·S-byte
+window, i.e. up to 2·S bytes, and we consume only up to byte (k+1)·S, so the next block re-fetches
+the rest. Possible improvement (not done): the server computes skip = offset // S in bytes but slices
+the decoded window by offset % S in *characters*, so a request at offset k'·S + j, where k'·S is the
+aligned start below the confirmed offset and j the number of characters from k'·S to it (stray
+continuation bytes count one each; known from the previous answer unless an ambiguous U+FFFD lies in
+between), would start exactly at the confirmed offset and its whole answer (minus a trailing U+FFFD
+cut at the window end) could be consumed, bringing the amplification to ≈ 1.
 
 A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
 (requeue): we warn and restart at 0.
@@ -122,16 +124,34 @@ def consume_block(text: str, block_start: int, block_size: int, skip_to: int, dr
 
     `drop`: leading stray continuation bytes (one U+FFFD each) of a character already emitted.
     `skip_to`: absolute offset already confirmed (≥ block_start); characters before it are not emitted.
+    Memory: a few copies of the block, never per-character objects (a block is 2 MiB).
     """
     block_end = block_start + block_size
-    pos = block_start
-    i = 0
-    while i < len(text) and i < drop:  # stray continuation bytes: one byte each
-        pos += 1
-        i += 1
-    out: list[str] = []
-    starts: list[int] = []  # byte position of each emitted character
+    i = min(drop, len(text))
+    pos = block_start + i  # stray continuation bytes: one byte each
+    if REPLACEMENT in text[i:]:
+        return _consume_block_per_character(text, i, pos, block_size, block_end, skip_to, drop)
+    # Valid UTF-8 only: byte positions come from the encoding itself.
+    data = text[i:].encode("utf-8")
+    lo = min(len(data), max(0, skip_to - pos))
+    while lo < len(data) and data[lo] & 0xC0 == 0x80:  # the first character starting at or after skip_to
+        lo += 1
+    hi = min(len(data), max(lo, block_end - pos))
+    while hi < len(data) and data[hi] & 0xC0 == 0x80:  # the character straddling the block end, whole
+        hi += 1
+    emitted = data[lo:hi].decode("utf-8")
+    end_pos = pos + hi
+    if end_pos >= block_end:
+        return Block(emitted, end_pos, end_pos - block_end, False, 0)
+    return Block(emitted, max(end_pos, skip_to), 0, True, 0)  # EOF inside the block
+
+
+def _consume_block_per_character(text: str, i: int, pos: int, block_size: int, block_end: int, skip_to: int,
+                                 drop: int) -> Block:
+    """`consume_block` for an answer holding U+FFFD: walk the characters (one byte per U+FFFD)."""
+    first = -1  # index in `text` of the first emitted character
     guessed = 0
+    trailing: list[int] = []  # byte positions of the emitted U+FFFD run at the end (EOF handling)
     synced = drop > 0  # after dropped carry bytes we are at a character boundary
     while i < len(text) and pos < block_end:
         char = text[i]
@@ -141,21 +161,26 @@ def consume_block(text: str, block_start: int, block_size: int, skip_to: int, dr
         elif synced or pos >= skip_to:  # not a stray continuation byte at the block start
             guessed += 1
         if pos >= skip_to:
-            out.append(char)
-            starts.append(pos)
+            if first < 0:
+                first = i
+            if char == REPLACEMENT:
+                trailing.append(pos)
+            else:
+                trailing.clear()
         pos += size
         i += 1
+    out = text[first:i] if first >= 0 else ""
     ends_at_eof = pos < block_end or (
-        i == len(text) and len(text) < block_size and bool(out) and out[-1] == REPLACEMENT
+        i == len(text) and len(text) < block_size and out.endswith(REPLACEMENT)
     )
     if not ends_at_eof:
-        return Block("".join(out), pos, pos - block_end, False, guessed)
+        return Block(out, pos, pos - block_end, False, guessed)
     # EOF inside the block: a trailing U+FFFD may be a character still being written; tail mode decides.
-    while out and out[-1] == REPLACEMENT:
-        out.pop()
-        pos = starts.pop()
-        guessed -= 1
-    return Block("".join(out), max(pos, skip_to), 0, True, guessed)
+    if trailing:
+        out = out[: len(out) - len(trailing)]
+        guessed -= len(trailing)
+        pos = trailing[0]
+    return Block(out, max(pos, skip_to), 0, True, guessed)
 
 
 class OutputReader:

@@ -14,7 +14,14 @@ import random
 import pytest
 
 from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
-from ci_runner.stream import REPLACEMENT, OutputReader, PollInterval, consume_block, split_tail
+from ci_runner.stream import (
+    REPLACEMENT,
+    OutputReader,
+    PollInterval,
+    _consume_block_per_character,
+    consume_block,
+    split_tail,
+)
 
 
 class RemoteBytes:
@@ -88,6 +95,23 @@ def test_consume_block_carries_the_straddling_character() -> None:
     assert second[0] == REPLACEMENT
     b2 = consume_block(second, 4, size, 5, 1)
     assert (b2.text, b2.offset, b2.eof) == ("cd", 7, True)
+
+
+def test_consume_block_fast_path_equals_the_per_character_walk() -> None:
+    """Valid UTF-8 blocks are consumed through the encoding (no per-character objects: a block is 2 MiB);
+    the result must equal the character walk for every block phase, skip offset and carry."""
+    rng = random.Random(7)
+    for _ in range(3000):
+        size = rng.randint(4, 40)
+        start = rng.randint(0, 3) * size
+        data = "".join(rng.choice(["a", "\n", "é", "€", "𝄞"]) for _ in range(rng.randint(0, 60))).encode()
+        text = data[start:start + 2 * size].decode("utf-8", "replace")[:size]
+        drop = len(text) - len(text.lstrip(REPLACEMENT))  # stray continuation bytes at the block start
+        if REPLACEMENT in text[drop:]:
+            continue
+        skip_to = start + rng.randint(0, size)
+        walk = _consume_block_per_character(text, drop, start + drop, size, start + size, skip_to, drop)
+        assert consume_block(text, start, size, skip_to, drop) == walk
 
 
 # -- reader --------------------------------------------------------------------------------------
