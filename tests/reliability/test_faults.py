@@ -127,7 +127,9 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
     assert len(slurm_jobs_named(name)) == 1, "a retried submit created a second Slurm job"
     job_id, remote_dir = jobs[0]
     expected = Path(remote_dir, f"slurm-{job_id}.out").read_bytes()
-    assert expected.count(b"\n") == LINES, "the job itself did not run as planned"
+    # LINES of the job body, then the job script's own last line ("ci-runner: job script exited with status N")
+    assert expected.count(b"\n") == LINES + 1, "the job itself did not run as planned"
+    assert b"ci-runner: job script exited with status " in expected.splitlines()[-1]
     assert streamed.encode("utf-8") == expected, (
         f"streamed {len(streamed.encode())} bytes, the job wrote {len(expected)}:\n{streamed[-1500:]}")
     assert busiest <= BUDGET, f"{busiest} API requests within 60 s, budget {BUDGET}"

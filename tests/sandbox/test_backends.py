@@ -189,7 +189,10 @@ def test_pending_delay_keeps_job_pending_with_begintime_then_cancel(backend: Bac
 
 
 def test_time_limit_ends_job_as_timeout_with_signal_15(backend: Backend, workdir: Path) -> None:
-    """On real Slurm this takes about 65 s (the minimum limit is one minute): the only such test."""
+    """The local backend's emulation of Slurm's TIMEOUT. Real Slurm's TIMEOUT (a one-minute minimum
+    limit, ~65 s) is checked once through the API, in test_sandbox_jobs.test_time_limit_gives_timeout."""
+    if backend.name == "slurm":
+        pytest.skip("covered through the API on real Slurm (test_sandbox_jobs); one 65 s test is enough")
     job_id = backend.submit(script("#SBATCH --time=1", "#SBATCH -o to.out", "sleep 300"), str(workdir), {})
 
     done, _ = wait_for(backend, job_id, is_terminal, timeout=QUEUE_SLACK + 120)
