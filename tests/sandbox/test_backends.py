@@ -188,11 +188,17 @@ def test_pending_delay_keeps_job_pending_with_begintime_then_cancel(backend: Bac
     assert not (workdir / "never.out").exists()
 
 
-def test_time_limit_ends_job_as_timeout_with_signal_15(backend: Backend, workdir: Path) -> None:
+def test_time_limit_ends_job_as_timeout_with_signal_15(tmp_path: Path, workdir: Path) -> None:
     """The local backend's emulation of Slurm's TIMEOUT. Real Slurm's TIMEOUT (a one-minute minimum
     limit, ~65 s) is checked once through the API, in test_sandbox_jobs.test_time_limit_gives_timeout."""
-    if backend.name == "slurm":
-        pytest.skip("covered through the API on real Slurm (test_sandbox_jobs); one 65 s test is enough")
+    backend = pick_backend("local", tmp_path / "spool", slots=2, time_scale=0.05, kill_wait=0.5)
+    try:
+        _assert_time_limit_gives_timeout(backend, workdir)
+    finally:
+        backend.close()
+
+
+def _assert_time_limit_gives_timeout(backend: Backend, workdir: Path) -> None:
     job_id = backend.submit(script("#SBATCH --time=1", "#SBATCH -o to.out", "sleep 300"), str(workdir), {})
 
     done, _ = wait_for(backend, job_id, is_terminal, timeout=QUEUE_SLACK + 120)
