@@ -27,6 +27,8 @@ Scalar = Union[str, int, float, bool]
 DEFAULT_CONFIG = ".ci-runner.yml"
 DEFAULT_MAX_ENTRIES = 256
 DEFAULT_REQUESTS_PER_MINUTE = 10
+DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024  # bytes of an entry's output printed before skipping to its tail
+MIN_MAX_OUTPUT = 1024
 MAX_REPORTED = 10
 
 # sbatch options ci-runner sets itself (or that would break following the job), with the reason shown.
@@ -85,6 +87,7 @@ class Config:
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE  # one API budget shared by all entries
     resubmit: int = 0                           # automatic resubmits on infrastructure states (NODE_FAIL, ...)
     cleanup: bool = False                       # remove the remote entry dir after success
+    max_output: int = DEFAULT_MAX_OUTPUT        # bytes of output printed per entry before skipping to its tail
 
 
 # --------------------------------------------------------------------------------------------- durations
@@ -141,6 +144,46 @@ def slurm_time(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{days}-{clock}" if days else clock
+
+
+# -------------------------------------------------------------------------------------------- sizes
+
+_SIZE = re.compile(r"^(\d+)\s*(?:(b)|([kmgt])(i)?b)?$", re.IGNORECASE)
+_SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
+SIZE_HELP = "expected a size like 64MiB, 512KiB, 1GiB, 100MB or an integer number of bytes"
+
+
+class InvalidSize(ConfigError, ValueError):
+    """A size string that `parse_size` cannot read (also a `ValueError`)."""
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in `text`: an integer byte count, `123B`, or a number with a binary (`KiB`, `MiB`, `GiB`, `TiB`:
+    powers of 1024) or decimal (`KB`, `MB`, `GB`, `TB`: powers of 1000) unit; units are case-insensitive.
+
+    Raises `InvalidSize` (a `ConfigError` and a `ValueError`) with a message for the user.
+    """
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise InvalidSize(f"{SIZE_HELP}, got {_describe(text)}")
+    if isinstance(text, int):
+        if text < 0:
+            raise InvalidSize(f"{SIZE_HELP}, got a negative number")
+        return text
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise InvalidSize(f"{SIZE_HELP}, got {text!r}")
+    number, _, prefix, binary = match.groups()
+    if prefix is None:
+        return int(number)
+    return int(number) * (1024 if binary else 1000) ** _SIZE_POWERS[prefix.lower()]
+
+
+def format_size(size: int) -> str:
+    """`size` bytes for a message: the largest binary unit that divides it (`64 MiB`), else bytes."""
+    for unit, power in (("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if size and size % 1024**power == 0:
+            return f"{size // 1024**power} {unit}"
+    return f"{size} bytes"
 
 
 # ----------------------------------------------------------------------------------- YAML with positions
@@ -444,6 +487,8 @@ class _Checks:
             self.duration(("queue_timeout",), data["queue_timeout"])
         if isinstance(data.get("sbatch"), dict):
             self.sbatch(("sbatch",), data["sbatch"])
+        if "max_output" in data:
+            self.size(("max_output",), data["max_output"], MIN_MAX_OUTPUT)
         self.matrix(data.get("matrix"))
         self.system()
         self.body()
@@ -466,6 +511,17 @@ class _Checks:
             self.fail(path, "expected a duration greater than zero")
             return None
         return seconds
+
+    def size(self, path: KeyPath, value: object, minimum: int) -> None:
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            return  # the schema reports the type
+        try:
+            size = parse_size(value)
+        except InvalidSize as error:
+            self.fail(path, str(error))
+            return
+        if size < minimum:
+            self.fail(path, f"expected at least {format_size(minimum)} ({minimum} bytes), got {size} bytes")
 
     def sbatch(self, path: KeyPath, options: dict[str, Any]) -> None:
         for name, value in options.items():
@@ -604,6 +660,7 @@ def _build_config(data: dict[str, Any], path: Path, where: Mapping[KeyPath, _Whe
         requests_per_minute=int(data.get("requests_per_minute", DEFAULT_REQUESTS_PER_MINUTE)),
         resubmit=int(data.get("resubmit", 0)),
         cleanup=bool(data.get("cleanup", False)),
+        max_output=parse_size(data["max_output"]) if "max_output" in data else DEFAULT_MAX_OUTPUT,
     )
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, workspace
+from ci_runner.config import DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, UsageError
 from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.stream import OutputReader, PollInterval
+from ci_runner.stream import DEFAULT_TAIL_BYTES, OutputReader, PollInterval
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster, JobStatus
@@ -79,6 +80,8 @@ class RunOptions:
     cleanup: bool = False
     not_found_grace: float = 60.0    # "job not found" right after submit is normal this long
     cancel_deadline: float = 2.0     # SIGINT/SIGTERM: every cancel request must be sent within this
+    max_output: int = DEFAULT_MAX_OUTPUT  # bytes printed per job before skipping to the tail of its output
+    tail_bytes: int = DEFAULT_TAIL_BYTES  # most bytes of the tail printed after a job went over max_output
 
     @classmethod
     def from_config(cls, config: Config, **overrides: object) -> RunOptions:
@@ -90,6 +93,7 @@ class RunOptions:
             "artifacts": tuple(config.artifacts) + tuple(g for g in config.junit if g not in config.artifacts),
             "junit": tuple(config.junit),
             "cleanup": config.cleanup,
+            "max_output": config.max_output,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -117,6 +121,7 @@ class _Entry:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     partial: str = ""  # the end (≤ TAIL_LINE_CHARS) of the printed text after the last newline
     partial_bytes: int = 0  # UTF-8 length of the whole unfinished line (the reporter still holds it)
+    limit_warned: bool = False  # the max_output warning was printed for the current job
 
     @property
     def name(self) -> str:
@@ -308,8 +313,10 @@ class _Run:
         """Poll the job's state and output until it is final; print the output as it arrives."""
         name = entry.name
         reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id),
-                              on_warning=lambda message: self.reporter.warning(message, name))
+                              on_warning=lambda message: self.reporter.warning(message, name),
+                              limit=self.options.max_output, tail_bytes=self.options.tail_bytes)
         reader.offset = offset
+        entry.limit_warned = False
         interval = PollInterval()
         delay: float | None = None
         clock = time.monotonic
@@ -375,8 +382,10 @@ class _Run:
                     await asyncio.sleep(END_RECHECK)
                     continue
             assert status is not None
-            text = await reader.poll()
+            text = await reader.poll()  # "" without a request once the output reached max_output
             self._emit(entry, reader, text)
+            if reader.limited:
+                self._limit_reached(entry, reader)
             idle = not text
             if text:
                 found = has_end_marker(recent, text)
@@ -392,9 +401,20 @@ class _Run:
             await asyncio.sleep(delay)
 
     async def _drain(self, entry: _Entry, reader: OutputReader) -> None:
-        """Print the rest of the output file, chunk by chunk (never the whole rest in memory)."""
+        """Print the rest of the output file, chunk by chunk (never the whole rest in memory). Over
+        max_output: the head up to the limit, a line saying how much is not shown, then the tail."""
         async for text in reader.drain_chunks():
             self._emit(entry, reader, text)
+        for _ in range(3):  # the tail; again only if the file was truncated and its head re-read
+            if not reader.limited:
+                return
+            self._limit_reached(entry, reader)
+            skipped = await reader.skip_to_tail()
+            if skipped:
+                self._emit(entry, reader, f"... {skipped} bytes not shown (over max_output "
+                                          f"{format_size(self.options.max_output)}), full output in {reader.path} ...\n")
+            async for text in reader.drain_chunks():
+                self._emit(entry, reader, text)
 
     async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus,
                         wall_submitted: float) -> _Attempt:
@@ -435,6 +455,18 @@ class _Run:
         # invalid UTF-8, which the reader replaced with U+FFFD; then a few bytes may be repeated).
         printed = max(0, reader.offset - entry.partial_bytes)
         self.state.update(entry.name, offset=printed)
+
+    def _limit_reached(self, entry: _Entry, reader: OutputReader) -> None:
+        """The job's output reached max_output: end the cut line, record the offset, warn once per job."""
+        if entry.limit_warned:
+            return
+        entry.limit_warned = True
+        self._flush_partial(entry)
+        self.state.update(entry.name, offset=reader.offset)
+        self.reporter.warning(
+            f"the output reached max_output ({format_size(self.options.max_output)}): not printing more of it "
+            f"while the job runs; the full output is in {reader.path}; its last part will be shown at the end",
+            entry.name)
 
     def _flush_partial(self, entry: _Entry) -> None:
         if entry.partial_bytes:

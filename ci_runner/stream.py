@@ -39,6 +39,15 @@ Request cost: after a poll that found nothing new, the next poll asks `stat` fir
 answers "anything new?" and "shrunk?") and reads only when the file grew, so an idle job costs one
 request per poll. `drain` stats once, then reads until the offset reaches that size (a bound on the
 number of reads derived from the size); what it cannot read is reported and left in `unread`.
+
+Output limit (`limit`, the config's `max_output`): the reader shows the head of the file up to byte
+`limit` (cut before the character that would cross it; `cut_at_limit`), then `limited` is true: `poll`
+returns "" without a request and `drain` stops there. After the job ended the caller calls
+`skip_to_tail`, which moves the offset to `max(offset, size - tail_bytes)` and on to the start of the
+next line (nothing more when that is a line start already; see `tail_start` for a last line longer
+than the tail), and returns the bytes skipped; `drain` then reads the tail as usual. Where the cut or the skip lies in text
+holding U+FFFD, each U+FFFD there is counted as one byte (an invalid byte: the same guess as chunk
+mode), so the count of skipped bytes may be off by a few bytes; the final offset is the file's size.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the 5 MiB output cap
 SERVER_OUTPUT_CAP = 5 * 1024 * 1024
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
 DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
+DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
 
 
 class RemoteFile(Protocol):
@@ -105,6 +115,40 @@ def split_tail(text: str, exact_total: int | None, final: bool) -> TailSplit:
         return TailSplit(body, utf8_len(body), final)
     prefix = text[:first]
     return TailSplit(prefix, utf8_len(prefix), True)
+
+
+def cut_at_limit(text: str, start: int, limit: int) -> tuple[str, int]:
+    """The longest prefix of `text` (read from byte `start`) that ends at or before byte `limit`, whole
+    characters only, and its length in bytes. A U+FFFD counts as one byte (an invalid byte)."""
+    room = max(0, limit - start)
+    kept = 0  # characters of `text` kept
+    used = 0  # their bytes
+    for index, segment in enumerate(text.split(REPLACEMENT)):
+        if index:  # the U+FFFD before this segment
+            if used + 1 > room:
+                return text[:kept], used
+            kept, used = kept + 1, used + 1
+        data = segment.encode("utf-8")
+        if used + len(data) > room:
+            cut = room - used
+            while cut > 0 and data[cut] & 0xC0 == 0x80:  # not inside a character
+                cut -= 1
+            return text[:kept] + data[:cut].decode("utf-8"), used + cut
+        kept, used = kept + len(segment), used + len(data)
+    return text, used
+
+
+def tail_start(text: str) -> int:
+    """Where the shown tail begins in `text`, the file from the byte *before* the first candidate byte
+    to its end: after the first newline that has text after it (index 1 when that byte is a newline, i.e.
+    the candidate starts a line); without one, after the first character and the stray continuation
+    bytes (U+FFFD, at most 3) that follow it, so a last line longer than the tail is shown cut."""
+    newline = text.find("\n")
+    if 0 <= newline < len(text) - 1:
+        return newline + 1
+    if not text:
+        return 0
+    return 1 + min(3, len(text) - 1 - len(text[1:].lstrip(REPLACEMENT)))
 
 
 @dataclass(frozen=True)
@@ -195,9 +239,20 @@ class OutputReader:
         output_cap: int = SERVER_OUTPUT_CAP,
         shrink_check_every: int = 20,
         on_warning: Callable[[str], None] | None = None,
+        limit: int | None = None,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
     ) -> None:
         if not 0 < 2 * block_size < output_cap:
             raise ValueError(f"block_size must satisfy 0 < 2*block_size < {output_cap}")
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be positive")
+        self.output_cap = output_cap
+        self.limit = limit  # bytes of the head shown before skipping to the tail (None: no limit)
+        # one `tail` of the last tail_bytes + 1 bytes must stay under the output cap
+        self.tail_bytes = max(1, min(tail_bytes, limit or tail_bytes, output_cap - 2))
+        self.skipped = 0  # bytes jumped over by `skip_to_tail`
+        self._in_tail = False  # `skip_to_tail` ran: read to the end, no limit any more
+        self._head_done = False  # the head was cut at the limit
         self.cluster = cluster
         self.path = path
         self.block_size = block_size
@@ -220,6 +275,11 @@ class OutputReader:
         """True while reading a large backlog with `view` blocks."""
         return self._chunked
 
+    @property
+    def limited(self) -> bool:
+        """The head reached `limit`: nothing more is read until `skip_to_tail` (after the job ended)."""
+        return self.limit is not None and not self._in_tail and (self._head_done or self.offset >= self.limit)
+
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         if self._on_warning is not None:
@@ -228,8 +288,10 @@ class OutputReader:
     async def poll(self) -> str:
         """One incremental read; new text only. Usually one request: `tail` while output flows, `stat`
         after a poll that found nothing (plus `tail` if the file grew); two more to resolve a U+FFFD."""
+        if self.limited:
+            return ""
         before = self.offset
-        text = await self._read(final=False)
+        text = await self._read_head(final=False)
         self._idle = self.offset == before
         return text
 
@@ -249,6 +311,8 @@ class OutputReader:
         says so and `unread` holds the missing byte count: the caller must not treat the output as complete.
         A file that does not exist (never written, or deleted by the job) has nothing to drain."""
         self.unread = 0
+        if self.limited:
+            return  # the head is shown; the tail comes after `skip_to_tail`
         size = await self._stat()
         if size is None:
             if self.offset > 0:
@@ -257,17 +321,63 @@ class OutputReader:
         await self._restart_if_shrunk(size)
         limit = self.drain_read_limit(size)
         reads = stalled = 0
-        while self.offset < size and reads < limit and stalled < DRAIN_STALLED_READS:
+        while self.offset < size and reads < limit and stalled < DRAIN_STALLED_READS and not self.limited:
             before = self.offset
-            text = await self._read(final=True)
+            text = await self._read_head(final=True)
             reads += 1
             stalled = stalled + 1 if self.offset == before else 0
             if text:
                 yield text
-        if self.offset < size:
+        if self.offset < size and not self.limited:
             self.unread = size - self.offset
             self._warn(f"{self.path}: output incomplete: read {self.offset} of {size} bytes after {reads} reads; "
                        f"{self.unread} bytes were not printed")
+
+    async def skip_to_tail(self) -> int:
+        """After the job ended with the head `limited`: move the offset to the start of the next line at
+        or after `max(offset, size - tail_bytes)` and return the bytes skipped (0 when the head ended at
+        a line start and the rest fits in the tail); `drain` then reads from there to the end.
+        One `stat` and one `tail` (of at most `tail_bytes` + 1 bytes)."""
+        if not self.limited:
+            return 0
+        size = await self._stat()
+        if size is not None and await self._restart_if_shrunk(size):
+            return 0  # truncated (requeue): read again from 0, limit included
+        self._in_tail = True
+        self._chunked, self._carry, self._need_bracket, self._idle = False, 0, False, False
+        if size is None or size <= self.offset or self.offset == 0:
+            return 0  # gone (`drain` reports it), or nothing after the head
+        start = max(self.offset, size - self.tail_bytes)
+        missing, too_large = _missing_or_too_large()
+        try:
+            self.requests += 1
+            text = await self.cluster.tail_from(self.path, start - 1)  # from the byte before: a line start?
+        except (missing, too_large):
+            text = ""  # gone, or grew past the cap since the stat: `drain` reads on from `start`
+        self.bytes_read += utf8_len(text)
+        index = tail_start(text)
+        skipped_text, rest = text[:index], text[index:]
+        if REPLACEMENT in skipped_text and REPLACEMENT not in rest:
+            target = size - utf8_len(rest)  # the shown tail is exact (the file is final)
+        else:  # each U+FFFD in the skipped text counted as one (invalid) byte
+            target = start - 1 + utf8_len(skipped_text) - 2 * skipped_text.count(REPLACEMENT)
+        target = max(start, target)
+        skipped = target - self.offset
+        self.offset = target
+        self.skipped += skipped
+        return skipped
+
+    async def _read_head(self, final: bool) -> str:
+        """`_read`, cut at `limit` while the head is shown."""
+        before = self.offset
+        text = await self._read(final)
+        if self.limit is None or self._in_tail or self.offset <= self.limit:
+            return text
+        kept, used = cut_at_limit(text, before, self.limit)
+        self.offset = max(before, min(self.limit, before + used))
+        self._chunked, self._carry, self._need_bracket = False, 0, False
+        self._head_done = True  # also when a character crossing the limit left the offset just below it
+        return kept
 
     async def _stat(self) -> int | None:
         self.requests += 1
@@ -281,6 +391,7 @@ class OutputReader:
             self._chunked = False
             self._carry = 0
             self._need_bracket = False
+            self._in_tail = self._head_done = False
             return True
         return False
 

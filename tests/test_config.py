@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from ci_runner import config
-from ci_runner.config import Config, ConfigError, InvalidDuration, load, parse_duration, slurm_time
+from ci_runner.config import (
+    Config,
+    ConfigError,
+    InvalidDuration,
+    InvalidSize,
+    format_size,
+    load,
+    parse_duration,
+    parse_size,
+    slurm_time,
+)
 
 BODY = "script: echo hi\n"
 
@@ -82,6 +92,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert loaded.matrix == config.MatrixSpec()
     assert loaded.requests_per_minute == config.DEFAULT_REQUESTS_PER_MINUTE
     assert loaded.junit == () and loaded.artifacts == () and loaded.env == {}
+    assert loaded.max_output == config.DEFAULT_MAX_OUTPUT == 256 * 1024 * 1024
 
 
 def test_system_may_come_from_the_matrix(tmp_path: Path) -> None:
@@ -142,6 +153,34 @@ def test_parse_duration_rejects(text: object) -> None:
 ])
 def test_slurm_time(seconds: float, text: str) -> None:
     assert slurm_time(seconds) == text
+
+
+# ---------------------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("64MiB", 64 << 20), ("512KiB", 512 << 10), ("1GiB", 1 << 30), ("100MB", 100_000_000), ("1024", 1024),
+    (4096, 4096), ("2kb", 2000), (" 3 MiB ", 3 << 20), ("10B", 10), ("1TiB", 1 << 40),
+])
+def test_parse_size(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "1.5GiB", "-1", "10 parsecs", "1Mi", "1 M B", True, None, 1.5, -3])
+def test_parse_size_rejects(text: object) -> None:
+    with pytest.raises(InvalidSize) as caught:
+        parse_size(text)  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError) and "expected a size like 64MiB" in str(caught.value)
+
+
+def test_format_size() -> None:
+    assert [format_size(n) for n in (256 << 20, 1 << 30, 1536, 1000, 0)] == [
+        "256 MiB", "1 GiB", "1536 bytes", "1000 bytes", "0 bytes"]
+
+
+@pytest.mark.parametrize(("value", "size"), [("64MiB", 64 << 20), ("1KiB", 1024), (2048, 2048), ("1GiB", 1 << 30)])
+def test_max_output_loads_as_bytes(tmp_path: Path, value: object, size: int) -> None:
+    assert load(write(tmp_path, f"version: 1\nsystem: daint\nmax_output: {value}\n" + BODY)).max_output == size
 
 
 # ------------------------------------------------------------------------- errors at file:line:col
@@ -226,6 +265,17 @@ BAD = [
     pytest.param("- version: 1\n", "1:1", "expected a mapping of keys", id="top-level-list"),
     pytest.param("", "1:1", "the file is empty", id="empty"),
     pytest.param("# only a comment\n", "1:1", "the file is empty", id="only-comment"),
+    pytest.param(HEAD + "max_output: lots\n" + BODY, "3:13",
+                 "max_output: expected a size like 64MiB, 512KiB, 1GiB, 100MB or an integer number of bytes, "
+                 "got 'lots'", id="max-output-word"),
+    pytest.param(HEAD + "max_output: 1.5GiB\n" + BODY, "3:13", "max_output: expected a size like", id="max-output-fraction"),
+    pytest.param(HEAD + "max_output: 512\n" + BODY, "3:13",
+                 "max_output: expected at least 1 KiB (1024 bytes), got 512 bytes", id="max-output-too-small"),
+    pytest.param(HEAD + "max_output: 100B\n" + BODY, "3:13", "expected at least 1 KiB", id="max-output-too-small-unit"),
+    pytest.param(HEAD + "max_output: 1.5\n" + BODY, "3:13", "max_output: expected a string or an integer, got a number",
+                 id="max-output-float"),
+    pytest.param(HEAD + "max_output: true\n" + BODY, "3:13", "max_output: expected a string or an integer",
+                 id="max-output-bool"),
 ]
 
 

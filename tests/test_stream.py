@@ -464,3 +464,102 @@ def test_poll_interval_respects_the_budget_share() -> None:
     assert policy.next(100.0, produced_output=False, floor=floor) == pytest.approx(48.0)
     assert policy.budget_floor(600, 1) < 1.0
     assert policy.next(None, produced_output=True, floor=policy.budget_floor(600, 1)) == 1.0
+
+
+# -- max_output: head up to the limit, skip, tail ----------------------------------------------------
+
+def limited_output() -> bytes:
+    """Lines with 2-, 3- and 4-byte characters; 40 KiB."""
+    rng = random.Random(11)
+    lines = []
+    while sum(map(len, lines)) < 40 * 1024:
+        lines.append(("%05d " % len(lines) + "".join(rng.choice(["ab", "é", "€", "𝄞", " "]) for _ in range(30))
+                      + "\n").encode())
+    return b"".join(lines)
+
+
+def expected_tail_start(data: bytes, offset: int, tail_bytes: int) -> int:
+    start = max(offset, len(data) - tail_bytes)
+    if data[start - 1:start] == b"\n":
+        return start
+    return data.index(b"\n", start) + 1
+
+
+@pytest.mark.parametrize("limit", [1000, 1001, 1002, 1003, 4096, 5000])
+@pytest.mark.parametrize("cap", [5 * 1024 * 1024, 3000])  # tail mode / a backlog in view blocks
+def test_limit_shows_the_head_then_skips_to_the_last_whole_lines(limit: int, cap: int) -> None:
+    data = limited_output()
+    remote = RemoteBytes(data, cap=cap)
+    reader = OutputReader(remote, "/out", block_size=1024, output_cap=cap, limit=limit, tail_bytes=2048)
+
+    async def main() -> tuple[str, int, str]:
+        head = await reader.poll()
+        while not reader.limited:
+            head += await reader.poll()
+        assert await reader.poll() == "" and reader.limited
+        calls = len(remote.calls)
+        for _ in range(3):
+            assert await reader.poll() == ""
+        assert len(remote.calls) == calls  # limited: no reads while the job runs
+        assert await reader.drain() == ""  # drain stops at the limit too
+        skipped = await reader.skip_to_tail()
+        return head, skipped, await reader.drain()
+
+    head, skipped, tail = asyncio.run(main())
+    cut = len(head.encode())
+    assert limit - 3 <= cut <= limit and data[:cut].decode() == head  # whole characters, at most `limit` bytes
+    assert reader.tail_bytes == min(2048, limit)  # never more tail than head
+    start = expected_tail_start(data, cut, reader.tail_bytes)
+    assert skipped == start - cut and reader.skipped == skipped
+    assert tail == data[start:].decode()
+    assert reader.offset == len(data) and reader.unread == 0 and not reader.warnings
+
+
+def test_limit_reached_during_drain_and_a_head_ending_at_a_line_start() -> None:
+    """A job that ended before the first poll: drain stops at the limit; when the head ends a line and
+    the rest fits in the tail, nothing is skipped."""
+    data = b"a" * 99 + b"\n" + b"b" * 50 + b"\n"
+    reader = OutputReader(RemoteBytes(data), "/out", limit=100, tail_bytes=1000)
+    assert asyncio.run(reader.drain()) == data[:100].decode() and reader.limited
+    assert asyncio.run(reader.skip_to_tail()) == 0
+    assert asyncio.run(reader.drain()) == data[100:].decode() and reader.offset == len(data)
+
+
+def test_limit_with_a_last_line_longer_than_the_tail_shows_its_end() -> None:
+    data = b"head\n" + b"\x00" * 10000 + b"end-marker"  # no newline after the jump point
+    reader = OutputReader(RemoteBytes(data), "/out", limit=200, tail_bytes=100)
+    assert asyncio.run(reader.drain()) == data[:200].decode()
+    assert asyncio.run(reader.skip_to_tail()) == len(data) - 100 - 200
+    assert asyncio.run(reader.drain()) == data[-100:].decode()
+
+
+def test_offset_restored_after_the_limit_does_not_read_the_head_again() -> None:
+    """--attach: the recorded offset is at the limit, so the reader is limited at once."""
+    data = limited_output()
+    remote = RemoteBytes(data)
+    reader = OutputReader(remote, "/out", limit=1000, tail_bytes=2048)
+    reader.offset = 1000
+    assert reader.limited and asyncio.run(reader.poll()) == "" and remote.calls == []
+    skipped = asyncio.run(reader.skip_to_tail())
+    start = expected_tail_start(data, 1000, reader.tail_bytes)
+    assert skipped == start - 1000 and asyncio.run(reader.drain()) == data[start:].decode()
+
+
+def test_cut_at_limit_counts_bytes_and_keeps_whole_characters() -> None:
+    from ci_runner.stream import cut_at_limit
+
+    assert cut_at_limit("ab€cd", 10, 14) == ("ab", 2)  # € (3 bytes) would cross byte 14
+    assert cut_at_limit("ab€cd", 10, 15) == ("ab€", 5)
+    assert cut_at_limit("a\ufffd\ufffdb", 0, 3) == ("a\ufffd\ufffd", 3)  # U+FFFD: one byte each
+    assert cut_at_limit("abc", 5, 5) == ("", 0)
+    assert cut_at_limit("abc", 0, 100) == ("abc", 3)
+
+
+def test_limit_with_invalid_bytes_in_the_skipped_part_shows_the_exact_tail() -> None:
+    """The jump lands inside a line with a truncated sequence (2 bytes, one U+FFFD): the tail is exact."""
+    data = b"h" * 34 + b"\n" + b"\xff\xfe junk \xe2\x82\n" * 300 + b"last line one\nlast line two\n"
+    reader = OutputReader(RemoteBytes(data), "/out", limit=35, tail_bytes=35)
+    assert asyncio.run(reader.drain()) == "h" * 34 + "\n"
+    skipped = asyncio.run(reader.skip_to_tail())
+    assert asyncio.run(reader.drain()) == "last line one\nlast line two\n"
+    assert 35 + skipped + 28 == len(data) == reader.offset
