@@ -3,6 +3,7 @@ and ci-runner as a subprocess whose stdout is read while it runs."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -282,3 +283,121 @@ def test_hopeless_pending_reason_fails_fast(tmp_path: Path) -> None:
         subprocess.run(["scancel", failed], capture_output=True, timeout=30)
     assert code == 3, lines
     assert any("DependencyNeverSatisfied" in line and "can never start" in line for line in lines), lines
+
+
+# -- max_output ----------------------------------------------------------------------------------------
+
+LIMIT = 1024 * 1024
+LIMITED_JOB = """\
+import os, sys, time
+out = sys.stdout.buffer
+limit = {limit}
+total = n = 0
+while total < 3 * limit:
+    line = ("%07d output line é€ %d\\n" % (n, n * 7919)).encode()
+    if total <= limit - 2 < total + len(line):  # a 4-byte character across the limit
+        line = b"z" * (limit - total - 2) + "😀".encode() + b" across the limit\\n"
+    out.write(line)
+    total += len(line)
+    n += 1
+out.flush()
+gate = {gate!r}
+while gate and not os.path.exists(gate):
+    time.sleep(0.05)
+print("last line of the job")
+sys.exit(3)
+"""
+
+
+def _limited_run_setup(tmp_path: Path, sandbox: Any, gate: str = "") -> tuple[Path, Path, list[str]]:
+    repo = git_repo(tmp_path / "repo")
+    generator = tmp_path / "limited.py"
+    generator.write_text(LIMITED_JOB.format(limit=LIMIT, gate=gate), encoding="utf-8")
+    config = repo / "ci.yml"
+    config.write_text(f"version: 1\nsystem: local\ncheckout: none\nmax_output: 1MiB\n"
+                      f"script: python3 -I {generator}\n")
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{sandbox.root}/ci"]
+    return repo, state_file, args
+
+
+def _job_output(raw: bytes) -> bytes:
+    """stdout minus ci-runner's own lines (the job-end line is the job's) and the summary table."""
+    job_end = JOB_END_LINE.encode()
+    kept = [line for line in raw.splitlines(keepends=True)
+            if (not line.startswith(b"ci-runner: ") or line.startswith(job_end))
+            and not re.match(rb"^entry\s|^default\s+(COMPLETED|FAILED)\s", line)]
+    return b"".join(kept)
+
+
+def _tail_start(remote: bytes, offset: int, tail_bytes: int) -> int:
+    start = max(offset, len(remote) - tail_bytes)
+    return start if remote[start - 1:start] == b"\n" else remote.index(b"\n", start) + 1
+
+
+def _remote_output(sandbox: Any, state_file: Path) -> tuple[str, bytes]:
+    job_id = recorded_jobs(state_file)["default"]
+    path = next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out"))
+    return str(path), path.read_bytes()
+
+
+def test_output_over_max_output_prints_the_head_a_marker_and_the_exact_tail(
+    make_sandbox: Callable[..., Any], tmp_path: Path
+) -> None:
+    """3 MiB of output with `max_output: 1MiB`: stdout = the first MiB (cut before the 4-byte character
+    across the limit, then the line ended) + one marker line + the file's last whole lines (64 KiB at most,
+    from a line start) exactly; one warning naming the limit and the file; the exit code is the job's."""
+    sandbox = make_sandbox()
+    repo, state_file, args = _limited_run_setup(tmp_path, sandbox)
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            code = run.finish(timeout=120)
+            lines = run.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert code == 1, lines[-10:]  # the job exited 3: a test failure, whatever was not shown
+    path, remote = _remote_output(sandbox, state_file)
+    assert len(remote) > 3 * LIMIT and remote.endswith(f"last line of the job\n{JOB_END_LINE}3\n".encode())
+    cut = LIMIT - 2  # the 4-byte character starts 2 bytes before the limit
+    assert remote[cut:cut + 4] == "😀".encode()
+    start = _tail_start(remote, cut, 64 * 1024)
+    marker = f"... {start - cut} bytes not shown (over max_output 1 MiB), full output in {path} ...\n".encode()
+    assert _job_output(bytes(run.raw)) == remote[:cut] + b"\n" + marker + remote[start:]
+    warnings = [line for line in lines if "reached max_output" in line]
+    assert len(warnings) == 1 and "(1 MiB)" in warnings[0] and path in warnings[0], warnings
+    assert "last part will be shown at the end" in warnings[0]
+    summary = lines[lines.index("ci-runner: summary"):]
+    assert any(re.match(rf"default\s+FAILED\s+3\s.*\s{len(remote)}$", line) for line in summary), summary
+
+
+def test_attach_after_the_limit_does_not_print_the_head_again(
+    make_sandbox: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The runner is killed after the limit (job still running): the state file holds the offset at the
+    limit, and `--attach` prints only the warning, the marker and the tail."""
+    sandbox = make_sandbox()
+    gate = tmp_path / "gate"
+    repo, state_file, args = _limited_run_setup(tmp_path, sandbox, gate=str(gate))
+    env = runner_env(sandbox)
+    try:
+        with ci_runner(args, repo, env) as run:
+            run.wait_for("reached max_output", timeout=120)
+            job_id = recorded_jobs(state_file)["default"]
+            assert (job_state(sandbox, job_id) or "").startswith("RUNNING")
+            offset = json.loads(state_file.read_text())["entries"]["default"]["offset"]
+            run.kill()
+        assert offset == LIMIT - 2
+        assert _job_output(bytes(run.raw)).endswith(b"z\n")  # the cut line, ended by ci-runner
+        gate.touch()
+        with ci_runner([*args[:1], "--attach", *args[1:]], repo, env) as attached:
+            code = attached.finish(timeout=120)
+            lines = attached.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert code == 1, lines[-10:]
+    path, remote = _remote_output(sandbox, state_file)
+    start = _tail_start(remote, offset, 64 * 1024)
+    marker = f"... {start - offset} bytes not shown (over max_output 1 MiB), full output in {path} ...\n".encode()
+    assert _job_output(bytes(attached.raw)) == marker + remote[start:]
+    assert sum("reached max_output" in line for line in lines) == 1
