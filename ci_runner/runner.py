@@ -432,7 +432,9 @@ class _Run:
         queue = (status.start - wall_submitted) if status.start else None
         run = status.elapsed if status.elapsed is not None else (
             status.end - status.start if status.start and status.end else None)
-        return _Attempt(status, verdict.outcome, "" if verdict.outcome is Outcome.PASSED else verdict.summary,
+        # PASSED and FAILED say it all with the state and exit code the reporter shows; others explain.
+        explain = verdict.outcome not in (Outcome.PASSED, Outcome.FAILED)
+        return _Attempt(status, verdict.outcome, verdict.summary if explain else "",
                         queue_seconds=max(0.0, queue) if queue is not None else None, run_seconds=run)
 
     # -- output --------------------------------------------------------------------------------
