@@ -78,7 +78,7 @@ SCENARIOS = [
     Scenario("job-not-found-10s", ("--not-found-window", "10"), evidence=job_not_found),
     Scenario("server-restart", (), restart=True, note="SIGKILL mid-job, back after 4 s"),
     Scenario("slow-5s", ("--latency", "5")),
-    Scenario("storm", ("--error-rate", "0.1", "--seed", "23", "--burst-every", "6", "--burst-length", "2",
+    Scenario("storm", ("--error-rate", "0.25", "--seed", "23", "--burst-every", "6", "--burst-length", "2",
                        "--drop-rate", "0.05", "--not-found-window", "6", "--fault-token-ttl", "40",
                        "--latency", "0.5"), restart=True, job_exit=1, expected=1,
              evidence=lambda records: statuses(500, 502, 503)(records) and statuses(429)(records)),
