@@ -10,27 +10,27 @@ truncated sequence 2-3), so:
   A U+FFFD elsewhere is resolved by bracketing the next read with `stat_size`: when the size is the
   same before and after, the text spans exactly `size - offset` bytes. While the file keeps growing
   we emit the exact prefix and retry; after the job ended the file is stable, so `drain` resolves it.
-* chunk mode, entered on 413 (a backlog at or above the server's output cap): aligned `view` reads of
-  block size S. The server returns the first S characters of decode(bytes[k·S, k·S + 2·S)), so 2·S
-  must stay below the cap. From block k we drop `carry` leading U+FFFD (stray continuation bytes of the
-  character that straddled the previous boundary, one byte each), take characters until the byte
-  count reaches (k+1)·S, the straddling character included (it is complete inside the 2·S window), and
-  carry its bytes beyond the boundary into block k+1. When a block ends early (EOF inside it) we go
-  back to tail mode. Known limit: inside a chunk a U+FFFD that is not a stray continuation byte is
-  counted as one byte (right for invalid single bytes, wrong for a genuine U+FFFD or a truncated
-  sequence); each such guess is reported once as a warning. Amplification (bytes fetched / bytes
-  produced) in chunk mode ≈ the average bytes per character (≈1.0 for mostly ASCII); switching in
-  from an unaligned tail offset re-reads at most S bytes once.
-
-Why chunk mode wastes up to half of each answer on multi-byte text (amplification ≈ bytes per
-character, e.g. 2.0 for text of 2-byte characters): an answer holds S characters of the 2·S-byte
-window, i.e. up to 2·S bytes, and we consume only up to byte (k+1)·S, so the next block re-fetches
-the rest. Possible improvement (not done): the server computes skip = offset // S in bytes but slices
-the decoded window by offset % S in *characters*, so a request at offset k'·S + j, where k'·S is the
-aligned start below the confirmed offset and j the number of characters from k'·S to it (stray
-continuation bytes count one each; known from the previous answer unless an ambiguous U+FFFD lies in
-between), would start exactly at the confirmed offset and its whole answer (minus a trailing U+FFFD
-cut at the window end) could be consumed, bringing the amplification to ≈ 1.
+* chunk mode, entered on 413 (a backlog at or above the server's output cap): `view` reads of block
+  size S. The server reads the 2·S-byte window [k·S, k·S + 2·S) with k = offset // S (bytes), decodes
+  it and returns its characters [j, j + S) with j = offset % S (*characters*), so 2·S must stay below
+  the cap. To continue at the confirmed offset O we ask for offset k·S + j, with k·S the aligned start
+  below O and j = len(decode(bytes[k·S, O))) (stray continuation bytes at k·S count one each): the
+  answer starts exactly at O (`consume_view`). We know those bytes: the reader keeps the last S bytes
+  it emitted as exact text (`_remember`, fed by tail and chunk reads; after a U+FFFD only what follows
+  it). Valid text is consumed whole, up to 2·S bytes per answer, so amplification (bytes fetched /
+  bytes produced) ≈ 1.0 whatever the characters; a trailing U+FFFD run (a character cut at the window
+  end, or still being written at EOF) is withheld and read again by the next request. When the answer
+  ends short of the window end we are at EOF: back to tail mode.
+  Fallback, the aligned rule (`consume_block`): when the bytes before O are not known exactly (an
+  ambiguous U+FFFD among them) we read the aligned block k·S, drop `carry` leading U+FFFD (stray
+  continuation bytes of the character that straddled the previous boundary, one byte each) and take
+  characters until the byte count reaches (k+1)·S, the straddling character included (it is complete
+  inside the 2·S window), carrying its bytes beyond the boundary into block k+1; an answer holding a
+  U+FFFD other than a trailing run is consumed the same way, up to (k+1)·S. Known limit: inside a chunk
+  a U+FFFD that is not a stray continuation byte is counted as one byte (right for invalid single
+  bytes, wrong for a genuine U+FFFD or a truncated sequence); each such guess is reported once as a
+  warning. An answer of exactly S characters cannot tell that the file ends there: the next read does
+  (an empty answer), and `drain` returns to tail mode once it reached the final size.
 
 A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
 (requeue): we warn and restart at 0.
@@ -227,6 +227,24 @@ def _consume_block_per_character(text: str, i: int, pos: int, block_size: int, b
     return Block(out, max(pos, skip_to), 0, True, guessed)
 
 
+def consume_view(text: str, offset: int, block_end: int, block_size: int) -> Block:
+    """Consume the answer of `view(offset=k·S + j, size=S)` that starts exactly at byte `offset`
+    (j = characters the server counts from k·S to `offset`); `block_end` = (k+1)·S.
+
+    Valid text is consumed whole: every character is complete. A trailing run of U+FFFD may be a
+    character cut at the window end (k·S + 2·S) or still being written: it is withheld and read again
+    by the next request. Any other U+FFFD (or an answer of U+FFFD only) falls back to the aligned rule:
+    consume up to `block_end` and the character straddling it, one byte per U+FFFD.
+    """
+    body = text.rstrip(REPLACEMENT)
+    if REPLACEMENT in body or (not body and text):
+        return _consume_block_per_character(text, 0, offset, block_size, block_end, offset, 0)
+    end = offset + utf8_len(body)
+    window_end = block_end + block_size
+    eof = body == text and len(text) < block_size and end < window_end  # the file ends inside the window
+    return Block(body, end, 0, eof, 0)
+
+
 class OutputReader:
     """Incremental reader of one remote output file. `poll()` while the job runs, `drain()` after."""
 
@@ -264,6 +282,8 @@ class OutputReader:
         self._on_warning = on_warning
         self._chunked = False
         self._carry = 0
+        self._recent = b""  # the exact bytes just before `_recent_end` (at most S; for `_chars_since`)
+        self._recent_end = -1
         self._need_bracket = False
         self._polls_since_stat = 0
         self._warned_guess = False
@@ -328,6 +348,8 @@ class OutputReader:
             stalled = stalled + 1 if self.offset == before else 0
             if text:
                 yield text
+        if self.offset >= size:
+            self._chunked = False  # the backlog is read (an answer of S characters cannot tell it ended there)
         if self.offset < size and not self.limited:
             self.unread = size - self.offset
             self._warn(f"{self.path}: output incomplete: read {self.offset} of {size} bytes after {reads} reads; "
@@ -392,6 +414,7 @@ class OutputReader:
             self._carry = 0
             self._need_bracket = False
             self._in_tail = self._head_done = False
+            self._forget()
             return True
         return False
 
@@ -401,6 +424,7 @@ class OutputReader:
             self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset = 0
         self._need_bracket = False
+        self._forget()
 
     async def _read(self, final: bool) -> str:
         if self._chunked:
@@ -441,35 +465,78 @@ class OutputReader:
                 exact = size_before - self.offset
         split = split_tail(text, exact, final)
         self._need_bracket = split.ambiguous
+        self._remember(split.text, self.offset, self.offset + split.consumed)
         self.offset += split.consumed
         return split.text
 
     async def _read_block(self) -> str:
-        """Read the aligned block holding the offset (minus the carry), consume it, advance."""
+        """Read the block holding the offset, consume it, advance: from the offset itself when the
+        bytes since the aligned start are known (`_chars_since`), else aligned (minus the carry)."""
         missing, _ = _missing_or_too_large()
-        start = self.offset - self.offset % self.block_size
-        if self._carry:
+        size = self.block_size
+        aligned = self.offset - self.offset % size
+        chars = self._chars_since(aligned)
+        if chars is not None:
+            start = aligned + chars  # the server slices the decoded window by characters: starts at offset
+        elif self._carry:
             start = self.offset - self._carry  # a block end, hence aligned
+        else:
+            start = aligned
         try:
             self.requests += 1
-            text = await self.cluster.view(self.path, start, self.block_size)
+            text = await self.cluster.view(self.path, start, size)
         except missing:
             self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset, self._carry, self._chunked = 0, 0, False
+            self._forget()
             return ""
         self.bytes_read += utf8_len(text)
-        block = consume_block(text, start, self.block_size, self.offset, self._carry)
+        if chars is not None:
+            block = consume_view(text, self.offset, aligned + size, size)
+        else:
+            block = consume_block(text, start, size, self.offset, self._carry)
         if block.guessed and not self._warned_guess:
             self._warned_guess = True
             self._warn(
                 f"{self.path}: invalid UTF-8 inside a backlog over the API's output cap; "
                 "each replacement character there is counted as one byte"
             )
+        self._remember(block.text, self.offset, block.offset)
         self.offset = block.offset
         self._carry = block.carry
         if block.eof:
             self._chunked = False
         return block.text
+
+    def _forget(self) -> None:
+        self._recent, self._recent_end = b"", -1
+
+    def _remember(self, text: str, start: int, end: int) -> None:
+        """Keep the last S bytes before `end` that `text` (emitted for [start, end)) determines exactly:
+        all of it when it holds no U+FFFD, else what follows its last U+FFFD."""
+        if end == start and not text:
+            return
+        last = text.rfind(REPLACEMENT)
+        if last >= 0:
+            self._recent = text[last + 1:].encode("utf-8")[-self.block_size:]
+        else:
+            data = text.encode("utf-8")
+            if len(data) != end - start:
+                self._forget()
+                return
+            known = self._recent if self._recent_end == start else b""
+            self._recent = (known + data)[-self.block_size:]
+        self._recent_end = end
+
+    def _chars_since(self, aligned: int) -> int | None:
+        """Characters the server's decode counts from byte `aligned` to the offset (stray continuation
+        bytes one each), or None when those bytes are not known exactly."""
+        need = self.offset - aligned
+        if need == 0:
+            return 0
+        if self._recent_end != self.offset or need > len(self._recent):
+            return None
+        return len(self._recent[len(self._recent) - need:].decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)

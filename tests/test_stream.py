@@ -20,6 +20,7 @@ from ci_runner.stream import (
     PollInterval,
     _consume_block_per_character,
     consume_block,
+    consume_view,
     split_tail,
 )
 
@@ -333,6 +334,65 @@ def test_mostly_ascii_amplification_is_low() -> None:
     assert asyncio.run(main()) == expected(data)
     assert "view" in remote.calls
     assert reader.bytes_read / len(data) <= 1.05
+
+
+def multibyte_output(char: str, rng: random.Random, n: int) -> bytes:
+    return "".join(rng.choice([char] * 9 + ["\n", "x"]) for _ in range(n)).encode()
+
+
+@pytest.mark.parametrize("char", ["é", "€", "𝄞"])
+def test_multibyte_backlog_amplification_is_low(char: str) -> None:
+    """Chunk mode consumes each whole answer (S characters, up to 2·S bytes), not only up to the next
+    S-aligned boundary: bytes fetched / bytes produced ≈ 1, not ≈ bytes per character."""
+    data = multibyte_output(char, random.Random(1), 60000)
+    remote = RemoteBytes(data, cap=64 * 1024)
+    reader = OutputReader(remote, "/out", block_size=16 * 1024, output_cap=64 * 1024)
+    assert asyncio.run(reader.drain()) == expected(data)
+    assert reader.offset == len(data) and not reader.warnings and not reader.chunked
+    assert remote.calls.count("view") >= len(data) // (2 * reader.block_size)  # really read in chunk mode
+    assert reader.bytes_read / len(data) <= 1.05
+
+
+@pytest.mark.parametrize("char", ["é", "€", "𝄞"])
+def test_multibyte_growing_backlog_amplification_is_low(char: str) -> None:
+    """Polls against random growth: switching between tail and chunk mode at unaligned offsets."""
+    rng = random.Random(4)
+    data = multibyte_output(char, rng, 60000)
+    remote = RemoteBytes(b"", cap=64 * 1024)
+    reader = OutputReader(remote, "/out", block_size=16 * 1024, output_cap=64 * 1024)
+
+    async def main() -> str:
+        got: list[str] = []
+        written = 0
+        while written < len(data):
+            step = rng.choice([101, 5001, 40001, 150001])
+            remote.data += data[written: written + step]
+            written += step
+            got.append(await reader.poll())
+        return "".join(got) + await reader.drain()
+
+    assert asyncio.run(main()) == expected(data)
+    assert reader.offset == len(data) and not reader.warnings
+    assert "view" in remote.calls
+    assert reader.bytes_read / len(data) <= 1.05
+
+
+def test_consume_view_takes_the_whole_answer_and_withholds_a_cut_character() -> None:
+    """view(offset=k·S + j) with j the characters from k·S to the offset starts at the offset itself."""
+    size = 8
+    data = "aé€é𝄞é€ab".encode()  # 19 bytes; the window of block 0 is bytes 0..15, cutting € at 13..15
+    offset = 3  # after "aé": 2 characters from the aligned start
+    answer = data[0:2 * size].decode("utf-8", "replace")[2:2 + size]
+    assert answer == "€é𝄞é" + REPLACEMENT
+    b = consume_view(answer, offset, size, size)
+    assert (b.text, b.offset, b.carry, b.eof) == ("€é𝄞é", 14, 0, False)  # 11 bytes: past the block end (8)
+    rest = data[size:3 * size].decode("utf-8", "replace")[2:2 + size]  # bytes 8..14 = "𝄞é": 2 characters
+    assert rest == "€ab"
+    b = consume_view(rest, 14, 2 * size, size)
+    assert (b.text, b.offset, b.eof) == ("€ab", 19, True)  # EOF inside the window: back to tail mode
+    # an answer with a U+FFFD inside: the aligned rule (up to the block end, one byte per U+FFFD)
+    b = consume_view("a\ufffdbcdefghij", 3, 8, 8)
+    assert (b.text, b.offset, b.guessed) == ("a\ufffdbcd", 8, 1)
 
 
 def test_block_size_must_fit_the_cap() -> None:
