@@ -461,8 +461,9 @@ class Cluster:
         return str(response.json()["output"]["content"])
 
     async def view(self, path: str, offset: int, size: int) -> str:
-        """Raw `ops/view?offset=&size=`: the first `size` characters of decode(bytes[k·size, k·size+2·size))
-        for offset = k·size (see stream.py)."""
+        """Raw `ops/view?offset=&size=`, as the server computes it: with k = offset // size, the text
+        decode(bytes[k·size, k·size + 2·size))[offset % size : offset % size + size] — a slice in
+        *characters* (see stream.py for how offsets stay byte-exact)."""
         response = await self._request(f"reading {path} at byte {offset}", "GET",
                                        f"/filesystem/{self._sys()}/ops/view", 200,
                                        params={"path": path, "offset": offset, "size": size})
