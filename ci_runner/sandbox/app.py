@@ -350,36 +350,31 @@ async def get_ls(request: Request, state: SandboxState) -> Response:
     return JSONResponse({"output": output})
 
 
-async def get_head(request: Request, state: SandboxState) -> Response:
-    path = fs_path(request, state)
+def _head_tail_query(request: Request, skip_param: str) -> tuple[int | None, int | None, bool, int | None]:
+    """`bytes`, `lines`, the skip flag, and the count signed as tail echoes it (+N with skip, -N without;
+    None when neither is given). `bytes=0`/`lines=0` pass through: GNU tools then print 10 lines."""
     num_bytes, lines = int_param(request, "bytes"), int_param(request, "lines")
-    skip = bool_param(request, "skipTrailing")
     if lines and num_bytes:
         raise ApiError(400, "Only one of `bytes` or `lines` can be specified.")
+    skip = bool_param(request, skip_param)
+    count = lines if lines is not None else num_bytes
+    return num_bytes, lines, skip, None if count is None else (count if skip else -count)
+
+
+async def get_head(request: Request, state: SandboxState) -> Response:
+    path = fs_path(request, state)
+    num_bytes, lines, skip, signed = _head_tail_query(request, "skipTrailing")
     content = await run_in_threadpool(state.files.head, path, num_bytes, lines, skip)
-    end = 10
-    if lines is not None:
-        end = -lines if skip else lines
-    elif num_bytes is not None:
-        end = -num_bytes if skip else num_bytes
     return JSONResponse({"output": {"content": content, "contentType": "bytes" if num_bytes else "lines",
-                                    "startPosition": 0, "endPosition": end}})
+                                    "startPosition": 0, "endPosition": 10 if signed is None else -signed}})
 
 
 async def get_tail(request: Request, state: SandboxState) -> Response:
     path = fs_path(request, state)
-    num_bytes, lines = int_param(request, "bytes"), int_param(request, "lines")
-    skip = bool_param(request, "skipHeading")
-    if lines and num_bytes:
-        raise ApiError(400, "Only one of `bytes` or `lines` can be specified.")
+    num_bytes, lines, skip, signed = _head_tail_query(request, "skipHeading")
     content = await run_in_threadpool(state.files.tail, path, num_bytes, lines, skip)
-    start = 10
-    if lines is not None:
-        start = lines if skip else -lines
-    elif num_bytes is not None:
-        start = num_bytes if skip else -num_bytes
     return JSONResponse({"output": {"content": content, "contentType": "bytes" if num_bytes else "lines",
-                                    "startPosition": start, "endPosition": -1}})
+                                    "startPosition": 10 if signed is None else signed, "endPosition": -1}})
 
 
 async def get_view(request: Request, state: SandboxState) -> Response:
