@@ -61,6 +61,7 @@ DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the 5 MiB output cap
 SERVER_OUTPUT_CAP = 5 * 1024 * 1024
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
 DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
+OVERLAP = 16  # bytes a tail read re-reads before the offset to notice a rewritten file (`_overlap`)
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
 
 
@@ -408,15 +409,29 @@ class OutputReader:
 
     async def _restart_if_shrunk(self, size: int | None) -> bool:
         if size is not None and size < self.offset:
-            self._warn(f"{self.path} shrank from {self.offset} to {size} bytes (requeued?): reading it again from 0")
-            self.offset = 0
-            self._chunked = False
-            self._carry = 0
-            self._need_bracket = False
-            self._in_tail = self._head_done = False
-            self._forget()
+            self._rewritten(f"{self.path} shrank from {self.offset} to {size} bytes (requeued?): reading it again from 0")
             return True
         return False
+
+    def _rewritten(self, message: str) -> None:
+        """The file is not the one we were reading (truncated, requeued, replaced): warn, start again at 0."""
+        self._warn(message)
+        self.offset = 0
+        self._chunked = False
+        self._carry = 0
+        self._need_bracket = False
+        self._in_tail = self._head_done = False
+        self._forget()
+
+    def _overlap(self) -> bytes:
+        """The last few bytes before the offset, from a character boundary, when known exactly: a tail read
+        starts that much earlier and must return them first. A file truncated and rewritten past our offset
+        between two polls (its size alone cannot tell) shows up as a mismatch. Costs ≤ OVERLAP bytes a read."""
+        if self._recent_end != self.offset or not self._recent:
+            return b""
+        tail = self._recent[-OVERLAP:]
+        start = next((i for i, byte in enumerate(tail) if byte & 0xC0 != 0x80), len(tail))
+        return tail[start:]
 
     def _lost(self) -> None:
         """The file is missing: normal before the job writes; after bytes were read, it was removed."""
@@ -444,9 +459,10 @@ class OutputReader:
             if size_before == self.offset and not self._need_bracket:
                 return ""  # nothing new: no need to read
         bracket = self._need_bracket
+        overlap = self._overlap()
         try:
             self.requests += 1
-            text = await self.cluster.tail_from(self.path, self.offset)
+            text = await self.cluster.tail_from(self.path, self.offset - len(overlap))
         except missing:
             self._lost()
             return ""
@@ -456,6 +472,12 @@ class OutputReader:
             self._need_bracket = False
             return await self._read_block()
         self.bytes_read += utf8_len(text)
+        if overlap:
+            if not text.startswith(overlap.decode("utf-8")):
+                self._rewritten(f"{self.path} was rewritten below byte {self.offset} (truncated or replaced): "
+                                "reading it again from 0")
+                return ""
+            text = text[len(overlap.decode("utf-8")):]
         if not text:
             return ""
         exact = None

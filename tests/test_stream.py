@@ -206,8 +206,29 @@ def test_shrunk_file_warns_and_restarts() -> None:
     got = asyncio.run(main())
     assert got[0] == "first run\n"
     assert "".join(got[1:]) == "new\n"
-    assert len(warnings) == 1 and "shrank" in warnings[0]
+    assert len(warnings) == 1 and "reading it again from 0" in warnings[0]
     assert reader.warnings == warnings
+
+
+def test_file_truncated_and_rewritten_past_the_offset_is_noticed() -> None:
+    """The size alone cannot tell: the new content is already longer than what was read (a job's own
+    `truncate`, or a requeue that wrote fast). The overlap re-read before the offset can."""
+    remote = RemoteBytes(b"first-part-long-line-xxxxxxxxxxxxxxxxxxxx\n")
+    warnings: list[str] = []
+    reader = OutputReader(remote, "/out", on_warning=warnings.append)
+
+    async def main() -> list[str]:
+        got = [await reader.poll()]
+        remote.data = bytearray(b"second-part\nci-runner: job script exited with status 0\n")
+        for _ in range(5):
+            got.append(await reader.poll())
+        return got
+
+    got = asyncio.run(main())
+    assert got[0] == "first-part-long-line-xxxxxxxxxxxxxxxxxxxx\n"
+    assert "".join(got[1:]) == "second-part\nci-runner: job script exited with status 0\n"
+    assert len(warnings) == 1 and "rewritten" in warnings[0]
+    assert reader.offset == len(remote.data)
 
 
 def test_backlog_over_the_cap_switches_to_blocks_and_back() -> None:
