@@ -262,7 +262,8 @@ def _prepare_ci_runner(local: Path, remote: Path, workload: Workload, entries: i
     if entries > 1:
         names = ", ".join(f"e{i:02d}" for i in range(entries))
         matrix = f"matrix:\n  n: [{names}]\n"
-    config = (f"version: 1\nsystem: local\nworkdir: {remote}\ncheckout: none\n"
+    # max_output: the benchmarks stream everything (the default 256 MiB limit protects CI logs, not this)
+    config = (f"version: 1\nsystem: local\nworkdir: {remote}\ncheckout: none\nmax_output: 4GiB\n"
               f"sbatch:\n  partition: debug\n  time: \"{workload.time_limit}\"\n{matrix}"
               f"script: |\n  {workload.body}\n")
     (local / ".ci-runner.yml").write_text(config, encoding="utf-8")
