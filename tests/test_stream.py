@@ -191,43 +191,30 @@ def test_growing_file_emits_prefix_until_stable() -> None:
     assert reader.offset == len(remote.data)
 
 
-def test_shrunk_file_warns_and_restarts() -> None:
-    remote = RemoteBytes(b"first run\n")
+@pytest.mark.parametrize("first, second", [
+    (b"first run\n", b"new\n"),
+    # The size alone cannot tell: the new content is already longer than what was read (a job's own
+    # `truncate`, or a requeue that wrote fast). The overlap re-read before the offset can.
+    (b"first-part-long-line-xxxxxxxxxxxxxxxxxxxx\n", b"second-part\nci-runner: job script exited with status 0\n"),
+])
+def test_a_truncated_or_rewritten_file_warns_once_and_is_read_again_from_0(
+        first: bytes, second: bytes) -> None:
+    remote = RemoteBytes(first)
     warnings: list[str] = []
     reader = OutputReader(remote, "/out", on_warning=warnings.append)
 
     async def main() -> list[str]:
         got = [await reader.poll()]
-        remote.data = bytearray(b"new\n")
+        remote.data = bytearray(second)
         for _ in range(5):
             got.append(await reader.poll())
         return got
 
     got = asyncio.run(main())
-    assert got[0] == "first run\n"
-    assert "".join(got[1:]) == "new\n"
+    assert got[0] == first.decode()
+    assert "".join(got[1:]) == second.decode()
     assert len(warnings) == 1 and "reading it again from 0" in warnings[0]
     assert reader.warnings == warnings
-
-
-def test_file_truncated_and_rewritten_past_the_offset_is_noticed() -> None:
-    """The size alone cannot tell: the new content is already longer than what was read (a job's own
-    `truncate`, or a requeue that wrote fast). The overlap re-read before the offset can."""
-    remote = RemoteBytes(b"first-part-long-line-xxxxxxxxxxxxxxxxxxxx\n")
-    warnings: list[str] = []
-    reader = OutputReader(remote, "/out", on_warning=warnings.append)
-
-    async def main() -> list[str]:
-        got = [await reader.poll()]
-        remote.data = bytearray(b"second-part\nci-runner: job script exited with status 0\n")
-        for _ in range(5):
-            got.append(await reader.poll())
-        return got
-
-    got = asyncio.run(main())
-    assert got[0] == "first-part-long-line-xxxxxxxxxxxxxxxxxxxx\n"
-    assert "".join(got[1:]) == "second-part\nci-runner: job script exited with status 0\n"
-    assert len(warnings) == 1 and "rewritten" in warnings[0]
     assert reader.offset == len(remote.data)
 
 
