@@ -248,12 +248,14 @@ def random_output(rng: random.Random, n: int, invalid: list[bytes], genuine_fffd
     )
 
 
-def follow_growing(rng: random.Random, data: bytes, remote: RemoteBytes, reader: OutputReader) -> str:
+def follow_growing(rng: random.Random, data: bytes, remote: RemoteBytes, reader: OutputReader,
+                   steps: tuple[int, ...] = (1, 1, 2, 3, 5, 17, 40, 150, 400, 900)) -> str:
+    """Append `data` to the remote file in random steps, polling after each; then drain."""
     async def main() -> str:
         got: list[str] = []
         written = 0
         while written < len(data):
-            step = rng.choice([1, 1, 2, 3, 5, 17, 40, 150, 400, 900])
+            step = rng.choice(steps)
             remote.data += data[written: written + step]
             written += step
             got.append(await reader.poll())
@@ -329,17 +331,7 @@ def test_mostly_ascii_amplification_is_low() -> None:
     remote = RemoteBytes(b"", cap=64 * 1024)
     reader = OutputReader(remote, "/out", block_size=16 * 1024, output_cap=64 * 1024)
 
-    async def main() -> str:
-        got: list[str] = []
-        written = 0
-        while written < len(data):
-            step = rng.choice([100, 5000, 40000, 150000])
-            remote.data += data[written: written + step]
-            written += step
-            got.append(await reader.poll())
-        return "".join(got) + await reader.drain()
-
-    assert asyncio.run(main()) == expected(data)
+    assert follow_growing(rng, data, remote, reader, (100, 5000, 40000, 150000)) == expected(data)
     assert "view" in remote.calls
     assert reader.bytes_read / len(data) <= 1.05
 
@@ -369,17 +361,7 @@ def test_multibyte_growing_backlog_amplification_is_low(char: str) -> None:
     remote = RemoteBytes(b"", cap=64 * 1024)
     reader = OutputReader(remote, "/out", block_size=16 * 1024, output_cap=64 * 1024)
 
-    async def main() -> str:
-        got: list[str] = []
-        written = 0
-        while written < len(data):
-            step = rng.choice([101, 5001, 40001, 150001])
-            remote.data += data[written: written + step]
-            written += step
-            got.append(await reader.poll())
-        return "".join(got) + await reader.drain()
-
-    assert asyncio.run(main()) == expected(data)
+    assert follow_growing(rng, data, remote, reader, (101, 5001, 40001, 150001)) == expected(data)
     assert reader.offset == len(data) and not reader.warnings
     assert "view" in remote.calls
     assert reader.bytes_read / len(data) <= 1.05
