@@ -1,9 +1,13 @@
 """A request budget shared by every FirecREST call of one run: at most N requests in any 60 s window.
 
-Sliding window over the actual grant times (not a token bucket): a request is granted only when the
-N-th previous grant is at least `window + margin` seconds old, so no window of `window` seconds ever
-holds more than N grants, even when a request leaves a little after its grant. Waiters are served
-first come, first served. After a 429 `backoff_until(t)` pauses everyone until `t`.
+A site's quota counts requests when they *arrive*; we only know when we let one go and when its answer
+came back, and the two can be far apart on a loaded machine (a request waits for the event loop, a
+connection, the network). So a request occupies its place in the window from its grant until its answer
+(`release`), and it ages out `window + margin` seconds after the answer. A new request is granted only
+when, counting the requests still in flight, fewer than N were answered in that span: its arrival at
+the server is after its grant, every earlier request arrived before its answer, so no window of
+`window` seconds at the server ever holds more than N arrivals, however slow the requests are.
+Waiters are served first come, first served. After a 429 `backoff_until(t)` pauses everyone until `t`.
 The clock and sleep are injectable so the logic is testable without waiting.
 """
 
@@ -12,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Awaitable, Callable
 
 DEFAULT_REQUESTS_PER_MINUTE = 10  # the smallest site quota we know of
 
 
 class RequestBudget:
-    """`await budget.acquire()` before every HTTP request to FirecREST."""
+    """`async with budget.request():` around every HTTP request to FirecREST (or `acquire`/`release`)."""
 
     def __init__(
         self,
@@ -36,10 +42,12 @@ class RequestBudget:
         self.margin = margin
         self._clock = clock
         self._sleep = sleep
-        self._recent: deque[float] = deque()  # grants inside the last window + margin
+        self._answered: deque[float] = deque()  # answer times inside the last window + margin, in order
+        self._in_flight = 0
         self._sent: list[float] = []  # every grant, for max_in_any_window()
         self._paused_until = float("-inf")
         self._lock: asyncio.Lock | None = None
+        self._released: asyncio.Event | None = None
         self._waiting = 0
 
     @property
@@ -52,19 +60,28 @@ class RequestBudget:
         """Number of callers currently blocked in `acquire()`."""
         return self._waiting
 
+    @property
+    def in_flight(self) -> int:
+        """Requests granted and not released yet."""
+        return self._in_flight
+
     def _prune(self, now: float) -> None:
         horizon = now - self.window - self.margin
-        while self._recent and self._recent[0] <= horizon:
-            self._recent.popleft()
+        while self._answered and self._answered[0] <= horizon:
+            self._answered.popleft()
 
-    def next_slot(self, now: float | None = None) -> float:
-        """Clock time from which one more request may be granted (== now when one may be sent right away)."""
+    def next_slot(self, now: float | None = None) -> float | None:
+        """Clock time from which one more request may be granted (== now when one may be sent right away);
+        None when N requests are in flight: the next slot depends on when the first of them is answered."""
         now = self._clock() if now is None else now
         self._prune(now)
         slot = max(now, self._paused_until)
-        if len(self._recent) >= self.requests_per_minute:
-            slot = max(slot, self._recent[-self.requests_per_minute] + self.window + self.margin)
-        return slot
+        if len(self._answered) + self._in_flight < self.requests_per_minute:
+            return slot
+        older = self.requests_per_minute - self._in_flight  # the in-flight requests are the newest
+        if older <= 0:
+            return None
+        return max(slot, self._answered[-older] + self.window + self.margin)
 
     def available(self) -> int:
         """How many requests could be granted right now without waiting (ignoring queued waiters)."""
@@ -72,29 +89,54 @@ class RequestBudget:
         if now < self._paused_until:
             return 0
         self._prune(now)
-        return max(0, self.requests_per_minute - len(self._recent))
+        return max(0, self.requests_per_minute - len(self._answered) - self._in_flight)
 
     def backoff_until(self, when: float) -> None:
         """Grant nothing before clock time `when` (after a 429 with Retry-After). Never shortens a pause."""
         self._paused_until = max(self._paused_until, when)
 
     async def acquire(self) -> None:
-        """Wait until a request may be sent without exceeding the budget, then record it as sent now."""
+        """Wait until a request may be sent without exceeding the budget; it counts as in flight until
+        `release()`."""
         if self._lock is None:
             self._lock = asyncio.Lock()
+            self._released = asyncio.Event()
+        assert self._released is not None
         self._waiting += 1
         try:
             async with self._lock:  # FIFO: asyncio.Lock wakes waiters in order
                 while True:
                     now = self._clock()
                     slot = self.next_slot(now)
-                    if slot <= now:
-                        self._recent.append(now)
+                    if slot is None:
+                        self._released.clear()
+                        await self._released.wait()
+                    elif slot <= now:
+                        self._in_flight += 1
                         self._sent.append(now)
                         return
-                    await self._sleep(slot - now)
+                    else:
+                        await self._sleep(slot - now)
         finally:
             self._waiting -= 1
+
+    def release(self) -> None:
+        """The request granted by `acquire()` was answered (or failed): it ages out a window from now."""
+        if self._in_flight < 1:
+            raise RuntimeError("release() without a matching acquire()")
+        self._in_flight -= 1
+        self._answered.append(self._clock())
+        if self._released is not None:
+            self._released.set()
+
+    @asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        """`acquire()` on entry, `release()` on exit (also on errors and cancellation)."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def max_in_any_window(self, window: float | None = None) -> int:
         """Largest number of grants inside any half-open interval [t, t + window)."""

@@ -1,8 +1,8 @@
 """Async facade over FirecREST v2 (pyfirecrest's `AsyncFirecrest`): the only module that talks HTTP.
 
-Every HTTP request to FirecREST goes through one shared `RequestBudget` (one `acquire` per attempt,
-retries and 401 re-tries included). Token requests go to the identity provider, a different server
-with its own limits, and are not counted.
+Every HTTP request to FirecREST goes through one shared `RequestBudget` (one place in it per attempt,
+held until the answer; retries and 401 re-tries included). Token requests go to the identity
+provider, a different server with its own limits, and are not counted.
 
 Requests are sent with the client's own `_get_request`/`_post_request`/`_delete_request` (auth
 headers, tracing ids, API-version detection) and we check the status ourselves. That gives exactly
@@ -10,9 +10,10 @@ one HTTP request per call, which the budget needs: pyfirecrest's `download` stat
 start a transfer job, async `upload` only takes local paths, and `view` sends no offset/size.
 
 Retries: reads, cancel, mkdir, upload and rm are retried on 408/424/500/502/503/504 and transport
-errors/timeouts with jittered exponential backoff (bounded attempts and total time). 429 is retried
-after `Retry-After` (capped) for every call and pauses the whole budget. A 401 rebuilds the auth
-object once (a fresh token) and retries. `submit` is not retried blindly: after a 408/5xx/transport
+errors/timeouts with jittered exponential backoff (bounded failed attempts and total time). 429 is
+retried after `Retry-After` (capped) for every call and pauses the whole budget; it is the quota's
+pacing, not a failure, so only the total time bounds it (`max_attempts` counts the other failures).
+A 401 rebuilds the auth object once (a fresh token) and retries. `submit` is not retried blindly: after a 408/5xx/transport
 error the job may be queued, so we list the user's jobs and look for the job name (`#SBATCH
 --job-name`, unique per entry and run); found → its id, not found → submit again. Without a job name
 an ambiguous submit failure is an InfraError (never risk a duplicate job).
@@ -313,7 +314,7 @@ class Cluster:
         import httpx
 
         started = time.monotonic()
-        attempt = 0
+        attempt = failures = 0  # every try / the failed ones (a 429 is pacing, not a failure)
         reauthed = False
         while True:
             attempt += 1
@@ -321,15 +322,15 @@ class Cluster:
             pause: float | None = None
             try:
                 await self._auth.auth_headers()  # fetch a token before taking a budget slot
-                await self.budget.acquire()
-                if method == "GET":
-                    response = await self._client._get_request(endpoint=endpoint, params=params)
-                elif method == "POST":
-                    response = await self._client._post_request(
-                        endpoint=endpoint, params=params, json_data=json, files=files
-                    )
-                else:
-                    response = await self._client._delete_request(endpoint=endpoint, params=params)
+                async with self.budget.request():
+                    if method == "GET":
+                        response = await self._client._get_request(endpoint=endpoint, params=params)
+                    elif method == "POST":
+                        response = await self._client._post_request(
+                            endpoint=endpoint, params=params, json_data=json, files=files
+                        )
+                    else:
+                        response = await self._client._delete_request(endpoint=endpoint, params=params)
             except _TokenUnavailable as e:
                 if not e.retryable:
                     raise UsageError(f"{what}: {e} (check FIRECREST_CLIENT_ID/FIRECREST_CLIENT_SECRET)") from None
@@ -354,9 +355,11 @@ class Cluster:
                     self.budget.backoff_until(time.monotonic() + pause)
                 elif status not in RETRYABLE_STATUSES or not retry:
                     raise self._error(what, status, message)
-            delay = pause if pause is not None else self.retry.delay(attempt, self._rng)
+            if pause is None:
+                failures += 1
+            delay = pause if pause is not None else self.retry.delay(failures, self._rng)
             elapsed = time.monotonic() - started
-            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total:
+            if failures >= self.retry.max_attempts or elapsed + delay > self.retry.max_total:
                 raise ApiError(f"{what}: {detail} (gave up after {attempt} attempts)", status, detail)
             await asyncio.sleep(delay)
 

@@ -225,6 +225,22 @@ def test_retries_are_bounded(tmp_path: Path) -> None:
         sb.stop()
 
 
+def test_429s_do_not_use_up_the_attempts(tmp_path: Path) -> None:
+    """A quota's 429s are pacing: more of them in a row than `max_attempts` still ends in the answer."""
+    sb = start(tmp_path, faults=Faults(burst_every=1, burst_length=4, retry_after=0))
+    try:
+        policy = RetryPolicy(base_delay=0.01, max_delay=0.02, max_attempts=2)
+
+        async def body(c: Cluster) -> None:
+            await c.systems()  # answered: the next 4 requests get 429
+            await c.systems()
+
+        run(sb, body, retry=policy)
+        assert sb.request_log.statuses["GET /status/systems"] == {200: 2, 429: 4}
+    finally:
+        sb.stop()
+
+
 def test_submit_is_not_resubmitted_blindly(tmp_path: Path) -> None:
     """Every request fails with 5xx: a submit is followed by a look-up, never by a blind resubmit."""
     sb = start(tmp_path, faults=Faults(error_rate=1.0, error_statuses=(503,), seed=1))

@@ -519,12 +519,21 @@ class SandboxMiddleware:
         if scope["type"] != "http" or scope["path"].startswith("/_sandbox/"):
             await self.app(scope, receive, send)
             return
+        arrived = time.time()  # a site's quota counts requests when they arrive
         state = self.state
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = (scope.get("client") or ("?", 0))[0]
         client = state.authority.identify(headers, fallback=host)
         status = 0
         sent = 0
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                state.log.record(RequestRecord(arrived, client, scope["method"],
+                                               route_template(self.route_list, scope), status, sent))
 
         async def counting_send(message: Message) -> None:
             nonlocal status, sent
@@ -535,6 +544,8 @@ class SandboxMiddleware:
                                                   (b"f7t-timestamp", str(time.time()).encode())]}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    record()  # before the client can have the whole answer: a test reading the log sees it
             await send(message)
 
         try:
@@ -552,8 +563,7 @@ class SandboxMiddleware:
                     return
             await self.app(scope, receive, counting_send)
         finally:
-            state.log.record(RequestRecord(time.time(), client, scope["method"],
-                                           route_template(self.route_list, scope), status, sent))
+            record()  # a dropped connection or an error before the last body message
 
 
 def build_app(state: SandboxState) -> ASGIApp:

@@ -14,7 +14,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One served request. `route` is the route template (`/compute/{system_name}/jobs/{job_id}`)."""
+    """One served request: `time` when it arrived (wall clock), `route` its route template
+    (`/compute/{system_name}/jobs/{job_id}`), `bytes` the response body's size."""
 
     time: float
     client: str

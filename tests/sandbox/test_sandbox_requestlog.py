@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from firecrest_clients import running_sandbox, sync_client
 
+from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.requestlog import RequestLog, RequestRecord
 from ci_runner.sandbox.server import Sandbox
 
@@ -53,6 +55,25 @@ def test_http_view_and_reset(sb: Sandbox) -> None:
         assert raw.delete("/_sandbox/requests").status_code == 204
         assert raw.get("/_sandbox/requests").json()["total_requests"] == 0
     assert sb.request_log.records == []
+
+
+def test_a_request_is_logged_at_its_arrival_before_its_answer(tmp_path: Path) -> None:
+    """A site's quota counts arrivals, so the log does too; and whoever has the answer finds the request
+    in the log (it is recorded before the last byte is sent)."""
+    gen = running_sandbox(tmp_path, "local", faults=Faults(latency=0.3))
+    sb = next(gen)
+    try:
+        client = sync_client(sb)
+        client.systems()  # the token
+        for n in range(2, 12):
+            sent = time.time()
+            client.systems()
+            answered = time.time()
+            records = [r for r in sb.request_log.records if r.route == "/status/systems"]
+            assert len(records) == n
+            assert sent <= records[-1].time <= answered - 0.3
+    finally:
+        gen.close()
 
 
 def test_log_is_thread_safe() -> None:
