@@ -13,10 +13,10 @@ Retries: reads, cancel, mkdir, upload and rm are retried on 408/424/500/502/503/
 errors/timeouts with jittered exponential backoff (bounded failed attempts and total time). 429 is
 retried after `Retry-After` (capped) for every call and pauses the whole budget; it is the quota's
 pacing, not a failure, so only the total time bounds it (`max_attempts` counts the other failures).
-A 401 rebuilds the auth object once (a fresh token) and retries. `submit` is not retried blindly: after a 408/5xx/transport
-error the job may be queued, so we list the user's jobs and look for the job name (`#SBATCH
---job-name`, unique per entry and run); found → its id, not found → submit again. Without a job name
-an ambiguous submit failure is an InfraError (never risk a duplicate job).
+A 401 rebuilds the auth object once (a fresh token) and retries. `submit` is not retried blindly:
+after a 408/5xx/transport error the job may be queued, so we list the user's jobs and look for the
+job name (`#SBATCH --job-name`, unique per entry and run); found → its id, not found → submit again.
+Without a job name an ambiguous submit failure is an InfraError (never risk a duplicate job).
 
 Errors after retries → `InfraError` naming what was being done, the HTTP status and the server's
 message; never headers (401 responses echo the token) and never credentials.
