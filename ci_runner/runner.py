@@ -287,9 +287,9 @@ class _Run:
             state = attempt.status.state if attempt.status else ""
             if resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
                 resubmits -= 1
+                self._flush_partial(entry)  # the attempt's cut last line ends before we speak
                 self.reporter.warning(f"job {entry.job_id} ended {state} (cluster failure): resubmitting "
                                       f"({resubmits} resubmit(s) left)", entry.name)
-                self._flush_partial(entry)
                 async with self.submit_slots:
                     await self._submit(entry)
                 offset = 0

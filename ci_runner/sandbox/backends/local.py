@@ -10,6 +10,7 @@ through FirecREST):
 - RUNNING → COMPLETED (0:0) | FAILED (R:0, NonZeroExitCode) | TIMEOUT (0:15, TimeLimit: SIGTERM to the
   job's process group, SIGKILL after `kill_wait`) | "CANCELLED by <uid>" (0:15 when it ran, 0:0 when
   it was still pending). When the batch script ends, whatever it left behind in its group is killed.
+- `fail_node(job_id)` (a test hook) ends a running job NODE_FAIL, as a node going down would.
 - A finished job is forgotten `min_job_age` seconds after it ended (Slurm's MinJobAge, 600 s): then
   `jobs` omits it and `metadata` returns None, as the real server answers "Job not found.".
 
@@ -170,6 +171,20 @@ class LocalBackend:
             self._lock.notify_all()
             return True
 
+    def fail_node(self, job_id: str) -> bool:
+        """Test hook, the cluster failing under a running job: its processes are killed at once and it
+        ends NODE_FAIL (reason NodeDown, exit code 0:0) as Slurm reports a job whose node went down.
+        False when the job is unknown or not running."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != "RUNNING" or job.proc is None:
+                return False
+            job.state, job.reason, job.exit_code, job.signal, job.end = "NODE_FAIL", "NodeDown", 0, 0, time.time()
+            job.killed = True
+            _signal_group(job.proc, signal.SIGKILL)
+            self._lock.notify_all()
+            return True
+
     def close(self) -> None:
         """Stop the scheduler and kill every job process this backend started."""
         with self._lock:
@@ -216,7 +231,7 @@ class LocalBackend:
             if job.state == "RUNNING":
                 self._finish(job, returncode, now)
             return
-        if job.limit is not None and not job.timed_out and job.cancelled_by is None:
+        if job.limit is not None and job.state == "RUNNING":
             if now - job.start >= job.limit * self.time_scale:
                 job.timed_out = True
                 job.state, job.reason = "TIMEOUT", "TimeLimit"
