@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ci_runner.budget import RequestBudget
+from ci_runner.config import DEFAULT_API_RETRY_LIMIT
 from ci_runner.errors import InfraError, UsageError
 
 RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
@@ -106,8 +107,8 @@ class Credentials:
 class RetryPolicy:
     """Bounded jittered exponential backoff, plus timeouts."""
 
-    max_attempts: int = 6
-    max_total: float = 120.0  # seconds from the first attempt; no retry starts after it
+    max_attempts: int = 30  # failed attempts (5xx, transport); a backstop, `max_total` is the real bound
+    max_total: float = DEFAULT_API_RETRY_LIMIT  # seconds from the first attempt; no retry starts after it
     base_delay: float = 0.5
     max_delay: float = 15.0
     max_retry_after: float = 60.0  # cap on a 429's Retry-After
@@ -360,7 +361,8 @@ class Cluster:
             delay = pause if pause is not None else self.retry.delay(failures, self._rng)
             elapsed = time.monotonic() - started
             if failures >= self.retry.max_attempts or elapsed + delay > self.retry.max_total:
-                raise ApiError(f"{what}: {detail} (gave up after {attempt} attempts)", status, detail)
+                raise ApiError(f"{what}: {detail} (gave up after {attempt} attempts in {elapsed:.0f} s; "
+                               f"api_retry_limit is {self.retry.max_total:g} s)", status, detail)
             await asyncio.sleep(delay)
 
     @staticmethod

@@ -27,6 +27,7 @@ Scalar = Union[str, int, float, bool]
 DEFAULT_CONFIG = ".ci-runner.yml"
 DEFAULT_MAX_ENTRIES = 256
 DEFAULT_REQUESTS_PER_MINUTE = 10
+DEFAULT_API_RETRY_LIMIT = 120.0  # seconds: rides out a FirecREST restart or a short outage
 DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024  # bytes of an entry's output printed before skipping to its tail
 MIN_MAX_OUTPUT = 1024
 MAX_REPORTED = 10
@@ -85,6 +86,7 @@ class Config:
     artifacts: tuple[str, ...] = ()             # globs relative to the checkout, fetched back after the job
     junit: tuple[str, ...] = ()                 # globs of JUnit XML files (subset of what is fetched back)
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE  # one API budget shared by all entries
+    api_retry_limit: float = DEFAULT_API_RETRY_LIMIT  # seconds one request is retried before giving up
     resubmit: int = 0                           # automatic resubmits on infrastructure states (NODE_FAIL, ...)
     cleanup: bool = False                       # remove the remote entry dir after success
     max_output: int = DEFAULT_MAX_OUTPUT        # bytes of output printed per entry before skipping to its tail
@@ -483,8 +485,9 @@ class _Checks:
 
     def run(self) -> None:
         data = self.data
-        if "queue_timeout" in data:
-            self.duration(("queue_timeout",), data["queue_timeout"])
+        for key in ("queue_timeout", "api_retry_limit"):
+            if key in data:
+                self.duration((key,), data[key])
         if isinstance(data.get("sbatch"), dict):
             self.sbatch(("sbatch",), data["sbatch"])
         if "max_output" in data:
@@ -658,6 +661,8 @@ def _build_config(data: dict[str, Any], path: Path, where: Mapping[KeyPath, _Whe
         artifacts=tuple(data.get("artifacts", [])),
         junit=(junit,) if isinstance(junit, str) else tuple(junit),
         requests_per_minute=int(data.get("requests_per_minute", DEFAULT_REQUESTS_PER_MINUTE)),
+        api_retry_limit=(parse_duration(data["api_retry_limit"]) if "api_retry_limit" in data
+                         else DEFAULT_API_RETRY_LIMIT),
         resubmit=int(data.get("resubmit", 0)),
         cleanup=bool(data.get("cleanup", False)),
         max_output=parse_size(data["max_output"]) if "max_output" in data else DEFAULT_MAX_OUTPUT,

@@ -126,7 +126,8 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
         loop.add_signal_handler(signum, stop.set)
     reporter = reporters.for_context(ci, sys.stdout, entries=[entry.name for entry in entries],
                                      color=reporters.supports_color(sys.stdout, dict(environ)))
-    cluster = open_cluster(environ, system, config.requests_per_minute, on_secret=reporter.mask)
+    cluster = open_cluster(environ, system, config.requests_per_minute, on_secret=reporter.mask,
+                           retry_limit=config.api_retry_limit)
     for secret in cluster.credentials.secrets():
         reporter.mask(secret)
     try:
@@ -150,14 +151,16 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
 
 
 def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_minute: int,
-                 on_secret: Callable[[str], None] | None = None) -> Cluster:
+                 on_secret: Callable[[str], None] | None = None, retry_limit: float | None = None) -> Cluster:
     """A Cluster from the FIRECREST_* environment (UsageError naming what is missing); `on_secret`
-    learns every access token as it is fetched (to mask it)."""
+    learns every access token as it is fetched (to mask it); `retry_limit`: seconds one request is
+    retried (default: RetryPolicy's)."""
     from ci_runner.budget import RequestBudget
-    from ci_runner.cluster import Cluster, Credentials
+    from ci_runner.cluster import Cluster, Credentials, RetryPolicy
 
+    retry = RetryPolicy() if retry_limit is None else RetryPolicy(max_total=retry_limit)
     return Cluster(Credentials.from_env(environ), system or None, budget=RequestBudget(requests_per_minute),
-                   on_secret=on_secret)
+                   retry=retry, on_secret=on_secret)
 
 
 def find_state_file(run_id: str, cwd: Path) -> Path:

@@ -63,6 +63,7 @@ def test_full_config_loads_into_typed_fields(tmp_path: Path) -> None:
         artifacts: ["results/*.xml", "logs/**"]
         junit: "results/*.xml"
         requests_per_minute: 30
+        api_retry_limit: 5m
         resubmit: 2
         cleanup: true
         """)
@@ -83,6 +84,7 @@ def test_full_config_loads_into_typed_fields(tmp_path: Path) -> None:
     assert loaded.artifacts == ("results/*.xml", "logs/**")
     assert loaded.junit == ("results/*.xml",)
     assert (loaded.requests_per_minute, loaded.resubmit, loaded.cleanup) == (30, 2, True)
+    assert loaded.api_retry_limit == 300.0
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -93,6 +95,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert loaded.requests_per_minute == config.DEFAULT_REQUESTS_PER_MINUTE
     assert loaded.junit == () and loaded.artifacts == () and loaded.env == {}
     assert loaded.max_output == config.DEFAULT_MAX_OUTPUT == 256 * 1024 * 1024
+    assert loaded.api_retry_limit == config.DEFAULT_API_RETRY_LIMIT == 120.0
 
 
 def test_system_may_come_from_the_matrix(tmp_path: Path) -> None:
@@ -204,6 +207,9 @@ BAD = [
     pytest.param(HEAD + BODY + "workdir: scratch/ci\n", "4:10", "expected an absolute path", id="workdir-relative"),
     pytest.param(HEAD + BODY + "queue_timeout: soon\n", "4:16", "queue_timeout: expected a duration", id="duration"),
     pytest.param(HEAD + BODY + "queue_timeout: 0s\n", "4:16", "greater than zero", id="duration-zero"),
+    pytest.param(HEAD + BODY + "api_retry_limit: 0\n", "4:18", "greater than zero", id="retry-limit-zero"),
+    pytest.param(HEAD + BODY + "api_retry_limit: forever\n", "4:18", "api_retry_limit: expected a duration",
+                 id="retry-limit-word"),
     pytest.param(HEAD + BODY + "queue_timeout: 1.5\n", "4:16", "expected a string or an integer", id="duration-float"),
     pytest.param(HEAD + BODY + "sbatch: {output: x}\n", "4:10", "sbatch.output: set by ci-runner", id="sbatch-reserved"),
     pytest.param(HEAD + BODY + "sbatch:\n  job-name: x\n", "5:3", "sbatch.job-name: set by ci-runner", id="sbatch-job-name"),

@@ -50,7 +50,8 @@ class Scenario:
     faults: tuple[str, ...]
     job_exit: int = 0
     expected: int = 0
-    restart: bool = False    # crash the sandbox while the job runs, start it again after a pause
+    restart: bool = False    # crash the sandbox while the job runs, start it again after `outage` s
+    outage: float = 4.0
     note: str = ""
     evidence: Callable[[list[dict[str, Any]]], bool] = lambda records: True  # the fault really happened
 
@@ -77,7 +78,8 @@ SCENARIOS = [
              evidence=tokens_fetched),
     Scenario("dropped-connections", ("--drop-rate", "0.15", "--seed", "5"), evidence=statuses(0)),
     Scenario("job-not-found-10s", ("--not-found-window", "10"), evidence=job_not_found),
-    Scenario("server-restart", (), restart=True, note="SIGKILL mid-job, back after 4 s"),
+    # longer than a request's retries used to last (6 attempts, under 16 s): now api_retry_limit (2 min) bounds them
+    Scenario("server-restart", (), restart=True, outage=20.0, note="SIGKILL mid-job, back after 20 s"),
     Scenario("slow-5s", ("--latency", "5")),
     # storm: tokens of 40 s are renewed on every request (the client wants 60 s left), so about half of the
     # answered requests are token fetches and each server incarnation answers only a handful of API calls;
@@ -109,7 +111,7 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
             job = wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60,
                            "the job to run")[0]
             sandbox.crash()
-            time.sleep(4)  # the outage itself (not a wait for a condition)
+            time.sleep(scenario.outage)  # the outage itself (not a wait for a condition)
             assert slurm_state(job["JobId"]) in ACTIVE | {"COMPLETED", "FAILED"}, "the job must outlive the server"
             sandbox.start()
         result = finish(process, RUN_TIMEOUT)
@@ -147,10 +149,11 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
 
 def test_gives_up_with_infrastructure_exit_code(tmp_path: Path, sandbox_factory: Callable[..., SandboxProcess],
                                                 record_scenario: Callable[..., None]) -> None:
-    """The API goes away for good after the submit: exit 3 (not 1) with one clear line, no traceback."""
+    """The API goes away for good after the submit: after api_retry_limit, exit 3 (not 1) with one clear
+    line naming the limit, no traceback."""
     sandbox = sandbox_factory(())
     repo = tmp_path / "repo"
-    write_config(repo, job_script_lines(200, 0.5))
+    write_config(repo, job_script_lines(200, 0.5), extra="api_retry_limit: 15s\n")
     run_id = run_id_for("gives-up")
     name = job_name("default", f"gh-{run_id}-1")
     record_scenario(expected=3, budget=BUDGET, note="server killed for good mid-job")
@@ -171,4 +174,5 @@ def test_gives_up_with_infrastructure_exit_code(tmp_path: Path, sandbox_factory:
     last_words = "\n".join(result.output.splitlines()[-15:])
     assert sandbox.url in result.output or "gave up" in result.output, last_words
     assert "gave up" in last_words or errors, last_words
+    assert "api_retry_limit is 15 s" in last_words, last_words
     assert busiest <= BUDGET
