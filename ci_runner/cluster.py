@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 from ci_runner.budget import RequestBudget
 from ci_runner.config import DEFAULT_API_RETRY_LIMIT
 from ci_runner.errors import InfraError, UsageError
+from ci_runner.stream import SERVER_OUTPUT_CAP
 
 RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
 MAX_DIRECT_UPLOAD = 5 * 1024 * 1024 - 1  # the server's direct-upload limit (max_ops_file_size)
@@ -119,6 +120,26 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Full-jitter backoff before retry number `attempt` (1-based)."""
         return rng.uniform(self.base_delay / 2, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What a run needs from a system's entry in `/status/systems`."""
+
+    name: str
+    default_workdir: str | None  # the file system marked defaultWorkDir, else the first; None: none listed
+    output_cap: int  # dataOperation.max_ops_file_size: ops output at or above it is refused (413)
+
+    @classmethod
+    def from_api(cls, entry: Mapping[str, Any]) -> SystemInfo:
+        filesystems = [fs for fs in entry.get("fileSystems") or [] if isinstance(fs, dict) and fs.get("path")]
+        marked = [fs for fs in filesystems if fs.get("defaultWorkDir")]
+        chosen = (marked or filesystems or [None])[0]
+        data_operation = entry.get("dataOperation")
+        cap = data_operation.get("max_ops_file_size") if isinstance(data_operation, dict) else None
+        valid_cap = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
+        return cls(str(entry.get("name", "")), str(chosen["path"]) if chosen else None,
+                   cap if valid_cap else SERVER_OUTPUT_CAP)
 
 
 @dataclass(frozen=True)
@@ -381,20 +402,20 @@ class Cluster:
         response = await self._request("listing FirecREST systems", "GET", "/status/systems", 200)
         return list(response.json()["systems"])
 
-    async def default_workdir(self, system: str | None = None) -> str:
-        """The system's file system marked `defaultWorkDir` (else its first file system)."""
+    async def system_info(self, system: str | None = None) -> SystemInfo:
+        """The system's entry in GET /status/systems: its default work dir and its output cap."""
         name = (system or self._sys()).lower()
         for entry in await self.systems():
-            if str(entry.get("name", "")).lower() != name:
-                continue
-            filesystems = entry.get("fileSystems") or []
-            for fs in filesystems:
-                if fs.get("defaultWorkDir"):
-                    return str(fs["path"])
-            if filesystems:
-                return str(filesystems[0]["path"])
-            raise InfraError(f"system {name!r} lists no file systems: set `workdir` in the config")
+            if str(entry.get("name", "")).lower() == name:
+                return SystemInfo.from_api(entry)
         raise UsageError(f"FirecREST has no system named {name!r}")
+
+    async def default_workdir(self, system: str | None = None) -> str:
+        """The system's file system marked `defaultWorkDir` (else its first file system)."""
+        info = await self.system_info(system)
+        if info.default_workdir is None:
+            raise InfraError(f"system {info.name!r} lists no file systems: set `workdir` in the config")
+        return info.default_workdir
 
     # -- jobs ------------------------------------------------------------------------------------
 

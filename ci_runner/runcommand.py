@@ -23,7 +23,7 @@ from ci_runner.errors import InfraError, UsageError
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext
-    from ci_runner.cluster import Cluster
+    from ci_runner.cluster import Cluster, SystemInfo
     from ci_runner.config import Config
     from ci_runner.matrix import Entry
     from ci_runner.statefile import RunState
@@ -131,10 +131,11 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
     for secret in cluster.credentials.secrets():
         reporter.mask(secret)
     try:
+        info = await cluster.system_info()  # the output cap, and the default work dir if none is set
         if recorded is not None:
             workdir = recorded.workdir
         else:
-            workdir = config.workdir or default_workdir or f"{(await cluster.default_workdir()).rstrip('/')}/ci-runner"
+            workdir = config.workdir or default_workdir or site_workdir(info)
         specs = render.job_scripts(config, entries, ci, workdir, environ)
         source = None
         if config.checkout == "upload" and recorded is None:
@@ -142,12 +143,19 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
             workspace.check_uploadable(source)
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
-            attach=recorded is not None)
+            attach=recorded is not None, output_cap=info.output_cap)
         return await runner.run(specs, cluster, reporter, options, stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await cluster.close()
+
+
+def site_workdir(info: SystemInfo) -> str:
+    """`ci-runner/` under the system's default work dir (when the config sets no `workdir`)."""
+    if info.default_workdir is None:
+        raise InfraError(f"system {info.name!r} lists no file systems: set `workdir` in the config")
+    return f"{info.default_workdir.rstrip('/')}/ci-runner"
 
 
 def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_minute: int,

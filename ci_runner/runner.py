@@ -31,7 +31,7 @@ from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.stream import DEFAULT_TAIL_BYTES, OutputReader, PollInterval
+from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, PollInterval, block_size_for
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster, JobStatus
@@ -82,6 +82,7 @@ class RunOptions:
     cancel_deadline: float = 2.0     # SIGINT/SIGTERM: every cancel request must be sent within this
     max_output: int = DEFAULT_MAX_OUTPUT  # bytes printed per job before skipping to the tail of its output
     tail_bytes: int = DEFAULT_TAIL_BYTES  # most bytes of the tail printed after a job went over max_output
+    output_cap: int = SERVER_OUTPUT_CAP  # the system's max_ops_file_size: reads stay under it
 
     @classmethod
     def from_config(cls, config: Config, **overrides: object) -> RunOptions:
@@ -312,7 +313,9 @@ class _Run:
     async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
         """Poll the job's state and output until it is final; print the output as it arrives."""
         name = entry.name
+        cap = self.options.output_cap
         reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id),
+                              block_size=block_size_for(cap), output_cap=cap,
                               on_warning=lambda message: self.reporter.warning(message, name),
                               limit=self.options.max_output, tail_bytes=self.options.tail_bytes)
         reader.offset = offset

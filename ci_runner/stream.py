@@ -57,12 +57,18 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 REPLACEMENT = "\ufffd"
-DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the 5 MiB output cap
+DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the default 5 MiB output cap (`block_size_for`)
 SERVER_OUTPUT_CAP = 5 * 1024 * 1024
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
 DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
 OVERLAP = 16  # bytes a tail read re-reads before the offset to notice a rewritten file (`_overlap`)
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
+
+
+def block_size_for(output_cap: int) -> int:
+    """The chunk-mode block size S for a server whose ops output cap is `output_cap` bytes: the
+    default, or less so that a 2·S window stays under the cap (with 1 KiB to spare)."""
+    return max(1, min(DEFAULT_BLOCK_SIZE, (output_cap - 1024) // 2))
 
 
 class RemoteFile(Protocol):

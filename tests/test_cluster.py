@@ -12,12 +12,12 @@ import pytest
 
 from ci_runner.budget import RequestBudget
 from ci_runner.cluster import (
-    ApiError, Cluster, Credentials, OutputTooLarge, RemoteFileMissing, RetryPolicy, script_job_name,
+    ApiError, Cluster, Credentials, OutputTooLarge, RemoteFileMissing, RetryPolicy, SystemInfo, script_job_name,
 )
 from ci_runner.errors import UsageError
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
-from ci_runner.stream import OutputReader
+from ci_runner.stream import SERVER_OUTPUT_CAP, OutputReader
 
 T = TypeVar("T")
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=12, request_timeout=10)
@@ -82,6 +82,18 @@ def test_wrong_client_secret_is_a_usage_error(sandbox: Sandbox) -> None:
 
 
 # -- files and jobs ------------------------------------------------------------------------------
+
+def test_system_info_gives_the_sites_output_cap(tmp_path: Path) -> None:
+    sb = start(tmp_path, max_ops_size=123_456)
+    try:
+        info = run(sb, lambda c: c.system_info())
+        assert (info.name, info.default_workdir, info.output_cap) == (sb.system, str(sb.root), 123_456)
+    finally:
+        sb.stop()
+    # a server that does not say: the documented default
+    bare = SystemInfo.from_api({"name": "x", "fileSystems": [], "dataOperation": {"max_ops_file_size": True}})
+    assert (bare.default_workdir, bare.output_cap) == (None, SERVER_OUTPUT_CAP)
+
 
 def test_files_round_trip(sandbox: Sandbox) -> None:
     work = str(sandbox.root / "run" / "entry")

@@ -24,6 +24,7 @@ from run_process import (
 from ci_runner.render import JOB_END_LINE
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+from ci_runner.stream import block_size_for
 
 KINDS = ("pass", "fail", "slow")
 LINES = 30
@@ -143,7 +144,7 @@ def test_queue_timeout_cancels_and_reports_the_wait(make_sandbox: Callable[..., 
 BIG_JOB = """\
 import sys
 out = sys.stdout.buffer
-block = 2 * 1024 * 1024  # the reader's chunk size: put a 4-byte character across every multiple
+block = {block}  # the reader's chunk size: put a 4-byte character across every multiple
 size = {size}
 total = 0
 n = 0
@@ -162,19 +163,25 @@ while total < size:
 """
 
 
-def test_large_multibyte_output_is_byte_identical_and_read_once(
-    make_sandbox: Callable[..., Any], tmp_path: Path
-) -> None:
-    """50 MiB of log lines with 2-, 3- and 4-byte characters, one across every 2 MiB boundary: stdout =
-    the remote file, and the bytes the sandbox served for reading it stay within 5 % of its size.
+MiB = 1024 * 1024
 
-    (Mostly-ASCII text like real logs: when a backlog exceeds the API's 5 MiB output cap the reader
+
+@pytest.mark.parametrize("size, cap", [(50 * MiB, 5 * MiB), (4 * MiB, 1 * MiB)], ids=["50MiB", "4MiB-site-cap-1MiB"])
+def test_large_multibyte_output_is_byte_identical_and_read_once(
+    make_sandbox: Callable[..., Any], tmp_path: Path, size: int, cap: int
+) -> None:
+    """50 MiB of log lines with 2-, 3- and 4-byte characters, one across every block boundary: stdout =
+    the remote file, and the bytes the sandbox served for reading it stay within 5 % of its size. A
+    site whose output cap (`max_ops_file_size`, read from /status/systems) is 1 MiB gets smaller blocks.
+
+    (Mostly-ASCII text like real logs: when a backlog exceeds the API's output cap the reader
     uses `ops/view`, which returns characters, so text made mostly of multi-byte characters costs up
     to its bytes-per-character ratio more; see stream.py.)"""
-    sandbox = make_sandbox()
+    sandbox = make_sandbox(max_ops_size=cap)
+    block = block_size_for(cap)
     repo = git_repo(tmp_path / "repo")
     generator = tmp_path / "big.py"
-    generator.write_text(BIG_JOB.format(size=50 * 1024 * 1024), encoding="utf-8")
+    generator.write_text(BIG_JOB.format(size=size, block=block), encoding="utf-8")
     config = repo / "ci.yml"
     config.write_text(f"version: 1\nsystem: local\ncheckout: none\nscript: python3 -I {generator}\n")
     state_file = tmp_path / "state.json"
@@ -188,9 +195,9 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     assert code == 0, run.lines()[-10:]
     job_id = next(iter(recorded_jobs(state_file).values()))
     remote = next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out")).read_bytes()
-    assert len(remote) >= 50 * 1024 * 1024
-    # The content is adversarial: 2 MiB and 5 MiB boundaries fall inside multi-byte characters.
-    assert all(remote[k] & 0xC0 == 0x80 for k in range(2 << 20, len(remote), 2 << 20))
+    assert len(remote) >= size
+    # The content is adversarial: block boundaries fall inside multi-byte characters.
+    assert all(remote[k] & 0xC0 == 0x80 for k in range(block, len(remote), block))
     job_end = f"{JOB_END_LINE}0\n".encode()
     assert remote.endswith(job_end)
     printed = b"".join(line for line in run.raw.splitlines(keepends=True)
@@ -200,6 +207,8 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     read_routes = ("/filesystem/{system_name}/ops/tail", "/filesystem/{system_name}/ops/view")
     fetched = sum(r.bytes for r in sandbox.request_log.records if r.route in read_routes)
     assert fetched / len(remote) <= 1.05, (fetched, len(remote))
+    views = [r.status for r in sandbox.request_log.records if r.route == read_routes[1]]
+    assert views and set(views) == {200}, views  # the backlog was read in blocks, each under the cap
 
 
 def _max_in_window(times: list[float], window: float) -> int:
