@@ -127,18 +127,6 @@ def output_read_bytes(records: Iterable[Served]) -> int:
     return sum(r.bytes for r in records if any(part in r.route for part in OUTPUT_ENDPOINT_PARTS))
 
 
-def max_in_window(times: Iterable[float], window: float = 60.0) -> int:
-    """The largest number of events inside any half-open interval of `window` seconds."""
-    ordered = sorted(times)
-    best = 0
-    start = 0
-    for end, t in enumerate(ordered):
-        while ordered[start] <= t - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def end_time(tail: bytes) -> float | None:
     """The job's last-write time from the `<END|t=...>` line near the end of an output file."""
     found = END_RE.findall(tail.decode("utf-8", errors="replace"))

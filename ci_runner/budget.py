@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Awaitable, Callable
 
@@ -140,11 +140,16 @@ class RequestBudget:
 
     def max_in_any_window(self, window: float | None = None) -> int:
         """Largest number of grants inside any half-open interval [t, t + window)."""
-        width = self.window if window is None else window
-        best = 0
-        start = 0
-        for end, t in enumerate(self._sent):
-            while t - self._sent[start] >= width:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(self._sent, self.window if window is None else window)
+
+
+def max_in_window(times: Iterable[float], window: float = 60.0) -> int:
+    """Largest number of `times` (any order) inside any half-open interval [t, t + window): what a
+    sliding-window quota of `window` seconds sees."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ci_runner.budget import RequestBudget
+from ci_runner.budget import RequestBudget, max_in_window
 
 
 class FakeTime:
@@ -32,17 +32,6 @@ async def send(budget: RequestBudget) -> None:
     """One request answered at once."""
     async with budget.request():
         pass
-
-
-def max_in_window(times: list[float], width: float) -> int:
-    """Largest number of `times` inside any half-open interval [t, t + width)."""
-    times = sorted(times)
-    best = start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= width:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_first_n_requests_are_immediate_then_wait_a_window() -> None:

@@ -21,6 +21,7 @@ from run_process import (
     wait_until,
 )
 
+from ci_runner.budget import max_in_window
 from ci_runner.render import JOB_END_LINE
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox
@@ -211,16 +212,6 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     assert views and set(views) == {200}, views  # the backlog was read in blocks, each under the cap
 
 
-def _max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best = start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -> None:
     """20 % 5xx, 429 bursts and 30 s tokens: same output and exit code as a clean run, and never more
     than the budget's requests in any 60 s window at the server (the run spans more than a minute)."""
@@ -256,7 +247,7 @@ def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -
     assert code == 4, lines[-12:]
     times = [r.time for r in records]
     assert len(records) > budget and max(times) - min(times) > 60  # otherwise the check below is vacuous
-    assert _max_in_window(times, 60.0) <= budget
+    assert max_in_window(times, 60.0) <= budget
 
 
 @pytest.mark.slurm

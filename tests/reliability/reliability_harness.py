@@ -191,17 +191,6 @@ def streamed_output(stdout: str) -> str:
     return "".join(text for _, text in blocks)
 
 
-def max_in_window(times: Sequence[float], window: float = 60.0) -> int:
-    """Most records inside any [t, t + window)."""
-    ordered = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(ordered):
-        while t - ordered[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def api_request_times(records: Sequence[dict[str, Any]]) -> list[float]:
     """Times of the FirecREST API requests (the token endpoint is another server in real life: not budgeted)."""
     return [r["time"] for r in records if r["route"] != "/auth/token"]

@@ -21,7 +21,6 @@ from reliability_harness import (
     SandboxProcess,
     api_request_times,
     finish,
-    max_in_window,
     run_env,
     scancel_named,
     slurm_jobs_named,
@@ -30,6 +29,7 @@ from reliability_harness import (
     write_config,
 )
 
+from ci_runner.budget import max_in_window
 from ci_runner.render import job_name
 
 pytestmark = pytest.mark.slurm

@@ -23,7 +23,6 @@ from reliability_harness import (
     api_request_times,
     finish,
     job_script_lines,
-    max_in_window,
     run_env,
     scancel_named,
     slurm_jobs_named,
@@ -35,6 +34,7 @@ from reliability_harness import (
     write_config,
 )
 
+from ci_runner.budget import max_in_window
 from ci_runner.render import job_name
 
 pytestmark = pytest.mark.slurm
