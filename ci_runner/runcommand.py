@@ -140,7 +140,7 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
         source = None
         if config.checkout == "upload" and recorded is None:
             source = workspace.source_archive(cwd, ci.sha)
-            workspace.check_uploadable(source)
+            workspace.check_uploadable(source, info.output_cap)
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)

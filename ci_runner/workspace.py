@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from ci_runner.config import format_size
 from ci_runner.errors import InfraError, UsageError
 
 if TYPE_CHECKING:
@@ -63,14 +64,17 @@ def source_archive(repo: Path, sha: str) -> SourceArchive:
     return SourceArchive(sha=sha, data=result.stdout, dirty=bool(status.stdout.strip()))
 
 
-def check_uploadable(archive: SourceArchive) -> None:
-    """Refuse archives above the direct-upload limit with a message that says what to do."""
+def check_uploadable(archive: SourceArchive, output_cap: int = MAX_DIRECT_UPLOAD + 1) -> None:
+    """Refuse archives the site will not take as a direct upload (below its `max_ops_file_size`,
+    `output_cap`; never more than 5 MiB) with a message that says what to do."""
     size = len(archive.data)
-    if size > MAX_DIRECT_UPLOAD:
+    limit = min(MAX_DIRECT_UPLOAD, output_cap - 1)
+    if size > limit:
         raise UsageError(
             f"checkout: upload: the source archive of {archive.sha[:12]} is {size / 1048576:.1f} MiB, but FirecREST "
-            f"uploads files directly only below 5 MiB and ci-runner does not use staged (S3) transfers; "
-            f"use `checkout: clone`, or exclude large files from the archive with `export-ignore` in .gitattributes"
+            f"uploads files directly only below {format_size(limit + 1)} on this system and ci-runner does not use "
+            f"staged (S3) transfers; use `checkout: clone`, or exclude large files from the archive with "
+            f"`export-ignore` in .gitattributes"
         )
 
 

@@ -60,7 +60,11 @@ def test_oversized_archive_is_refused_with_advice() -> None:
     big = SourceArchive(sha="a" * 40, data=b"x" * (workspace.MAX_DIRECT_UPLOAD + 1), dirty=False)
     with pytest.raises(UsageError, match="checkout: clone"):
         workspace.check_uploadable(big)
-    workspace.check_uploadable(SourceArchive(sha="a" * 40, data=b"x" * 1000, dirty=False))
+    small = SourceArchive(sha="a" * 40, data=b"x" * 1000, dirty=False)
+    workspace.check_uploadable(small)
+    with pytest.raises(UsageError, match="only below 1000 bytes on this system"):
+        workspace.check_uploadable(small, output_cap=1000)  # a site with a smaller max_ops_file_size
+    workspace.check_uploadable(small, output_cap=1001)
 
 
 @pytest.mark.parametrize(
