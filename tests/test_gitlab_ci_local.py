@@ -1,8 +1,8 @@
 """The example .gitlab-ci.yml, with the component included locally, run by gitlab-ci-local (shell
 executor) against the sandbox: one GitLab job per entry (parallel:matrix), JUnit and dotenv reports.
 
-Needs node/npm and gitlab-ci-local@4.62.0 in ~/.cache/ci-runner-npm (installed here when npm is
-available). Skipped only when node/npm is missing and CI is not set; in CI it fails instead.
+Needs node/npm, rsync and gitlab-ci-local@4.62.0 in ~/.cache/ci-runner-npm (installed here when npm is
+available). Skipped only when node, npm or rsync is missing and CI is not set; in CI it fails instead.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ GITLAB_CI_LOCAL = NPM_CACHE / "node_modules" / ".bin" / "gitlab-ci-local"
 
 
 def gitlab_ci_local() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
+    missing = [tool for tool in ("node", "npm", "rsync") if shutil.which(tool) is None]
+    if missing:  # gitlab-ci-local runs on node and copies the project with rsync
         if os.environ.get("CI"):
-            pytest.fail("node and npm are needed in CI (see .ci/run)")
-        pytest.skip("node/npm missing")
+            pytest.fail(f"{', '.join(missing)} needed in CI (see .ci/run)")
+        pytest.skip(f"{', '.join(missing)} missing")
     if not GITLAB_CI_LOCAL.exists():
         NPM_CACHE.mkdir(parents=True, exist_ok=True)
         subprocess.run(["npm", "i", "--no-audit", "--no-fund", f"gitlab-ci-local@{VERSION}"], cwd=NPM_CACHE,
