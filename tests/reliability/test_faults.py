@@ -110,6 +110,10 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
         if scenario.restart:
             job = wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60,
                            "the job to run")[0]
+            # ... and the runner follows it: a crash right after the submit would leave the first server
+            # (the one that knows the submit, hence the job-not-found window) without a job request.
+            wait_for(lambda: any(r["route"].endswith("/jobs/{job_id}") for r in sandbox.requests()), 60,
+                     "the runner to ask for the job's state")
             sandbox.crash()
             time.sleep(scenario.outage)  # the outage itself (not a wait for a condition)
             assert slurm_state(job["JobId"]) in ACTIVE | {"COMPLETED", "FAILED"}, "the job must outlive the server"
