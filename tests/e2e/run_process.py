@@ -134,6 +134,18 @@ def ci_runner(args: Sequence[str], cwd: Path, env: dict[str, str]) -> Iterator[R
         process.kill()
 
 
+def run_to_end(args: Sequence[str], cwd: Path, env: dict[str, str], sandbox: Any, state_file: Path,
+               timeout: float = 120.0) -> tuple[int, RunnerProcess]:
+    """`ci-runner ARGS` until it exits, then cancel whatever jobs its state file records (also when it
+    failed): the exit code and the finished process (`lines()`, `raw`)."""
+    try:
+        with ci_runner(args, cwd, env) as run:
+            code = run.finish(timeout=timeout)
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    return code, run
+
+
 def entry_lines(lines: Sequence[str], entry: str) -> list[str]:
     """Job output lines of `entry` (the reporter prefixes them with `[entry] ` when entries run side by side)."""
     prefix = f"[{entry}] "

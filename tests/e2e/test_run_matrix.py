@@ -17,6 +17,7 @@ from run_process import (
     git_repo,
     job_state,
     recorded_jobs,
+    run_to_end,
     runner_env,
     wait_until,
 )
@@ -188,11 +189,7 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     state_file = tmp_path / "state.json"
     args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
             "--workdir", f"{sandbox.root}/ci"]
-    try:
-        with ci_runner(args, repo, runner_env(sandbox)) as run:
-            code = run.finish(timeout=240)
-    finally:
-        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=240)
     assert code == 0, run.lines()[-10:]
     job_id = next(iter(recorded_jobs(state_file).values()))
     remote = next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out")).read_bytes()
@@ -232,12 +229,8 @@ def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -
     with start_sandbox(options) as sandbox:
         args = ["run", "--config", str(config), "--state-file", str(state_file),
                 "--requests-per-minute", str(budget), "--workdir", f"{sandbox.root}/ci"]
-        try:
-            with ci_runner(args, repo, runner_env(sandbox)) as run:
-                code = run.finish(timeout=300)
-                lines = run.lines()
-        finally:
-            cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+        code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=300)
+        lines = run.lines()
         records = [r for r in sandbox.request_log.records if not r.route.startswith("/auth")]
     print("\n".join(lines))  # pytest shows it in full when an assertion below fails
     statuses = {r.status for r in records}
@@ -351,12 +344,8 @@ def test_output_over_max_output_prints_the_head_a_marker_and_the_exact_tail(
     from a line start) exactly; one warning naming the limit and the file; the exit code is the job's."""
     sandbox = make_sandbox()
     repo, state_file, args = _limited_run_setup(tmp_path, sandbox)
-    try:
-        with ci_runner(args, repo, runner_env(sandbox)) as run:
-            code = run.finish(timeout=120)
-            lines = run.lines()
-    finally:
-        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file)
+    lines = run.lines()
     assert code == 1, lines[-10:]  # the job exited 3: a test failure, whatever was not shown
     path, remote = _remote_output(sandbox, state_file)
     assert len(remote) > 3 * LIMIT and remote.endswith(f"last line of the job\n{JOB_END_LINE}3\n".encode())

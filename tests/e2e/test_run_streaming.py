@@ -11,7 +11,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from run_process import cancel_jobs, ci_runner, git_repo, job_state, recorded_jobs, runner_env, wait_until
+from run_process import (
+    cancel_jobs,
+    ci_runner,
+    git_repo,
+    job_state,
+    recorded_jobs,
+    run_to_end,
+    runner_env,
+    wait_until,
+)
 
 from ci_runner.render import JOB_END_LINE
 
@@ -106,12 +115,8 @@ def test_the_job_end_line_makes_the_runner_check_the_state_at_once(sandbox: Any,
     """After the read that delivered the job's last line (the job-end line) the runner asks for the job
     state before anything else, and once the state is final it only confirms the size (no re-read)."""
     repo, state_file, args = _setup(sandbox, tmp_path, FLOWING)
-    try:
-        with ci_runner(["run", *args], repo, runner_env(sandbox)) as run:
-            code = run.finish(timeout=120)
-            lines = run.lines()
-    finally:
-        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    code, run = run_to_end(["run", *args], repo, runner_env(sandbox), sandbox, state_file)
+    lines = run.lines()
     assert code == 0, lines[-10:]
     assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(1, 31)]
     assert f"{JOB_END_LINE}0" in lines
@@ -128,12 +133,8 @@ def test_output_that_looks_like_the_job_end_line_only_costs_a_few_early_state_ch
     """User output may print the job-end text: the runner keeps following, prints everything and takes
     the verdict from the job state (exit 3 here, so the entry fails)."""
     repo, state_file, args = _setup(sandbox, tmp_path, SPOOFING.format(end=JOB_END_LINE))
-    try:
-        with ci_runner(["run", *args], repo, runner_env(sandbox)) as run:
-            code = run.finish(timeout=120)
-            lines = run.lines()
-    finally:
-        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    code, run = run_to_end(["run", *args], repo, runner_env(sandbox), sandbox, state_file)
+    lines = run.lines()
     assert code == 1, lines[-10:]
     assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(1, 21)]
     assert [line for line in lines if line.startswith(JOB_END_LINE)] == [f"{JOB_END_LINE}0", f"{JOB_END_LINE}3"]
