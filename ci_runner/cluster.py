@@ -410,13 +410,6 @@ class Cluster:
                 return SystemInfo.from_api(entry)
         raise UsageError(f"FirecREST has no system named {name!r}")
 
-    async def default_workdir(self, system: str | None = None) -> str:
-        """The system's file system marked `defaultWorkDir` (else its first file system)."""
-        info = await self.system_info(system)
-        if info.default_workdir is None:
-            raise InfraError(f"system {info.name!r} lists no file systems: set `workdir` in the config")
-        return info.default_workdir
-
     # -- jobs ------------------------------------------------------------------------------------
 
     async def submit(

@@ -31,7 +31,7 @@ from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, PollInterval, block_size_for
+from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, PollInterval
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster, JobStatus
@@ -313,9 +313,7 @@ class _Run:
     async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
         """Poll the job's state and output until it is final; print the output as it arrives."""
         name = entry.name
-        cap = self.options.output_cap
-        reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id),
-                              block_size=block_size_for(cap), output_cap=cap,
+        reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id), output_cap=self.options.output_cap,
                               on_warning=lambda message: self.reporter.warning(message, name),
                               limit=self.options.max_output, tail_bytes=self.options.tail_bytes)
         reader.offset = offset

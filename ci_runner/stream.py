@@ -260,13 +260,15 @@ class OutputReader:
         cluster: RemoteFile,
         path: str,
         *,
-        block_size: int = DEFAULT_BLOCK_SIZE,
+        block_size: int | None = None,  # default: `block_size_for(output_cap)`
         output_cap: int = SERVER_OUTPUT_CAP,
         shrink_check_every: int = 20,
         on_warning: Callable[[str], None] | None = None,
         limit: int | None = None,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
     ) -> None:
+        if block_size is None:
+            block_size = block_size_for(output_cap)
         if not 0 < 2 * block_size < output_cap:
             raise ValueError(f"block_size must satisfy 0 < 2*block_size < {output_cap}")
         if limit is not None and limit < 1:

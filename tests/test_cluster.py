@@ -99,7 +99,7 @@ def test_files_round_trip(sandbox: Sandbox) -> None:
     work = str(sandbox.root / "run" / "entry")
 
     async def body(c: Cluster) -> None:
-        assert await c.default_workdir() == str(sandbox.root)
+        assert (await c.system_info()).default_workdir == str(sandbox.root)
         await c.mkdir(work)
         await c.mkdir(work)  # exists: fine
         await c.upload("a\nb é\n".encode(), work, "f.out")
