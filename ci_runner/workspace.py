@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from ci_runner.cluster import MAX_DIRECT_UPLOAD
 from ci_runner.config import format_size
 from ci_runner.errors import InfraError, UsageError
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 # Upload: the server's ops/upload limit (max_ops_file_size, 5 MiB; pyfirecrest itself switches to staged
 # transfers at 1 MiB, we send the raw request). Download: ops/download is base64 over SSH inside the
 # same 5 MiB buffer, so about 3.75 MiB; stay below.
-MAX_DIRECT_UPLOAD = 5 * 1024 * 1024 - 1
 MAX_DIRECT_DOWNLOAD = 3 * 1024 * 1024
 
 
