@@ -10,7 +10,11 @@ one HTTP request per call, which the budget needs: pyfirecrest's `download` stat
 start a transfer job, async `upload` only takes local paths, and `view` sends no offset/size.
 
 Retries: reads, cancel, mkdir, upload and rm are retried on 408/424/500/502/503/504 and transport
-errors/timeouts with jittered exponential backoff (bounded failed attempts and total time). 429 is
+errors/timeouts with jittered exponential backoff (bounded failed attempts and total time), except
+where the answer is a verdict that a repeat would only get again: a Slurm command's own refusal
+(500 "Unexpected Slurm command response", see scheduler_messages.py), and a timeout (408, or the
+500 it sometimes becomes) of a `tail`, whose answer size is unbounded: that means "read smaller"
+(`OutputTooLarge`), and the reader switches to bounded `view` reads. 429 is
 retried after `Retry-After` (capped) for every call and pauses the whole budget; it is the quota's
 pacing, not a failure, so only the total time bounds it (`max_attempts` counts the other failures).
 A 401 rebuilds the auth object once (a fresh token) and retries. `submit` is not retried blindly:
@@ -34,7 +38,8 @@ from typing import Any, Callable, Mapping
 
 from ci_runner.budget import RequestBudget
 from ci_runner.config import DEFAULT_API_RETRY_LIMIT
-from ci_runner.errors import InfraError, UsageError
+from ci_runner.errors import InfraError, SubmitRejected, UsageError
+from ci_runner.scheduler_messages import is_slurm_answer, job_already_over, sbatch_rejection
 from ci_runner.stream import SERVER_OUTPUT_CAP
 
 RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
@@ -55,7 +60,12 @@ class RemoteFileMissing(ApiError):
 
 
 class OutputTooLarge(ApiError):
-    """The command's output reached the server's output cap (413)."""
+    """The read was too large for one answer: it reached the server's output cap (413), or, for a
+    `tail` (unbounded), the server's command timeout (408, sometimes 500). Read a smaller range."""
+
+
+class SlurmRefused(ApiError):
+    """FirecREST ran the Slurm command and the command refused (its stderr in `server_message`)."""
 
 
 @dataclass(frozen=True)
@@ -239,13 +249,18 @@ class _Auth:
 
 
 def _server_message(response: Any) -> str:
+    """The error body's `message` (whole: a Slurm command's stderr spans lines), at most 4000 chars."""
     try:
         body = response.json()
         message = body.get("message") if isinstance(body, dict) else None
     except ValueError:
         message = None
     text = str(message) if message else (response.text or "")[:200]
-    return text.strip().splitlines()[0][:300] if text.strip() else ""
+    return text.strip()[:4000]
+
+
+def _first_line(message: str) -> str:
+    return message.splitlines()[0][:300] if message else ""
 
 
 def _retry_after(response: Any, now_wall: float) -> float | None:
@@ -327,11 +342,13 @@ class Cluster:
         json: Any = None,
         files: Any = None,
         retry: bool = True,
+        final: frozenset[int] = frozenset(),
     ) -> Any:
         """Send one logical request; return the httpx response with the expected status.
 
         `retry=False`: 408/5xx/transport errors raise at once (`ApiError`, status None for transport).
-        429 and one 401 re-try are always handled.
+        `final`: statuses that raise at once although they are otherwise retried. A Slurm command's
+        own refusal raises `SlurmRefused` at once. 429 and one 401 re-try are always handled.
         """
         import httpx
 
@@ -366,7 +383,7 @@ class Cluster:
                 if status == expected:
                     return response
                 message = _server_message(response)
-                detail = f"HTTP {status}" + (f": {message}" if message else "")
+                detail = f"HTTP {status}" + (f": {_first_line(message)}" if message else "")
                 if status == 401 and not reauthed:
                     reauthed = True
                     self._auth.rebuild()
@@ -375,7 +392,8 @@ class Cluster:
                     after = _retry_after(response, time.time())
                     pause = min(self.retry.max_retry_after, after if after is not None else 10.0)
                     self.budget.backoff_until(time.monotonic() + pause)
-                elif status not in RETRYABLE_STATUSES or not retry:
+                elif status not in RETRYABLE_STATUSES or not retry or status in final \
+                        or is_slurm_answer(status, message):
                     raise self._error(what, status, message)
             if pause is None:
                 failures += 1
@@ -388,11 +406,13 @@ class Cluster:
 
     @staticmethod
     def _error(what: str, status: int, message: str) -> ApiError:
-        text = f"{what}: HTTP {status}" + (f": {message}" if message else "")
+        text = f"{what}: HTTP {status}" + (f": {_first_line(message)}" if message else "")
         if status == 404 and "No such file or directory" in message:
             return RemoteFileMissing(text, status, message)
         if status == 413:
             return OutputTooLarge(text, status, message)
+        if is_slurm_answer(status, message):
+            return SlurmRefused(text, status, message)
         return ApiError(text, status, message)
 
     # -- status ----------------------------------------------------------------------------------
@@ -428,6 +448,8 @@ class Cluster:
                 response = await self._request(what, "POST", f"/compute/{self._sys()}/jobs", 201,
                                                json={"job": job}, retry=False)
                 return str(response.json()["jobId"])
+            except SlurmRefused as e:
+                raise SubmitRejected(f"{what}: {sbatch_rejection(e.server_message).describe()}") from None
             except ApiError as e:
                 if e.status is not None and e.status not in RETRYABLE_STATUSES:
                     raise
@@ -462,30 +484,52 @@ class Cluster:
         jobs = response.json().get("jobs") or []
         return JobStatus.from_api(jobs[0]) if jobs else None
 
-    async def cancel(self, job_id: str) -> None:
-        """Cancel a job; a job FirecREST no longer knows counts as cancelled."""
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job. False when there was nothing to cancel: the job had already ended (scancel:
+        "already completing or completed") or FirecREST no longer knows it (404)."""
         try:
             await self._request(f"cancelling job {job_id}", "DELETE", f"/compute/{self._sys()}/jobs/{job_id}", 204)
+        except SlurmRefused as e:
+            if job_already_over(e.server_message):
+                return False
+            raise
         except ApiError as e:
             if e.status != 404:
                 raise
+            return False
+        return True
 
     # -- files -----------------------------------------------------------------------------------
 
     async def tail_from(self, path: str, offset: int) -> str:
         """Text of the file from 0-based byte `offset` to EOF (`tail --bytes=+offset+1`; never bytes=0).
-        Raises RemoteFileMissing (404) and OutputTooLarge (413, ≥ the server's output cap)."""
-        response = await self._request(f"reading {path}", "GET", f"/filesystem/{self._sys()}/ops/tail", 200,
-                                       params={"path": path, "bytes": offset + 1, "skipHeading": True})
+        Raises RemoteFileMissing (404) and OutputTooLarge: 413 (≥ the server's output cap), or 408/500
+        at once, not retried: the real server's `tail` of a large rest blocks on its output buffer
+        until the command timeout, so repeating the same read would only time out again."""
+        try:
+            response = await self._request(f"reading {path}", "GET", f"/filesystem/{self._sys()}/ops/tail", 200,
+                                           params={"path": path, "bytes": offset + 1, "skipHeading": True},
+                                           final=frozenset({408, 500}))
+        except ApiError as e:
+            if e.status in (408, 500) and not isinstance(e, OutputTooLarge):
+                raise OutputTooLarge(str(e), e.status, e.server_message) from None
+            raise
         return str(response.json()["output"]["content"])
 
     async def view(self, path: str, offset: int, size: int) -> str:
         """Raw `ops/view?offset=&size=`, as the server computes it: with k = offset // size, the text
         decode(bytes[k·size, k·size + 2·size))[offset % size : offset % size + size] — a slice in
-        *characters* (see stream.py for how offsets stay byte-exact)."""
-        response = await self._request(f"reading {path} at byte {offset}", "GET",
-                                       f"/filesystem/{self._sys()}/ops/view", 200,
-                                       params={"path": path, "offset": offset, "size": size})
+        *characters* (see stream.py for how offsets stay byte-exact). A timeout (408) raises
+        OutputTooLarge at once: ask for a smaller size."""
+        try:
+            response = await self._request(f"reading {path} at byte {offset}", "GET",
+                                           f"/filesystem/{self._sys()}/ops/view", 200,
+                                           params={"path": path, "offset": offset, "size": size},
+                                           final=frozenset({408}))
+        except ApiError as e:
+            if e.status == 408:
+                raise OutputTooLarge(str(e), e.status, e.server_message) from None
+            raise
         return str(response.json()["output"])
 
     async def list_files(self, path: str, *, recursive: bool = False) -> list[dict[str, Any]]:

@@ -19,6 +19,10 @@ class ConfigError(CIRunnerError):
     exit_code = 2
 
 
+class SubmitRejected(ConfigError):
+    """sbatch rejected the job as configured (invalid partition, account, QOS limit, unknown option)."""
+
+
 class UsageError(CIRunnerError):
     """The command was called wrongly (unknown entry, missing environment variable, ...)."""
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, workspace
 from ci_runner.config import DEFAULT_MAX_OUTPUT, format_size
-from ci_runner.errors import CIRunnerError, InfraError, UsageError
+from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
 from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
@@ -123,6 +123,8 @@ class _Entry:
     partial: str = ""  # the end (≤ TAIL_LINE_CHARS) of the printed text after the last newline
     partial_bytes: int = 0  # UTF-8 length of the whole unfinished line (the reporter still holds it)
     limit_warned: bool = False  # the max_output warning was printed for the current job
+    status: JobStatus | None = None  # the current job's last known state
+    reader: OutputReader | None = None  # the current job's output reader
 
     @property
     def name(self) -> str:
@@ -236,10 +238,10 @@ class _Run:
     async def _entry(self, entry: _Entry) -> EntryResult:
         try:
             result = await self._entry_attempts(entry)
+        except SubmitRejected as error:
+            result = self._result(entry, None, _Attempt(None, Outcome.CONFIG, str(error)))
         except CIRunnerError as error:
-            result = self._result(entry, None, _Attempt(None, Outcome.INFRA, str(error)))
-            if entry.job_id is not None:
-                await self._abandon(entry.name, entry.job_id)
+            result = await self._lost_track(entry, error)
         if result.outcome is Outcome.PASSED and self.options.cleanup:
             try:
                 await workspace.cleanup(self.cluster, entry.spec.layout)
@@ -250,14 +252,39 @@ class _Run:
         self.reporter.entry_finished(result)
         return result
 
+    async def _lost_track(self, entry: _Entry, error: CIRunnerError) -> EntryResult:
+        """Following failed (API errors after retries). A job known to have ended keeps the verdict of
+        its final state, with a warning that its output is incomplete; any other job is cancelled
+        rather than left unobserved, and the entry is an infrastructure failure."""
+        status = entry.status
+        if entry.job_id is not None and status is not None and states.is_terminal(status.state):
+            self._output_incomplete(entry, f"reading it failed: {error}")
+            return self._result(entry, status, self._decide(entry, status))
+        if entry.job_id is not None:
+            await self._abandon(entry.name, entry.job_id)
+        return self._result(entry, None, _Attempt(None, Outcome.INFRA, str(error)))
+
     async def _abandon(self, name: str, job_id: str) -> None:
-        """Following failed (API errors after retries): cancel the job rather than leave it unobserved."""
+        """Cancel a job that ci-runner can no longer follow rather than leave it unobserved."""
         try:
-            await self.cluster.cancel(job_id)
+            cancelled = await self.cluster.cancel(job_id)
         except CIRunnerError as error:
             self.reporter.warning(f"could not cancel job {job_id} after losing track of it: {error}", name)
             return
-        self.reporter.warning(f"cancelled job {job_id}: ci-runner could not follow it any more", name)
+        if cancelled:
+            self.reporter.warning(f"cancelled job {job_id}: ci-runner could not follow it any more", name)
+
+    def _output_incomplete(self, entry: _Entry, why: str) -> None:
+        """Warn that the job's output was not printed to its end: how much is missing, where it all is."""
+        reader = entry.reader
+        if reader is None:
+            return
+        self._flush_partial(entry)
+        size = reader.known_size
+        missing = f"{size - reader.offset} of its {size} bytes" if size is not None and size > reader.offset else (
+            f"everything after byte {reader.offset}")
+        self.reporter.warning(f"the job's output is incomplete: {missing} not printed ({why}); "
+                              f"the full output is in {reader.path}", entry.name)
 
     async def _entry_attempts(self, entry: _Entry) -> EntryResult:
         recorded = self.state.state.entries.get(entry.name)
@@ -303,6 +330,7 @@ class _Run:
         name = entry.name
         spec = entry.spec
         entry.submitted_wall = time.time()
+        entry.status = None
         self.state.update(name, state=statefile.SUBMITTING, job_id=None, output_path=None, offset=0,
                           submitted_at=entry.submitted_wall)
         job_id = await self.cluster.submit(spec.script, spec.layout.root, dict(spec.env))
@@ -317,6 +345,7 @@ class _Run:
                               on_warning=lambda message: self.reporter.warning(message, name),
                               limit=self.options.max_output, tail_bytes=self.options.tail_bytes)
         reader.offset = offset
+        entry.reader = reader
         entry.limit_warned = False
         interval = PollInterval()
         delay: float | None = None
@@ -341,6 +370,7 @@ class _Run:
                 end_checks = max(0, end_checks - 1)
                 status = await self.cluster.job(job_id)
                 last_check = now = clock()
+                entry.status = status or entry.status
                 if status is None:
                     # Unknown right after submit is normal; later (or when attaching late) the job was
                     # purged (MinJobAge): print what its output file holds, but the verdict is unknown.
@@ -375,10 +405,11 @@ class _Run:
                 if not running:
                     running = True
                     if last_report is not None:  # it was seen waiting: say that the wait is over
-                        self.reporter.info(f"{name}: {status.state} after "
-                                           f"{format_duration(now - queued_since)} in the queue")
+                        waited = queue_seconds(status, wall_submitted)
+                        self.reporter.info(f"{name}: {status.state} after {format_duration(waited)} in the queue"
+                                           if waited is not None else f"{name}: {status.state}")
                 if states.is_terminal(status.state):
-                    return await self._finished(entry, reader, status, wall_submitted)
+                    return await self._finished(entry, reader, status)
                 if end_checks:  # the job script has ended, Slurm does not know yet: the state only
                     await asyncio.sleep(END_RECHECK)
                     continue
@@ -417,26 +448,27 @@ class _Run:
             async for text in reader.drain_chunks():
                 self._emit(entry, reader, text)
 
-    async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus,
-                        wall_submitted: float) -> _Attempt:
-        """The job is final: print the rest of its output, then decide. Output that could not be read
-        to its end makes the entry an infrastructure failure, whatever the job's state."""
+    async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus) -> _Attempt:
+        """The job is final: print the rest of its output, then decide from the final state. Output
+        that could not be read to its end is a warning (how much, and where the file is), not a
+        different verdict: Slurm's state is known, and the file is still there to read."""
         await self._drain(entry, reader)
+        if reader.unread:
+            self._output_incomplete(entry, "the reads stopped making progress")
+        return self._decide(entry, status)
+
+    def _decide(self, entry: _Entry, status: JobStatus) -> _Attempt:
+        """The attempt's outcome from the job's final state, with Slurm's own queue and run times."""
         verdict = states.classify(status.state, status.exit_code, status.signal)
         if verdict.outcome is Outcome.FAILED and status.exit_code == CHECKOUT_FAILED:
             verdict = states.Verdict(Outcome.INFRA, f"the checkout on the cluster failed (exit code "
                                      f"{CHECKOUT_FAILED}; see the job's log above), the tests did not run")
-        if reader.unread:
-            verdict = states.Verdict(Outcome.INFRA, f"the job ended {status.state}, but the last {reader.unread} "
-                                     f"bytes of its output could not be read (printed {reader.offset}); "
-                                     "the result is incomplete")
-        queue = (status.start - wall_submitted) if status.start else None
         run = status.elapsed if status.elapsed is not None else (
             status.end - status.start if status.start and status.end else None)
         # PASSED and FAILED say it all with the state and exit code the reporter shows; others explain.
         explain = verdict.outcome not in (Outcome.PASSED, Outcome.FAILED)
         return _Attempt(status, verdict.outcome, verdict.summary if explain else "",
-                        queue_seconds=max(0.0, queue) if queue is not None else None, run_seconds=run)
+                        queue_seconds=queue_seconds(status, entry.submitted_wall), run_seconds=run)
 
     # -- output --------------------------------------------------------------------------------
 
@@ -529,6 +561,15 @@ class _Run:
 _MARKER_SPAN = max(len(marker) for marker in END_MARKERS)
 
 
+def queue_seconds(status: JobStatus, submitted_wall: float | None) -> float | None:
+    """Time in the queue: from the submit to Slurm's start time (never to when ci-runner first saw
+    the job running, which depends on its polling). None while Slurm has no start time (a pending
+    job's `start` may be an estimate) or when the submit time is unknown."""
+    if status.start is None or submitted_wall is None or states.is_pending(status.state):
+        return None
+    return max(0.0, status.start - submitted_wall)
+
+
 def has_end_marker(before: str, text: str) -> bool:
     """An END_MARKERS line start in `text`, or across `before` (the end of the previous text) and `text`."""
     joint = before[-_MARKER_SPAN:] + text[:_MARKER_SPAN]
@@ -580,8 +621,10 @@ async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30
             lines.append(f"job {job_id}: " + ("not known to Slurm (finished long ago?)" if status is None
                                                else f"already {status.state}"))
             return
-        await cluster.cancel(job_id)
-        lines.append(f"job {job_id}: cancel requested (was {status.state})")
+        if await cluster.cancel(job_id):
+            lines.append(f"job {job_id}: cancel requested (was {status.state})")
+        else:
+            lines.append(f"job {job_id}: had already ended")
 
     await asyncio.gather(*(cancel_one(job_id) for job_id in job_ids))
     deadline = time.monotonic() + wait

@@ -17,6 +17,7 @@ class Outcome(enum.Enum):
 
     PASSED = 0
     FAILED = 1
+    CONFIG = 2  # Slurm refused the job as configured (sbatch rejected it): fix the configuration
     INFRA = 3
     TIMEOUT = 4
     CANCELLED = 130
@@ -27,7 +28,8 @@ class Outcome(enum.Enum):
 
     @property
     def severity(self) -> int:
-        """PASSED < FAILED < TIMEOUT < INFRA < CANCELLED."""
+        """PASSED < FAILED < TIMEOUT < INFRA < CONFIG < CANCELLED. A configuration that Slurm refuses
+        fails again on every retry, so it outranks a cluster failure."""
         return _SEVERITY[self]
 
 
@@ -36,7 +38,8 @@ _SEVERITY = {
     Outcome.FAILED: 1,
     Outcome.TIMEOUT: 2,
     Outcome.INFRA: 3,
-    Outcome.CANCELLED: 4,
+    Outcome.CONFIG: 4,
+    Outcome.CANCELLED: 5,
 }
 
 

@@ -10,7 +10,13 @@ truncated sequence 2-3), so:
   A U+FFFD elsewhere is resolved by bracketing the next read with `stat_size`: when the size is the
   same before and after, the text spans exactly `size - offset` bytes. While the file keeps growing
   we emit the exact prefix and retry; after the job ended the file is stable, so `drain` resolves it.
-* chunk mode, entered on 413 (a backlog at or above the server's output cap): `view` reads of block
+* chunk mode: `view` reads of block size S, for a backlog a `tail` cannot return in one answer. Reads
+  are sized from what is known: when the last `stat` says that the rest of the file is over 2·S (a
+  window), the reader does not ask for it with `tail`; a `tail` that fails anyway (413 at the output
+  cap, or the real server's 408/500 when its command timeout expires first) switches to chunk mode
+  for that very read instead of repeating it; a `view` that times out (408) halves S (not below
+  MIN_BLOCK_SIZE). The first poll of a file asks `stat` first, so a backlog written before the first
+  read (a job that printed 20 MiB at once) is never asked for whole. Chunk mode uses `view` reads of block
   size S. The server reads the 2·S-byte window [k·S, k·S + 2·S) with k = offset // S (bytes), decodes
   it and returns its characters [j, j + S) with j = offset % S (*characters*), so 2·S must stay below
   the cap. To continue at the confirmed offset O we ask for offset k·S + j, with k·S the aligned start
@@ -63,6 +69,7 @@ DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, t
 DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
 OVERLAP = 16  # bytes a tail read re-reads before the offset to notice a rewritten file (`_overlap`)
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
+MIN_BLOCK_SIZE = 64 * 1024  # a `view` that times out halves the block size down to this
 
 
 def block_size_for(output_cap: int) -> int:
@@ -296,8 +303,14 @@ class OutputReader:
         self._need_bracket = False
         self._polls_since_stat = 0
         self._warned_guess = False
-        self._idle = False  # the last poll advanced nothing: the next one asks `stat` before reading
+        self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
+        self._known_size: int | None = None  # the file's size at the last `stat` (a lower bound while it grows)
         self.unread = 0  # after `drain`: bytes of the final file it could not read (0 = complete)
+
+    @property
+    def known_size(self) -> int | None:
+        """The file's size at the last `stat` (None: never asked, or missing)."""
+        return self._known_size
 
     @property
     def chunked(self) -> bool:
@@ -351,9 +364,11 @@ class OutputReader:
         limit = self.drain_read_limit(size)
         reads = stalled = 0
         while self.offset < size and reads < limit and stalled < DRAIN_STALLED_READS and not self.limited:
-            before = self.offset
+            before, block_size = self.offset, self.block_size
             text = await self._read_head(final=True)
             reads += 1
+            if self.block_size != block_size:  # smaller blocks after a timeout: more reads to the end
+                limit = reads + self.drain_read_limit(size)
             stalled = stalled + 1 if self.offset == before else 0
             if text:
                 yield text
@@ -413,7 +428,18 @@ class OutputReader:
     async def _stat(self) -> int | None:
         self.requests += 1
         self._polls_since_stat = 0
-        return await self.cluster.stat_size(self.path)
+        self._known_size = await self.cluster.stat_size(self.path)
+        return self._known_size
+
+    def _too_large_for_tail(self, start: int) -> bool:
+        """The last known size says that a `tail` from byte `start` would answer more than a window
+        (2·S, under the output cap): read in blocks instead."""
+        return self._known_size is not None and self._known_size - start > 2 * self.block_size
+
+    def _enter_chunk_mode(self) -> None:
+        self._chunked = True
+        self._carry = 0
+        self._need_bracket = False
 
     async def _restart_if_shrunk(self, size: int | None) -> bool:
         if size is not None and size < self.offset:
@@ -466,8 +492,11 @@ class OutputReader:
             await self._restart_if_shrunk(size_before)
             if size_before == self.offset and not self._need_bracket:
                 return ""  # nothing new: no need to read
-        bracket = self._need_bracket
         overlap = self._overlap()
+        if self._too_large_for_tail(self.offset - len(overlap)):
+            self._enter_chunk_mode()
+            return await self._read_block()
+        bracket = self._need_bracket
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, self.offset - len(overlap))
@@ -475,9 +504,7 @@ class OutputReader:
             self._lost()
             return ""
         except too_large:
-            self._chunked = True
-            self._carry = 0
-            self._need_bracket = False
+            self._enter_chunk_mode()
             return await self._read_block()
         self.bytes_read += utf8_len(text)
         if overlap:
@@ -502,7 +529,7 @@ class OutputReader:
     async def _read_block(self) -> str:
         """Read the block holding the offset, consume it, advance: from the offset itself when the
         bytes since the aligned start are known (`_chars_since`), else aligned (minus the carry)."""
-        missing, _ = _missing_or_too_large()
+        missing, too_large = _missing_or_too_large()
         size = self.block_size
         aligned = self.offset - self.offset % size
         chars = self._chars_since(aligned)
@@ -520,6 +547,12 @@ class OutputReader:
             self.offset, self._carry, self._chunked = 0, 0, False
             self._forget()
             return ""
+        except too_large:
+            if self.block_size <= MIN_BLOCK_SIZE:
+                raise
+            self.block_size = max(MIN_BLOCK_SIZE, self.block_size // 2)  # block ends stay block ends
+            self._recent = self._recent[-self.block_size:]
+            return await self._read_block()
         self.bytes_read += utf8_len(text)
         if chars is not None:
             block = consume_view(text, self.offset, aligned + size, size)

@@ -56,13 +56,15 @@ def test_unknown_state_names_the_text() -> None:
 
 
 def test_exit_codes_and_severity() -> None:
-    assert [o.exit_code for o in (O.PASSED, O.FAILED, O.INFRA, O.TIMEOUT, O.CANCELLED)] == [0, 1, 3, 4, 130]
-    order = [O.PASSED, O.FAILED, O.TIMEOUT, O.INFRA, O.CANCELLED]
+    assert [o.exit_code for o in (O.PASSED, O.FAILED, O.CONFIG, O.INFRA, O.TIMEOUT, O.CANCELLED)] == [
+        0, 1, 2, 3, 4, 130]
+    order = [O.PASSED, O.FAILED, O.TIMEOUT, O.INFRA, O.CONFIG, O.CANCELLED]
     assert sorted(reversed(order), key=lambda o: o.severity) == order
     assert worst([]) is O.PASSED
     assert worst([O.PASSED, O.TIMEOUT, O.FAILED]) is O.TIMEOUT
     assert worst([O.INFRA, O.TIMEOUT]) is O.INFRA
     assert worst(iter([O.CANCELLED, O.INFRA, O.PASSED])) is O.CANCELLED
+    assert worst([O.INFRA, O.CONFIG, O.FAILED]) is O.CONFIG  # sbatch refused one entry: fix the config
 
 
 TERMINAL = ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "CANCELLED by 1001", "NODE_FAIL", "PREEMPTED",

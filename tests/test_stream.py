@@ -15,6 +15,8 @@ import pytest
 
 from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
 from ci_runner.stream import (
+    MIN_BLOCK_SIZE,
+    OVERLAP,
     REPLACEMENT,
     OutputReader,
     PollInterval,
@@ -130,7 +132,7 @@ def test_missing_file_is_not_an_error_and_offsets_are_bytes() -> None:
 
     assert asyncio.run(main()) == ["", "héllo\n"]
     assert reader.offset == 7
-    assert remote.calls.count("tail") == 2
+    assert remote.calls == ["stat", "stat", "tail"]  # a file not read yet is asked its size first
 
 
 def test_split_character_is_withheld_then_completed() -> None:
@@ -158,7 +160,7 @@ def test_ambiguous_replacement_resolved_by_size_bracket() -> None:
 
     assert asyncio.run(main()) == expected(data)
     assert reader.offset == len(data)
-    assert remote.calls == ["tail", "stat", "tail", "stat"]
+    assert remote.calls == ["stat", "tail", "stat", "tail", "stat"]  # the first read asks the size first
 
 
 def test_growing_file_emits_prefix_until_stable() -> None:
@@ -422,6 +424,81 @@ def test_drain_yields_block_sized_chunks_with_one_stat_and_bounded_reads() -> No
     assert max(len(c) for c in chunks) <= reader.block_size  # never the whole rest in one string
     assert remote.calls.count("stat") == 1  # the final size, asked once
     assert len(remote.calls) <= limit + 2  # + the stat and the tail answered 413
+
+
+class TimingOutRemote(RemoteBytes):
+    """The real server: a `tail` whose answer would reach the cap runs into the command timeout (408,
+    after seconds), and so does a `view` whose window is over `view_limit` bytes."""
+
+    def __init__(self, data: bytes, cap: int, view_limit: int | None = None) -> None:
+        super().__init__(data, cap)
+        self.view_limit = view_limit if view_limit is not None else cap
+        self.timeouts: list[tuple[str, int]] = []
+
+    async def tail_from(self, path: str, offset: int) -> str:
+        if len(self.data) - offset >= self.cap:
+            self.calls.append("tail")
+            self.timeouts.append(("tail", offset))
+            raise OutputTooLarge("Command execution timeout limit exceeded.", 408)
+        return await super().tail_from(path, offset)
+
+    async def view(self, path: str, offset: int, size: int) -> str:
+        if 2 * size > self.view_limit:
+            self.calls.append("view")
+            self.timeouts.append(("view", size))
+            raise OutputTooLarge("Command execution timeout limit exceeded.", 408)
+        return await super().view(path, offset, size)
+
+
+def test_a_backlog_written_before_the_first_read_is_never_asked_for_whole() -> None:
+    """A job that printed 30 caps' worth before its output was first read: the first poll asks the size,
+    then reads blocks; no `tail` runs into the server's timeout, while running or when draining."""
+    data = big_finished_output()
+    remote = TimingOutRemote(data, cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
+
+    async def main() -> str:
+        got = [await reader.poll() for _ in range(5)]
+        return "".join(got) + await reader.drain()
+
+    assert asyncio.run(main()) == expected(data)
+    assert remote.calls[0] == "stat" and "view" in remote.calls
+    assert remote.timeouts == [] and not reader.warnings and reader.unread == 0
+
+
+def test_drain_of_an_unread_large_file_reads_blocks_sized_from_its_stat() -> None:
+    data = big_finished_output()
+    remote = TimingOutRemote(data, cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
+    assert asyncio.run(reader.drain()) == expected(data)
+    assert remote.timeouts == [] and reader.unread == 0
+
+
+def test_a_tail_that_times_out_is_read_in_blocks_at_once_not_repeated() -> None:
+    """The file grew past the cap between two polls of flowing output (no stat in between): the `tail`
+    times out once, and the same read continues as `view` blocks."""
+    data = big_finished_output()
+    remote = TimingOutRemote(data[:50], cap=300)
+    reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
+
+    async def main() -> str:
+        got = [await reader.poll()]  # stat + tail: 50 bytes, output flows
+        remote.data = bytearray(data)
+        got += [await reader.poll() for _ in range(3)]
+        return "".join(got) + await reader.drain()
+
+    assert asyncio.run(main()) == expected(data)
+    assert remote.timeouts == [("tail", 50 - OVERLAP)]
+    assert reader.unread == 0
+
+
+def test_a_view_that_times_out_halves_the_block_size() -> None:
+    data = "€uro and more ".encode() * (MIN_BLOCK_SIZE // 2)  # multi-byte, ~6 blocks of MIN_BLOCK_SIZE
+    remote = TimingOutRemote(data, cap=8 * MIN_BLOCK_SIZE, view_limit=2 * MIN_BLOCK_SIZE)
+    reader = OutputReader(remote, "/out", block_size=3 * MIN_BLOCK_SIZE, output_cap=8 * MIN_BLOCK_SIZE)
+    assert asyncio.run(reader.drain()) == expected(data)
+    assert reader.block_size == MIN_BLOCK_SIZE and reader.unread == 0
+    assert [kind for kind, _ in remote.timeouts] == ["view", "view"]  # 3 → 1.5 → 1 (floor) blocks
 
 
 def test_drain_that_cannot_finish_reports_the_unread_bytes() -> None:

@@ -74,7 +74,8 @@ def supports_color(stream: TextIO, environ: dict[str, str] | None = None) -> boo
 
 
 _ENTRY_COLORS = ("36", "35", "34", "33", "32", "96", "95", "94")
-_OUTCOME_COLORS = {"PASSED": "32", "FAILED": "31", "TIMEOUT": "31", "INFRA": "33", "CANCELLED": "33"}
+_OUTCOME_COLORS = {"PASSED": "32", "FAILED": "31", "TIMEOUT": "31", "INFRA": "33", "CONFIG": "31",
+                   "CANCELLED": "33"}
 
 
 def summary_rows(results: Sequence[EntryResult]) -> list[tuple[str, str, str, str, str, str]]:

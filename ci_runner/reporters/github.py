@@ -37,6 +37,7 @@ _ICONS = {
     Outcome.FAILED: "❌",
     Outcome.TIMEOUT: "⏱️",
     Outcome.INFRA: "⚠️",
+    Outcome.CONFIG: "🛠️",
     Outcome.CANCELLED: "🚫",
 }
 

@@ -84,7 +84,7 @@ def synthetic_testcase(result: EntryResult) -> ET.Element:
     if result.outcome in (Outcome.FAILED, Outcome.TIMEOUT):
         child = ET.SubElement(case, "failure", message=summary, type=result.outcome.name)
         child.text = xml_text(result.tail)
-    elif result.outcome is Outcome.INFRA:
+    elif result.outcome in (Outcome.INFRA, Outcome.CONFIG):
         child = ET.SubElement(case, "error", message=summary, type=result.outcome.name)
         child.text = xml_text(result.tail)
     elif result.outcome is Outcome.CANCELLED:
