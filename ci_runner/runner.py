@@ -253,10 +253,16 @@ class _Run:
         return result
 
     async def _lost_track(self, entry: _Entry, error: CIRunnerError) -> EntryResult:
-        """Following failed (API errors after retries). A job known to have ended keeps the verdict of
-        its final state, with a warning that its output is incomplete; any other job is cancelled
-        rather than left unobserved, and the entry is an infrastructure failure."""
+        """Following failed (API errors after retries). A job that has ended (as last seen, or as one
+        more look at its state says) keeps the verdict of its final state, with a warning that its
+        output is incomplete; any other job is cancelled rather than left unobserved, and the entry is
+        an infrastructure failure."""
         status = entry.status
+        if entry.job_id is not None and (status is None or not states.is_terminal(status.state)):
+            try:
+                status = await self.cluster.job(entry.job_id) or status
+            except CIRunnerError:
+                pass  # the API is still failing: the cancel below will say whether it got through
         if entry.job_id is not None and status is not None and states.is_terminal(status.state):
             self._output_incomplete(entry, f"reading it failed: {error}")
             return self._result(entry, status, self._decide(entry, status))
