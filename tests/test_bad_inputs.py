@@ -6,6 +6,9 @@ optional `case.json`:
     command   validate (default) | render | render-exec | run
     exit      expected exit code (default 2: configuration error)
     env       extra environment (GITHUB_REF for hostile branch names, ...)
+    ci        the CI (or list of CIs) the case runs under: github (default), gitlab, jenkins; a case with
+              several runs once per CI, named `<case>:<ci>`
+    absent    strings that must not appear in stdout (JSON escapes: "\u001b[2K" is ESC [ 2 K)
     outside   the test puts a secret file next to (outside) the case directory; its text must never show
     xfail     a known bug, named: the case is `xfail(strict=True)` so the fix flips it
     canary_expected   the case creates the canary on purpose (proves the script was not cut short)
@@ -17,13 +20,16 @@ and runs each with bash (checkout: none), so quoting is tested by a shell, not b
 `run` cases run `ci-runner run` against an in-process sandbox (Slurm backend when Slurm works).
 
 Every case: the expected exit code, no Python traceback, the fragment in the output, no canary,
-and the fake FirecREST secret of the environment never printed.
+and the fake FirecREST secret of the environment never printed. Every `run` case: the CI log's
+structure is ci-runner's alone (GitLab: the only section markers are the entry's own start and end;
+GitHub: the only workflow commands a runner would execute are ci-runner's, one group opened and closed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +52,22 @@ GITHUB_ENV = {
     "GITHUB_REF": "refs/heads/main",
     "GITHUB_SERVER_URL": "https://github.com",
 }
+GITLAB_ENV = {
+    "GITLAB_CI": "true",
+    "CI_PROJECT_URL": "https://gitlab.example/group/project",
+    "CI_PIPELINE_ID": "77",
+    "CI_JOB_ID": "4242",
+    "CI_COMMIT_SHA": GITHUB_ENV["GITHUB_SHA"],
+    "CI_COMMIT_REF_NAME": "main",
+}
+JENKINS_ENV = {
+    "BUILD_TAG": "jenkins-project-4242",
+    "GIT_COMMIT": GITHUB_ENV["GITHUB_SHA"],
+    "GIT_BRANCH": "main",
+    "GIT_URL": "https://git.example/project.git",
+}
+CI_ENV = {"github": GITHUB_ENV, "gitlab": GITLAB_ENV, "jenkins": JENKINS_ENV}
+RUN_ID_VARIABLE = {"github": "GITHUB_RUN_ID", "gitlab": "CI_JOB_ID", "jenkins": "BUILD_TAG"}
 PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}  # the code under test
 TIMEOUT = {"validate": 30, "render": 30, "render-exec": 30, "run": 90}
 
@@ -61,20 +83,28 @@ class Case:
     outside: bool = False
     xfail: str | None = None
     canary_expected: bool = False
+    ci: str = "github"
+    absent: tuple[str, ...] = ()
 
     @classmethod
-    def read(cls, directory: Path) -> Case:
+    def read(cls, directory: Path) -> list[Case]:
+        """The case of `directory`, once per CI it names."""
         meta: dict[str, Any] = {}
         if (directory / "case.json").exists():
             meta = json.loads((directory / "case.json").read_text(encoding="utf-8"))
         meta.pop("note", None)
+        cis = meta.pop("ci", ["github"])
+        cis = [cis] if isinstance(cis, str) else cis
+        assert set(cis) <= set(CI_ENV), f"{directory.name}: unknown ci in {cis}"
+        meta["absent"] = tuple(meta.get("absent", ()))
         expect = (directory / "expect.txt").read_text(encoding="utf-8").rstrip("\n")
         assert "\n" not in expect, f"{directory.name}/expect.txt must be one line"
-        return cls(name=directory.name, directory=directory, expect=expect, **meta)
+        return [cls(name=directory.name if cis == ["github"] else f"{directory.name}:{ci}", directory=directory,
+                    expect=expect, ci=ci, **meta) for ci in cis]
 
 
 def corpus() -> list[Case]:
-    return [Case.read(d) for d in sorted(CORPUS.iterdir()) if d.is_dir()]
+    return [case for d in sorted(CORPUS.iterdir()) if d.is_dir() for case in Case.read(d)]
 
 
 def params(kind: set[str]) -> list[Any]:
@@ -123,15 +153,17 @@ def prepare(case: Case, tmp_path: Path) -> Workspace:
 
 def environment(case: Case, space: Workspace, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(space.repo.parent), "LC_ALL": "C.UTF-8",
-           "FIRECREST_CLIENT_SECRET": FAKE_SECRET, **GITHUB_ENV, **PYTHONPATH}
+           "FIRECREST_CLIENT_SECRET": FAKE_SECRET, **CI_ENV[case.ci], **PYTHONPATH}
     env.update(extra or {})
     env.update({k: space.substitute(v) for k, v in case.env.items()})
     return env
 
 
 def ci_runner(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
-                          timeout=timeout, check=False)
+    """Run the CLI; stdout and stderr decoded as they are, without newline translation (a CR stays a CR)."""
+    done = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, timeout=timeout, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode("utf-8", "replace"),
+                                       done.stderr.decode("utf-8", "replace"))
 
 
 def check_common(case: Case, space: Workspace, done: subprocess.CompletedProcess[str]) -> None:
@@ -149,6 +181,8 @@ def check_common(case: Case, space: Workspace, done: subprocess.CompletedProcess
         assert expect in output, f"expected {expect!r} in:\n{output[-3000:]}"
     if not case.canary_expected:
         assert not space.canary.exists(), "an injected command ran"
+    for text in case.absent:
+        assert text not in done.stdout, f"{text!r} reached the CI log:\n{done.stdout[-3000:]}"
 
 
 @pytest.mark.parametrize("case", params({"validate", "render"}))
@@ -207,12 +241,13 @@ def corpus_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_run_time_case(case: Case, tmp_path: Path, corpus_sandbox: Any) -> None:
     space = prepare(case, tmp_path)
     run_id = str(abs(hash(case.name)) % 10**8)
-    env = environment(case, space, {**corpus_sandbox.env(), "GITHUB_RUN_ID": run_id})
+    env = environment(case, space, {**corpus_sandbox.env(), RUN_ID_VARIABLE[case.ci]: run_id})
     done = ci_runner(["run", "--requests-per-minute", "600"], space.repo, env, TIMEOUT["run"])
     unmasked = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
                           if not line.startswith("::add-mask::"))  # GitHub hides what follows ::add-mask::
     assert corpus_sandbox.client_secret not in unmasked
     check_common(case, space, done)
+    check_log_structure(case, done.stdout)
     if case.name == "run-artifact-symlink-outside":
         fetched = space.repo / "ci-runner-artifacts"
         files = {p.relative_to(fetched).as_posix() for p in fetched.rglob("*")} if fetched.exists() else set()
@@ -224,3 +259,40 @@ def test_run_time_case(case: Case, tmp_path: Path, corpus_sandbox: Any) -> None:
                 assert "root:" not in path.read_text(errors="replace")
     if case.name == "run-output-over-1gib":
         assert len(done.stdout) < 20 * 1024 * 1024, "the runner copied the sparse gigabyte into the CI log"
+
+
+# GitLab's own pattern (Gitlab::Regex.build_trace_section_regex): the `\r\e[0K` suffix is required.
+GITLAB_SECTION = re.compile(r"section_(start|end):\d+:([a-zA-Z0-9_.-]+)(?:\[\w+=\w+(?:, ?\w+=\w+)*\])?\r\x1b\[0K")
+GITHUB_COMMAND = re.compile(r"::([a-zA-Z0-9_-]+)(?: [^:]*)?::(.*)")
+
+
+def github_commands(log: str) -> list[str]:
+    """The workflow commands a runner would execute in `log`, honouring `::stop-commands::`.
+
+    Lines end at LF, CRLF or a bare CR, like .NET's ReadLine (the stricter reading for us).
+    """
+    executed, stopped = [], None
+    for line in re.split(r"\r\n|\r|\n", log):
+        match = GITHUB_COMMAND.fullmatch(line)
+        if match is None:
+            continue
+        name, data = match.groups()
+        if stopped is not None:
+            if name == stopped:
+                stopped = None
+            continue
+        if name == "stop-commands":
+            stopped = data
+        executed.append(name)
+    return executed
+
+
+def check_log_structure(case: Case, log: str) -> None:
+    """A single-entry run's log has the structure ci-runner wrote, whatever the job printed."""
+    if case.ci == "gitlab":
+        sections = [(m.group(1), m.group(2)) for m in GITLAB_SECTION.finditer(log)]
+        assert len(sections) == 2 and [kind for kind, _ in sections] == ["start", "end"], sections
+        assert sections[0][1] == sections[1][1] and sections[0][1].startswith("ci_runner_"), sections
+    if case.ci == "github":
+        structure = [name for name in github_commands(log) if name in ("group", "endgroup")]
+        assert structure == ["group", "endgroup"], structure

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence, TextIO
 
-from ci_runner.reporters.text import LineBuffer, clean_line, format_duration, format_exit_code, strip_ansi
+from ci_runner.reporters.controls import log_line
+from ci_runner.reporters.text import LineBuffer, format_duration, format_exit_code, strip_ansi
 from ci_runner.states import Outcome
 
 
@@ -149,14 +150,10 @@ class PlainReporter:
         self._message(f"{entry}: {state}{because}, waiting for {format_duration(waited)}")
 
     def entry_output(self, entry: str, text: str) -> None:
-        lines = self._buffer(entry).feed(text)
-        if lines:
-            self._job_lines(entry, [clean_line(line) for line in lines])
+        self._output_lines(entry, self._buffer(entry).feed(text))
 
     def entry_finished(self, result: EntryResult) -> None:
-        rest = self._buffer(result.entry).flush()
-        if rest:
-            self._job_lines(result.entry, [clean_line(line) for line in rest])
+        self._output_lines(result.entry, self._buffer(result.entry).flush())
         self._message(finished_line(result))
 
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
@@ -180,8 +177,14 @@ class PlainReporter:
         """Lines written by ci-runner itself (never job output)."""
         self._write_lines(lines)
 
+    def _output_lines(self, entry: str, lines: list[str]) -> None:
+        """Whole lines of one entry's output as received: each made safe for the log (`log_line`, the
+        same rule on every CI: colour kept, every other control character visible), then printed."""
+        if lines:
+            self._job_lines(entry, [log_line(line) for line in lines])
+
     def _job_lines(self, entry: str, lines: list[str]) -> None:
-        """Whole lines of one entry's output."""
+        """Whole lines of one entry's output, already through `log_line`."""
         if self._color:
             lines = [line + "\x1b[0m" if "\x1b[" in line else line for line in lines]
         else:

@@ -9,6 +9,8 @@ Safety: job output is untrusted. Before printing it, workflow commands are switc
 `::stop-commands::<random token>` and switched on again with `::<token>::` before ci-runner writes
 a command of its own, so a job printing `::add-mask::`, `::set-output` or `##[...]` does nothing.
 Each stop uses a fresh token. Data in commands is escaped (`%`, CR, LF; properties also `:` and `,`).
+Stop-commands do not cover terminal control sequences (erase, cursor movement, a bare CR, OSC links):
+job lines go through `controls.log_line` like on every CI, which keeps only colour.
 
 GitHub forgets the ANSI style at every newline: the style still active at the end of a line is
 re-emitted at the start of the entry's next line, and reset at the line's end.
@@ -114,9 +116,7 @@ class GitHubReporter(PlainReporter):
         super().entry_submitted(entry, job_id, remote_dir)
 
     def entry_finished(self, result: EntryResult) -> None:
-        rest = self._buffer(result.entry).flush()
-        if rest:
-            self._job_lines(result.entry, rest)
+        self._output_lines(result.entry, self._buffer(result.entry).flush())
         lines = []
         if self._group == result.entry:
             lines.append("::endgroup::")
@@ -169,7 +169,7 @@ class GitHubReporter(PlainReporter):
             self._stopped = self._token()
             out.append(f"::stop-commands::{self._stopped}")
         for line in lines:
-            styled = style.restyle(line.rstrip("\r").replace("\x00", ""))
+            styled = style.restyle(line)
             out.append(prefix + styled + ("\x1b[0m" if style.active else ""))
         self._write_lines(out)
 

@@ -6,7 +6,9 @@ Log layout
 - Several entries side by side: sections cannot interleave, so every output line is prefixed
   `[entry] ` (whole lines only) and each entry's end is one `ci-runner: <entry>: <OUTCOME> (...)` line.
 Job colours are kept; a style still active at a line's end is reset there and re-emitted on the
-entry's next line, so one entry's colour never bleeds into another entry's line.
+entry's next line, so one entry's colour never bleeds into another entry's line. Job lines go through
+`controls.log_line` first: a job's own `section_start:`/`section_end:` markers, erase and cursor sequences
+are printed as visible text, so only ci-runner opens and closes sections.
 
 Files (in CI_PROJECT_DIR, for `artifacts:reports`): `ci-runner.env` (dotenv: CI_RUNNER_EXIT_CODE and
 CI_RUNNER_JOB_ID_<ENTRY> / CI_RUNNER_STATE_<ENTRY>) and `ci-runner-junit.xml`.
@@ -107,9 +109,7 @@ class GitLabReporter(PlainReporter):
         super().entry_submitted(entry, job_id, remote_dir)
 
     def entry_finished(self, result: EntryResult) -> None:
-        rest = self._buffer(result.entry).flush()
-        if rest:
-            self._job_lines(result.entry, rest)
+        self._output_lines(result.entry, self._buffer(result.entry).flush())
         lines = []
         if self._section == result.entry:
             lines.append(section_end(section_name(result.entry), self._now()))
@@ -137,7 +137,7 @@ class GitLabReporter(PlainReporter):
         prefix = f"[{entry}] " if self.side_by_side else ""
         out = []
         for line in lines:
-            styled = style.restyle(line.rstrip("\r").replace("\x00", ""))
+            styled = style.restyle(line)
             out.append(prefix + styled + ("\x1b[0m" if style.active else ""))
         self._write_lines(out)
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import re
 
+from ci_runner.reporters.controls import SGR, log_line
+
 # CSI sequences (ESC [ params final), OSC sequences (ESC ] ... BEL/ST) and two-character escapes.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-SGR = re.compile(r"\x1b\[([0-9;:]*)m")
 
 
 def strip_ansi(text: str) -> str:
     """Remove every ANSI escape sequence (colours, cursor movement, hyperlinks)."""
     return ANSI_ESCAPE.sub("", text)
-
-
-def clean_line(line: str) -> str:
-    """A line of job output as a log line: no trailing CR (CRLF files) and no NUL bytes."""
-    return line.rstrip("\r").replace("\x00", "")
 
 
 class LineBuffer:
@@ -89,7 +85,8 @@ def format_exit_code(exit_code: int | None) -> str:
 
 
 def tail_lines(text: str, max_lines: int, max_chars: int) -> str:
-    """The last `max_lines` lines of `text`, at most `max_chars` characters, escape codes removed."""
-    lines = strip_ansi(text).replace("\r\n", "\n").rstrip("\n").split("\n")[-max_lines:]
-    result = "\n".join(lines)
+    """The last `max_lines` lines of `text`, at most `max_chars` characters, colours removed and other
+    control characters made visible (`log_line`)."""
+    lines = text.rstrip("\r\n").split("\n")[-max_lines:]
+    result = "\n".join(strip_ansi(log_line(line)) for line in lines)
     return result[-max_chars:] if len(result) > max_chars else result
