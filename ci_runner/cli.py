@@ -23,7 +23,7 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0    every entry passed
   1    a test failed (non-zero exit, FAILED, OUT_OF_MEMORY)
-  2    usage or configuration error
+  2    usage or configuration error (also: sbatch rejected the job)
   3    infrastructure (API unreachable, NODE_FAIL, BOOT_FAIL, PREEMPTED, queue timeout)
   4    Slurm time limit (TIMEOUT)
   130  cancelled by the CI (SIGINT/SIGTERM)
