@@ -353,7 +353,7 @@ def _after(log: list[tuple[float, int, int]], minutes: float) -> list[tuple[floa
 
 
 def test_two_budgets_sharing_one_quota_converge_with_few_429s() -> None:
-    """Two runs at 10/min each against one 10/min quota. Measured over minutes 10-30: about 13 429s with
+    """Two runs at 10/min each against one 10/min quota. Measured over minutes 10-30: about 14 429s with
     AIMD and about 80 without it (the pause after each 429 alone keeps hitting the quota), with the
     quota used alike (each run gets about 5/min either way)."""
     with_aimd = _after(share_one_quota(aimd=True), 10.0)
