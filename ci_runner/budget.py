@@ -9,6 +9,31 @@ the server is after its grant, every earlier request arrived before its answer, 
 `window` seconds at the server ever holds more than N arrivals, however slow the requests are.
 Waiters are served first come, first served. After a 429 `backoff_until(t)` pauses everyone until `t`.
 The clock and sleep are injectable so the logic is testable without waiting.
+
+The quota belongs to the application (client id), so runs that do not know each other (fan-out legs,
+parallel pipelines) share it, each believing it owns `limit` requests a minute. A 429 therefore also
+calls `throttled()`, which lowers the budget's own rate, and the rate creeps back up while no 429
+comes: additive increase, multiplicative decrease (AIMD, as TCP shares a link), so that budgets that
+never talk to each other converge to a fair share with few 429s. The numbers:
+
+- decrease ×0.5 (`DECREASE`): the classic AIMD factor. Two runs at a full quota each are cut to
+  exactly half of it each by the first 429 of each, and one cut is the least that surely ends an
+  overload of up to twice the quota.
+- at most one decrease per episode: 429s within `window + margin` of the last decrease are ignored.
+  The server's window still holds a window's worth of arrivals from before the cut, and requests
+  granted before it (in flight, or retrying after the same pause) meet 429s too; they say nothing
+  about the new rate. Without this one burst collapses the rate to the floor.
+- never below 1 request/min (`FLOOR`): the sliding window needs one place to make progress.
+- additive increase of `limit / 10` requests/min per minute (at least 1; +1 at the smallest quota of
+  10), starting a window after the last decrease (the cut first has to show at the server): from half
+  back to `limit` in about 5 minutes at any quota. It is the same for every run with the same limit,
+  which is what makes AIMD converge to equal shares; each probe overshoots a shared quota by about
+  one request per run per minute, so a few 429s every few minutes while several runs share a quota.
+  The increase is computed from the clock, so an idle budget recovers too.
+- never above `limit` (the configured `requests_per_minute`).
+
+`requests_per_minute` is the current rate (whole requests; what the window admits and what callers
+sizing poll intervals should use); `limit` is the configured one.
 """
 
 from __future__ import annotations
@@ -21,6 +46,9 @@ from contextlib import asynccontextmanager
 from typing import Awaitable, Callable
 
 DEFAULT_REQUESTS_PER_MINUTE = 10  # the smallest site quota we know of
+DECREASE = 0.5  # after a 429 the rate is multiplied by this (at most once per window)
+FLOOR = 1.0  # requests per minute: the rate never goes below
+RECOVERY_MINUTES = 10.0  # the rate grows by limit / RECOVERY_MINUTES per minute (at least 1): half → full in 5
 
 
 class RequestBudget:
@@ -34,10 +62,22 @@ class RequestBudget:
         *,
         window: float = 60.0,
         margin: float = 0.25,
+        decrease: float = DECREASE,
+        increase_per_minute: float | None = None,
+        floor: float = FLOOR,
     ) -> None:
         if requests_per_minute < 1:
             raise ValueError("requests_per_minute must be at least 1")
-        self.requests_per_minute = requests_per_minute
+        if not 0 < decrease <= 1 or not 1 <= floor <= requests_per_minute:
+            raise ValueError("need 0 < decrease <= 1 and 1 <= floor <= requests_per_minute")
+        self.limit = requests_per_minute
+        self.decrease = decrease
+        self.increase_per_minute = (max(1.0, requests_per_minute / RECOVERY_MINUTES)
+                                    if increase_per_minute is None else increase_per_minute)
+        self.floor = floor
+        self._cut_rate = float(requests_per_minute)  # the rate set by the last decrease
+        self._cut_at = float("-inf")  # clock time of the last decrease
+        self._decreases: list[float] = []  # clock times of the decreases
         self.window = window
         self.margin = margin
         self._clock = clock
@@ -49,6 +89,35 @@ class RequestBudget:
         self._lock: asyncio.Lock | None = None
         self._released: asyncio.Event | None = None
         self._waiting = 0
+
+    def rate(self, now: float | None = None) -> float:
+        """The current rate in requests per minute (floor ≤ rate ≤ limit): the rate of the last decrease
+        plus the additive increase since a window after it."""
+        now = self._clock() if now is None else now
+        growing = max(0.0, now - self._cut_at - self.window - self.margin)
+        return min(float(self.limit), self._cut_rate + self.increase_per_minute * growing / 60.0)
+
+    @property
+    def requests_per_minute(self) -> int:
+        """Requests the window admits now: the current rate in whole requests (at least 1, at most
+        `limit`). Size poll intervals with this, not with `limit`."""
+        return self._allowed(self._clock())
+
+    def throttled(self, now: float | None = None) -> bool:
+        """A request met a 429: multiply the rate by `decrease` (not below `floor`), unless the last
+        decrease was less than a window ago (the same overload). True when the rate was lowered."""
+        now = self._clock() if now is None else now
+        if now - self._cut_at < self.window + self.margin:
+            return False
+        self._cut_rate = max(self.floor, self.rate(now) * self.decrease)
+        self._cut_at = now
+        self._decreases.append(now)
+        return True
+
+    @property
+    def decreases(self) -> tuple[float, ...]:
+        """Clock times at which `throttled()` lowered the rate."""
+        return tuple(self._decreases)
 
     @property
     def sent(self) -> tuple[float, ...]:
@@ -65,6 +134,9 @@ class RequestBudget:
         """Requests granted and not released yet."""
         return self._in_flight
 
+    def _allowed(self, now: float) -> int:
+        return max(1, int(self.rate(now) + 1e-9))  # 1e-9: 0.5 × 0.5 × ... × 2 is a whole number again
+
     def _prune(self, now: float) -> None:
         horizon = now - self.window - self.margin
         while self._answered and self._answered[0] <= horizon:
@@ -76,9 +148,10 @@ class RequestBudget:
         now = self._clock() if now is None else now
         self._prune(now)
         slot = max(now, self._paused_until)
-        if len(self._answered) + self._in_flight < self.requests_per_minute:
+        allowed = self._allowed(now)
+        if len(self._answered) + self._in_flight < allowed:
             return slot
-        older = self.requests_per_minute - self._in_flight  # the in-flight requests are the newest
+        older = allowed - self._in_flight  # the in-flight requests are the newest
         if older <= 0:
             return None
         return max(slot, self._answered[-older] + self.window + self.margin)
@@ -89,7 +162,7 @@ class RequestBudget:
         if now < self._paused_until:
             return 0
         self._prune(now)
-        return max(0, self.requests_per_minute - len(self._answered) - self._in_flight)
+        return max(0, self._allowed(now) - len(self._answered) - self._in_flight)
 
     def backoff_until(self, when: float) -> None:
         """Grant nothing before clock time `when` (after a 429 with Retry-After). Never shortens a pause."""

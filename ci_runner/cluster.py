@@ -392,6 +392,7 @@ class Cluster:
                     after = _retry_after(response, time.time())
                     pause = min(self.retry.max_retry_after, after if after is not None else 10.0)
                     self.budget.backoff_until(time.monotonic() + pause)
+                    self.budget.throttled()  # the quota is shared: lower our own rate (AIMD, budget.py)
                 elif status not in RETRYABLE_STATUSES or not retry or status in final \
                         or is_slurm_answer(status, message):
                     raise self._error(what, status, message)

@@ -1,10 +1,15 @@
 """RequestBudget with a fake clock: the sliding window is never exceeded at the server, even under
-concurrency and when requests arrive long after they were granted."""
+concurrency and when requests arrive long after they were granted; after 429s the rate halves (once
+per overload) and recovers slowly, so budgets sharing one quota converge to a fair share."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import selectors
+from collections import deque
+from typing import Any
 
 import pytest
 
@@ -176,3 +181,194 @@ def test_real_clock_grants_at_once_while_available() -> None:
 
     asyncio.run(main())
     assert len(budget.sent) == 3
+
+
+# -- AIMD: the rate after 429s ---------------------------------------------------------------------
+
+def test_a_429_halves_the_rate_and_the_window_admits_only_that() -> None:
+    t = FakeTime()
+    budget = RequestBudget(10, t.clock, t.sleep, margin=0.0)
+
+    async def main() -> None:
+        for _ in range(4):
+            await send(budget)
+        assert budget.throttled() is True
+        assert budget.rate() == 5.0 and budget.requests_per_minute == 5 and budget.limit == 10
+        assert budget.available() == 1
+        await send(budget)
+        assert budget.next_slot() == pytest.approx(1060.0)  # the 6th waits for the 1st to age out
+
+    asyncio.run(main())
+    assert budget.decreases == (1000.0,)
+
+
+def test_one_burst_of_429s_decreases_once() -> None:
+    """The 429s of one overload (in flight, retried after the same pause) arrive within a window: one cut."""
+    t = FakeTime()
+    budget = RequestBudget(10, t.clock, t.sleep)
+    assert budget.throttled() is True
+    for _ in range(20):
+        t.now += 3.0  # 429s for a whole window after the cut
+        assert budget.throttled() is False
+    assert budget.rate() == pytest.approx(5.0)
+    t.now = 1060.25  # window + margin after the cut
+    assert budget.throttled() is True  # a 429 more than a window after the cut: the new rate is still too high
+    assert budget.rate() == pytest.approx(2.5) and budget.requests_per_minute == 2
+    assert len(budget.decreases) == 2
+
+
+def test_the_rate_recovers_to_the_limit_and_never_above() -> None:
+    """+1 request/min per minute at the 10/min quota, from a window after the cut: half → full in 5 min."""
+    t = FakeTime()
+    budget = RequestBudget(10, t.clock, t.sleep, margin=0.0)
+    budget.throttled()
+    assert budget.rate(1060.0) == pytest.approx(5.0)  # no increase for a window after the cut
+    assert budget.rate(1090.0) == pytest.approx(5.5)
+    assert budget.rate(1120.0) == pytest.approx(6.0)
+    assert budget.rate(1360.0) == pytest.approx(10.0)
+    for minutes in (6, 10, 60, 600):
+        assert budget.rate(1000.0 + 60 * minutes) == 10.0
+    t.now = 1120.0
+    assert budget.requests_per_minute == 6
+    t.now = 5000.0
+    assert budget.requests_per_minute == 10 and budget.available() == 10
+
+
+def test_the_increase_scales_with_the_limit() -> None:
+    """At a 50/min quota the rate grows by 5/min per minute: half back to full in 5 minutes there too."""
+    t = FakeTime()
+    budget = RequestBudget(50, t.clock, t.sleep, margin=0.0)
+    assert budget.increase_per_minute == 5.0
+    budget.throttled()
+    assert budget.rate(1120.0) == pytest.approx(30.0)
+    assert budget.rate(1360.0) == pytest.approx(50.0)
+    assert RequestBudget(3).increase_per_minute == 1.0  # at least one request/min per minute
+
+
+def test_the_rate_never_falls_below_the_floor() -> None:
+    t = FakeTime()
+    budget = RequestBudget(10, t.clock, t.sleep, margin=0.0)
+    rates = []
+    for _ in range(8):
+        assert budget.throttled() is True
+        rates.append(budget.rate())
+        t.now += 60.0
+    assert rates == [5.0, 2.5, 1.25, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert budget.requests_per_minute == 1
+
+    async def main() -> None:
+        await send(budget)
+        await send(budget)  # one request per window still goes
+
+    start = t.now
+    asyncio.run(main())
+    assert budget.sent[-1] - budget.sent[-2] == pytest.approx(60.0) and t.now - start == pytest.approx(60.0)
+
+
+def test_rejects_bad_aimd_parameters() -> None:
+    for kwargs in ({"decrease": 0.0}, {"decrease": 1.5}, {"floor": 0.5}, {"floor": 11.0}):
+        with pytest.raises(ValueError):
+            RequestBudget(10, **kwargs)
+
+
+# -- two budgets sharing one quota ---------------------------------------------------------------
+
+class _InstantSelector(selectors.DefaultSelector):
+    """Waiting for the next timer advances the loop's virtual clock instead of the real one."""
+
+    loop: VirtualTimeLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        assert self.loop is not None
+        if timeout is None:
+            raise RuntimeError("the simulation is deadlocked: nothing is scheduled")
+        self.loop.now += max(0.0, timeout)
+        return super().select(0)
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock only moves when every task waits: many independent sleepers (two
+    budgets, a server) share one consistent simulated time, and 30 minutes take a fraction of a second."""
+
+    def __init__(self) -> None:
+        selector = _InstantSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def share_one_quota(aimd: bool, minutes: float = 30.0, clients: int = 2, quota: int = 10,
+                    workers: int = 2) -> list[tuple[float, int, int]]:
+    """`clients` runs, each with its own 10/min budget and `workers` greedy requesters, against a server
+    that counts accepted arrivals per 60 s and answers 429 beyond `quota` with Retry-After until the
+    oldest ages out (as the sandbox does). A 429 pauses the budget (as cluster.py does) and, with
+    `aimd`, also calls `throttled()`. Every request: arrives 0.1 s after its grant, answered 0.1 s later.
+    Returns (arrival time, client, status) of every request."""
+    loop = VirtualTimeLoop()
+    accepted: deque[float] = deque()
+    log: list[tuple[float, int, int]] = []
+
+    def serve(client: int) -> int | None:
+        """The server's verdict now: None (200) or the Retry-After of a 429."""
+        now = loop.time()
+        while accepted and accepted[0] <= now - 60.0:
+            accepted.popleft()
+        if len(accepted) >= quota:
+            log.append((now, client, 429))
+            return max(1, math.ceil(accepted[0] + 60.0 - now))
+        accepted.append(now)
+        log.append((now, client, 200))
+        return None
+
+    async def worker(client: int, budget: RequestBudget, end: float) -> None:
+        while loop.time() < end:
+            async with budget.request():
+                await asyncio.sleep(0.1)
+                retry_after = serve(client)
+                await asyncio.sleep(0.1)
+            if retry_after is not None:
+                budget.backoff_until(loop.time() + retry_after)
+                if aimd:
+                    budget.throttled()
+                await asyncio.sleep(retry_after)
+
+    async def main() -> None:
+        end = loop.time() + 60.0 * minutes
+        budgets = [RequestBudget(10, loop.time, asyncio.sleep) for _ in range(clients)]
+        await asyncio.gather(*(worker(c, b, end) for c, b in enumerate(budgets) for _ in range(workers)))
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return log
+
+
+def _after(log: list[tuple[float, int, int]], minutes: float) -> list[tuple[float, int, int]]:
+    start = log[0][0] + 60.0 * minutes
+    return [r for r in log if r[0] >= start]
+
+
+def test_two_budgets_sharing_one_quota_converge_with_few_429s() -> None:
+    """Two runs at 10/min each against one 10/min quota. Measured over minutes 10-30: about 14 429s with
+    AIMD and about 80 without it (the pause after each 429 alone keeps hitting the quota), with the
+    quota used alike (each run gets about 5/min either way)."""
+    with_aimd = _after(share_one_quota(aimd=True), 10.0)
+    without = _after(share_one_quota(aimd=False), 10.0)
+    throttled_with = sum(status == 429 for _, _, status in with_aimd)
+    throttled_without = sum(status == 429 for _, _, status in without)
+    assert throttled_with <= 20, throttled_with
+    assert throttled_without >= 60, throttled_without
+    assert throttled_without >= 4 * throttled_with
+    served = [sum(status == 200 and c == client for _, c, status in with_aimd) for client in (0, 1)]
+    assert sum(served) >= 0.85 * 20 * 10  # 20 minutes of a 10/min quota: little is left unused
+    assert min(served) >= 0.4 * sum(served), served  # a fair share each
+
+
+def test_the_simulated_server_never_accepts_more_than_its_quota() -> None:
+    """The simulation itself: at most 10 accepted arrivals in any 60 s, so its 429 count is meaningful."""
+    log = share_one_quota(aimd=True, minutes=10.0)
+    assert max_in_window([t for t, _, status in log if status == 200], 60.0) == 10
