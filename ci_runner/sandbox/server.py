@@ -51,7 +51,8 @@ class SandboxOptions:
     less left are refused (the server default, 30 s). client_id/client_secret: generated when None.
     api_key: also accept this key in `X-API-Key` (None: API-key auth off).
     max_ops_size: the ops output/upload/view-size limit (server default 5 MiB); smaller keeps tests fast.
-    command_timeout: seconds an ops command may run before 408 (server default 5).
+    command_timeout: seconds an ops command may run before 408 "Command execution timeout limit exceeded."
+    (server default 5; `/status/systems` reports it rounded up to whole seconds). Small values keep tests fast.
     local_time_scale: local backend only: multiplies `--time` limits (tests reach TIMEOUT fast).
     """
 
@@ -66,7 +67,7 @@ class SandboxOptions:
     api_key: str | None = None
     slots: int = 2
     max_ops_size: int = 5 * 1024 * 1024
-    command_timeout: int = 5
+    command_timeout: float = 5.0
     local_time_scale: float = 1.0
     faults: Faults = field(default_factory=Faults)
 
