@@ -332,8 +332,7 @@ async def get_job_metadata(request: Request, state: SandboxState) -> Response:
 
 async def delete_job(request: Request, state: SandboxState) -> Response:
     job_id = job_id_param(request)
-    if not await run_in_threadpool(state.backend.cancel, job_id, os.getuid()):
-        raise ApiError(404, "Job not found")
+    await run_in_threadpool(state.backend.cancel, job_id, os.getuid())
     return Response(status_code=204)
 
 

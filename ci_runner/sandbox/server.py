@@ -114,7 +114,14 @@ class Sandbox:
         self.api_key = options.api_key
         self.request_log = RequestLog()
         self._state_dir = Path(tempfile.mkdtemp(prefix="ci-runner-sandbox-state-"))
-        self.backend: Backend = self._make_backend()
+        try:
+            self.backend: Backend = self._make_backend()
+        except ValueError:  # options the backend refuses: leave nothing behind
+            self._socket.close()
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.backend_name = self.backend.name
         faults = options.faults
         authority = TokenAuthority(
@@ -140,6 +147,8 @@ class Sandbox:
         kwargs: dict[str, Any] = {}
         if self.options.local_time_scale != 1.0:
             kwargs["time_scale"] = self.options.local_time_scale
+        if self.options.faults.reject_qos:
+            kwargs["rejected_qos"] = frozenset(self.options.faults.reject_qos)
         return pick_backend(self.options.backend, self._state_dir, self.options.slots, **kwargs)
 
     def start(self) -> Sandbox:
