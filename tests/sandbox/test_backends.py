@@ -173,18 +173,29 @@ def _state_of(pid: int) -> str | None:
 
 
 def test_pending_delay_keeps_job_pending_with_begintime_then_cancel(backend: Backend, workdir: Path) -> None:
+    """As measured on the real server: a job waiting for its begin time shows Slurm's estimate (start =
+    begin time, end = begin + limit); cancelled, start = end = the cancel time and the limit stays."""
+    submitted = int(time.time())
     job_id = backend.submit(script("#SBATCH --time=1", "#SBATCH -o never.out", "echo ran"), str(workdir), {}, 300)
 
     pending, _ = wait_for(backend, job_id, lambda j: j["status"]["stateReason"] == "BeginTime", timeout=30)
     assert pending["status"]["state"] == "PENDING"
-    assert pending["status"]["exitCode"] is None and pending["time"]["start"] is None
+    assert pending["status"]["exitCode"] is None
+    times = pending["time"]
+    assert submitted + 299 <= times["start"] <= int(time.time()) + 301
+    assert (times["end"], times["elapsed"], times["suspended"], times["limit"]) == (times["start"] + 60, 0, None, 60)
 
     backend.cancel(job_id, 77)
     done, _ = wait_for(backend, job_id, is_terminal, timeout=30)
 
     assert done["status"]["state"] == "CANCELLED by 77"
     assert (done["status"]["exitCode"], done["status"]["interruptSignal"]) == (0, 0)
+    assert done["time"]["start"] == done["time"]["end"] <= int(time.time())
+    assert (done["time"]["elapsed"], done["time"]["suspended"], done["time"]["limit"]) == (0, 0, 60)
     assert not (workdir / "never.out").exists()
+    with pytest.raises(BackendError) as again:
+        backend.cancel(job_id, 77)
+    assert again.value.message == cancel_refused(job_id, "Job/step already completing or completed")
 
 
 def test_time_limit_ends_job_as_timeout_with_signal_15(tmp_path: Path, workdir: Path) -> None:

@@ -5,7 +5,8 @@ it (fcv2-local harness, Slurm 22.05, 5 MiB output limit, 5 s command timeout):
   then 500 "('Channel not open for sending',)" (user null) and beyond about 3.2 MiB more 408
   "Command execution timeout limit exceeded.", both once the command timeout expired;
 - DELETE of a finished, unknown or malformed job id: 500 with scancel's stderr;
-- sbatch refusals: 500 with sbatch's stderr and exit status, 403 for a QOS limit.
+- sbatch refusals: 500 with sbatch's stderr and exit status, 403 for a QOS limit;
+- job times: start/end are Slurm's estimates while a job waits for its begin time, then the true ones.
 """
 
 from __future__ import annotations
@@ -187,3 +188,34 @@ def test_reject_qos_needs_the_local_backend(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="local backend"):
         start_sandbox(SandboxOptions(root=tmp_path, backend="slurm", faults=Faults(reject_qos=("normal",))))
+
+
+# -- 4. times -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def delayed_sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
+    from ci_runner.sandbox.faults import Faults
+
+    yield from running_sandbox(tmp_path, backend_name, faults=Faults(pending_delay=2))
+
+
+def test_job_times_show_the_true_start_after_a_pending_delay(delayed_sb: Sandbox) -> None:
+    sb = delayed_sb
+    with raw_client(sb) as raw:
+        submitted = int(time.time())
+        job_id = submit(raw, sb, script("#SBATCH --time=2", "#SBATCH -o t.out", "sleep 1")).json()["jobId"]
+        pending = job_of(raw, sb, job_id)
+        assert pending["status"]["state"] == "PENDING"
+        estimate = pending["time"]
+        assert submitted + 1 <= estimate["start"] <= int(time.time()) + 3  # the begin time, Slurm's estimate
+        assert (estimate["end"], estimate["elapsed"], estimate["limit"]) == (estimate["start"] + 120, 0, 120)
+        running = poll(lambda: (job := job_of(raw, sb, job_id))["status"]["state"] != "PENDING" and job,
+                       QUEUE_SLACK, 0.1, "start")
+        done = poll(lambda: (job := job_of(raw, sb, job_id))["status"]["state"] == "COMPLETED" and job,
+                    QUEUE_SLACK, 0.2, "end")
+    if running["status"]["state"] == "RUNNING":
+        assert running["time"]["end"] is None and running["time"]["suspended"] == 0
+    times = done["time"]
+    assert times["start"] >= estimate["start"] >= submitted + 1  # queue time = start - submit covers the delay
+    assert times["end"] - times["start"] == times["elapsed"] >= 1
+    assert (times["limit"], times["suspended"]) == (120, 0)

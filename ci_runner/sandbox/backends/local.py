@@ -379,10 +379,8 @@ class LocalBackend:
         return env
 
     def _record(self, job: _Job, now: float) -> JobRecord:
-        started = job.start is not None
-        elapsed = 0
-        if job.start is not None:
-            elapsed = int((job.end if job.end is not None else now) - job.start)
+        start, end = _times(job, now)
+        elapsed = 0 if job.start is None or start is None else (int(now) if end is None else end) - start
         return JobRecord(
             job_id=job.job_id,
             name=job.name,
@@ -394,13 +392,25 @@ class LocalBackend:
             user=self._user,
             group=self._group,
             elapsed=elapsed,
-            start=int(job.start) if job.start is not None else None,
-            end=int(job.end) if job.end is not None else None,
-            suspended=0 if started else None,
+            start=start,
+            end=end,
+            suspended=0 if job.start is not None else None,
             limit=job.limit,
             nodes=job.nodes,
             priority=_MAX_PRIORITY - int(job.job_id),
         )
+
+
+def _times(job: _Job, now: float) -> tuple[int | None, int | None]:
+    """`time.start` and `time.end` (whole epoch seconds) as the real server shows them: the true start
+    and end once the job ran; while it waits for its begin time, Slurm's estimate (the begin time, and
+    begin + limit when it has a limit); while it waits for a slot, null."""
+    if job.start is not None:
+        return int(job.start), None if job.end is None else int(job.end)
+    if job.reason == "BeginTime" and job.begin > now:
+        begin = int(job.begin)
+        return begin, None if job.limit is None else begin + job.limit
+    return None, None
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -192,7 +192,8 @@ def parse_scontrol_line(line: str) -> dict[str, str]:
 
 
 def job_record(fields: Mapping[str, str], cancelled_by: int | None, cluster: str) -> JobRecord:
-    """Map scontrol's fields to what FirecREST reports (sacct semantics: null start/end while unknown)."""
+    """Map scontrol's fields to what FirecREST reports: for a pending job squeue's view (start and end are
+    Slurm's estimates, null until it has one), then sacct's (start the real start, end null while running)."""
     state = _base_state(fields.get("JobState", ""))
     pending = state == "PENDING"
     terminal = state not in _ACTIVE
@@ -209,8 +210,8 @@ def job_record(fields: Mapping[str, str], cancelled_by: int | None, cluster: str
         user=_name_of(fields.get("UserId", "")),
         group=_name_of(fields.get("GroupId", "")),
         elapsed=duration_seconds(fields.get("RunTime", "")) or 0,
-        start=None if pending else _epoch(fields.get("StartTime", "")),
-        end=_epoch(fields.get("EndTime", "")) if terminal else None,
+        start=_epoch(fields.get("StartTime", "")),  # pending: Slurm's estimate (BeginTime) or null, like squeue's
+        end=None if state == "RUNNING" else _epoch(fields.get("EndTime", "")),
         suspended=None if pending else 0,
         limit=_limit(fields.get("TimeLimit", "")),
         account="(null)" if pending and fields.get("Account") == "(null)" else _null(fields.get("Account", "")),
