@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import grp
 import json
+import math
 import os
 import re
 import time
@@ -35,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ci_runner.sandbox.auth import AuthError, Principal, TokenAuthority
 from ci_runner.sandbox.backends import Backend, BackendError
 from ci_runner.sandbox.faults import FaultInjector, Faults
-from ci_runner.sandbox.files import FsError, SandboxFiles
+from ci_runner.sandbox.files import FsError, SandboxFiles, UnmappedError
 from ci_runner.sandbox.requestlog import RequestLog, RequestRecord
 
 SERVER_VERSION = "2.6.0"
@@ -198,7 +199,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         status, message = exc.status_code, str(exc.detail)
     else:  # pragma: no cover - a bug in the sandbox: still answer in the server's shape
         status, message = 500, f"An error occurred during the request process: {type(exc).__name__}: {exc}"
-    user = None if status == 401 else user_of(request)
+    user = None if status == 401 or isinstance(exc, UnmappedError) else user_of(request)
     return JSONResponse(error_body(message, user, error_type, data), status_code=status, headers=headers)
 
 
@@ -211,7 +212,7 @@ def system_description(state: SandboxState) -> dict[str, Any]:
     return {
         "name": state.system,
         "ssh": {"host": "127.0.0.1", "port": 22, "proxyHost": None, "proxyPort": None, "maxClients": 100,
-                "timeout": {"connection": 5, "login": 5, "commandExecution": state.files.command_timeout,
+                "timeout": {"connection": 5, "login": 5, "commandExecution": math.ceil(state.files.command_timeout),
                             "idleTimeout": 60, "keepAlive": 5}},
         "scheduler": {"type": "slurm", "connectionMode": "ssh", "version": f"sandbox-{state.backend.name}",
                       "apiUrl": None, "apiVersion": None, "timeout": 10},
@@ -331,8 +332,7 @@ async def get_job_metadata(request: Request, state: SandboxState) -> Response:
 
 async def delete_job(request: Request, state: SandboxState) -> Response:
     job_id = job_id_param(request)
-    if not await run_in_threadpool(state.backend.cancel, job_id, os.getuid()):
-        raise ApiError(404, "Job not found")
+    await run_in_threadpool(state.backend.cancel, job_id, os.getuid())
     return Response(status_code=204)
 
 

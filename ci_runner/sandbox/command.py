@@ -26,6 +26,9 @@ import click
 @click.option("--api-key", default=None, help="Also accept this key in the X-API-Key header.")
 @click.option("--max-ops-size", type=click.IntRange(1), default=5 * 1024 * 1024, show_default=True,
               help="Ops output/upload limit in bytes (413 beyond).")
+@click.option("--command-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds an ops command may run (408 beyond; also when a large output stalls it, as on the "
+                   "real server).")
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the export lines to this file (once the server listens).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0, help="Fault: seconds added to every request.")
@@ -41,12 +44,16 @@ import click
               help="Fault: seconds after submit during which the job is 'Job not found.'.")
 @click.option("--quota-per-minute", type=click.IntRange(0), default=0, help="Fault: requests per client per minute.")
 @click.option("--pending-delay", type=click.FloatRange(min=0), default=0.0, help="Fault: seconds new jobs stay PENDING.")
+@click.option("--reject-qos", "reject_qos", multiple=True, metavar="NAME",
+              help="Fault (local backend): refuse submits in QOS NAME (repeatable; 'normal' = jobs without --qos) "
+                   "like a QOS limit, which the API answers with 403.")
 @click.option("--faults-on-token", is_flag=True, help="Fault: also apply faults to the token endpoint.")
 def sandbox(port: int, root: Path | None, backend: str, slots: int, system: str, token_ttl: float,
             client_id: str | None, client_secret: str | None, api_key: str | None, max_ops_size: int,
-            env_file: Path | None, latency: float, error_rate: float, seed: int | None, burst_every: int,
+            command_timeout: float, env_file: Path | None, latency: float, error_rate: float, seed: int | None, burst_every: int,
             burst_length: int, retry_after: int, fault_token_ttl: float | None, drop_rate: float,
-            not_found_window: float, quota_per_minute: int, pending_delay: float, faults_on_token: bool) -> None:
+            not_found_window: float, quota_per_minute: int, pending_delay: float, reject_qos: tuple[str, ...],
+            faults_on_token: bool) -> None:
     """Start the server, print how to reach it, serve until a signal, stop cleanly."""
     from ci_runner.errors import UsageError
     from ci_runner.sandbox.faults import Faults
@@ -55,16 +62,18 @@ def sandbox(port: int, root: Path | None, backend: str, slots: int, system: str,
     faults = Faults(latency=latency, error_rate=error_rate, seed=seed, burst_every=burst_every,
                     burst_length=burst_length, retry_after=retry_after, token_ttl=fault_token_ttl,
                     drop_rate=drop_rate, not_found_window=not_found_window, quota_per_minute=quota_per_minute,
-                    pending_delay=pending_delay, apply_to_token=faults_on_token)
+                    pending_delay=pending_delay, reject_qos=reject_qos, apply_to_token=faults_on_token)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     options = SandboxOptions(root=root, backend=backend, port=port, system=system, token_ttl=token_ttl,
                              client_id=client_id, client_secret=client_secret, api_key=api_key, slots=slots,
-                             max_ops_size=max_ops_size, faults=faults)
+                             max_ops_size=max_ops_size, command_timeout=command_timeout, faults=faults)
     try:
         handle = start_sandbox(options)
     except OSError as error:
         raise UsageError(f"cannot start the sandbox on 127.0.0.1:{port}: {error.strerror or error}") from error
+    except ValueError as error:
+        raise UsageError(f"cannot start the sandbox: {error}") from error
 
     stop = threading.Event()
 

@@ -2,8 +2,8 @@
 
 `Faults` is the configuration (all off by default). `FaultInjector` holds the state (seeded RNG,
 429 burst counter, per-client sliding quota window) and decides, per request, what the server does
-instead of answering normally. The job-not-found window, token TTL override and pending delay are
-read by the routes, the token endpoint and the backend call; latency is applied by the middleware.
+instead of answering normally. The job-not-found window, token TTL override, pending delay and rejected
+QOS are read by the routes, the token endpoint and the backend; latency is applied by the middleware.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Faults:
     not_found_window: seconds after a submit during which job info/metadata of that job answer 404 "Job not found.".
     quota_per_minute: requests per client in any sliding 60 s window; beyond it 429 with Retry-After.
     pending_delay: seconds a newly submitted job is held PENDING (passed to the backend).
+    reject_qos: local backend only: submits in these QOS (`--qos`; "normal" without one) fail as Slurm
+        refuses a job over a QOS limit ("QOSMaxSubmitJobPerUserLimit"), which the server answers with 403.
     apply_to_token: also inject latency/errors/429/drops into the token endpoint (off by default).
     """
 
@@ -46,6 +48,7 @@ class Faults:
     not_found_window: float = 0.0
     quota_per_minute: int = 0
     pending_delay: float = 0.0
+    reject_qos: tuple[str, ...] = ()
     apply_to_token: bool = False
 
     def __post_init__(self) -> None:

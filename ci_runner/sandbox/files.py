@@ -1,10 +1,18 @@
 """Filesystem operations of `/filesystem/{system}/ops/*`, confined to the sandbox root.
 
-Like the real server, head/tail/view(dd)/stat/mkdir/rm/checksum/download run the GNU tools (under
-`timeout`, output read up to the buffer limit) and map their exit status and stderr the same way:
-"No such file or directory" → 404, "Permission denied"/"Operation not permitted" → 403, "File
-exists" → 400, exit 124 → 408, anything else → 500, output ≥ `max_ops_size` bytes → 413. So head/tail
-byte and line semantics are exactly GNU's. `ls` is done in Python (same JSON as the server's parser).
+Like the real server, head/tail/view(dd)/stat/mkdir/rm/checksum/download run the GNU tools and map
+their exit status and stderr the same way: "No such file or directory" → 404, "Permission
+denied"/"Operation not permitted" → 403, "File exists" → 400, anything else → 500. So head/tail byte
+and line semantics are exactly GNU's. `ls` is done in Python (same JSON as the server's parser).
+
+Output limit and command timeout, as measured on the real server (asyncssh over ssh, 5 MiB limit):
+it reads stdout up to the limit and stderr to its end, both under one command timeout. The SSH
+channel takes about 2 MiB more than the limit, so a command whose output reaches the limit by up
+to `CHANNEL_SLACK` bytes still ends and the answer is 413 at once. A longer output fills the
+channel: the command blocks on a full pipe, stderr never ends and the timeout expires. Up to
+`CLOSED_SLACK` bytes beyond the limit the server's cleanup then finds the channel closed and answers
+500 "('Channel not open for sending',)" with `user: null`; beyond it, 408 "Command execution timeout
+limit exceeded.". A command that simply runs longer than the timeout is also that 408.
 
 Path policy (checked before any command):
 - not absolute → 400 "The provided path (p) is not an absolute path." (server's text);
@@ -23,6 +31,7 @@ import base64
 import grp
 import os
 import pwd
+import selectors
 import stat as stat_module
 import subprocess
 import time
@@ -31,6 +40,13 @@ from pathlib import Path
 from typing import Any
 
 BUFFER_LIMIT_MESSAGE = "Command output exceeded buffer limit."
+TIMEOUT_MESSAGE = "Command execution timeout limit exceeded."
+CHANNEL_CLOSED_MESSAGE = "('Channel not open for sending',)"
+# Bytes of output beyond the limit (measured with the 5 MiB limit; each boundary moves by a few hundred
+# bytes between runs): up to CHANNEL_SLACK → 413, up to CLOSED_SLACK → 500 after the timeout, more → 408.
+CHANNEL_SLACK = 2_098_392
+CLOSED_SLACK = 3_337_470
+_READ_SIZE = 65536
 
 
 class FsError(Exception):
@@ -40,6 +56,13 @@ class FsError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class UnmappedError(FsError):
+    """An exception the real server has no mapping for: its fallback answers 500 with `user: null`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(500, message)
 
 
 def command_error(stderr: str, exit_status: int) -> FsError:
@@ -65,7 +88,7 @@ class SandboxFiles:
     root: Path
     system: str
     max_ops_size: int = 5 * 1024 * 1024
-    command_timeout: int = 5
+    command_timeout: float = 5.0
 
     # -- path policy -------------------------------------------------------------------------
 
@@ -101,28 +124,50 @@ class SandboxFiles:
     # -- commands ----------------------------------------------------------------------------
 
     def _run(self, argv: list[str]) -> bytes:
-        """Run `argv` under `timeout`, return stdout (at most the buffer limit) or raise `FsError`."""
-        process = subprocess.Popen(
-            ["timeout", str(self.command_timeout), *argv],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        assert process.stdout is not None and process.stderr is not None
+        """Run `argv`; its stdout, or `FsError` the way the real server fails (see module docstring)."""
+        deadline = time.monotonic() + self.command_timeout
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            out = process.stdout.read(self.max_ops_size)
-            if len(out) >= self.max_ops_size:
-                process.kill()
+            out, err, produced, ended = self._collect(process, deadline)
+            beyond = produced - self.max_ops_size
+            if ended and (0 <= beyond <= CHANNEL_SLACK or len(err) >= self.max_ops_size):
                 raise FsError(413, BUFFER_LIMIT_MESSAGE)
-            err = process.stderr.read(self.max_ops_size)
-            status = process.wait()
+            status = process.wait(timeout=max(0.0, deadline - time.monotonic())) if ended and beyond < 0 else None
+        except subprocess.TimeoutExpired:
+            status = None
         finally:
-            process.stdout.close()
-            process.stderr.close()
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            _end(process)
+        if status is None:
+            time.sleep(max(0.0, deadline - time.monotonic()))  # the real server answers when its timeout expires
+            if ended and CHANNEL_SLACK < beyond <= CLOSED_SLACK:
+                raise UnmappedError(CHANNEL_CLOSED_MESSAGE)
+            raise FsError(408, TIMEOUT_MESSAGE)
         if status != 0:
             raise command_error(err.decode("utf-8", errors="replace"), status)
-        return out
+        return bytes(out)
+
+    def _collect(self, process: subprocess.Popen[bytes], deadline: float) -> tuple[bytearray, bytearray, int, bool]:
+        """Read stdout (kept up to the limit) and stderr until both end, the deadline passes, or stdout
+        outgrows what the SSH channel would hold. Returns (stdout, stderr, stdout bytes produced, ended)."""
+        assert process.stdout is not None and process.stderr is not None
+        limit = self.max_ops_size
+        out, err, produced = bytearray(), bytearray(), 0
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ, out)
+            selector.register(process.stderr, selectors.EVENT_READ, err)
+            while selector.get_map() and produced - limit <= CLOSED_SLACK:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                for key, _ in selector.select(remaining):
+                    chunk = os.read(key.fd, _READ_SIZE)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    if key.data is out:
+                        produced += len(chunk)
+                    key.data.extend(chunk[:max(0, limit - len(key.data))])
+            return out, err, produced, not selector.get_map()
 
     def head(self, path: str, num_bytes: int | None, lines: int | None, skip_trailing: bool) -> str:
         """GNU `head`; a value of 0 (falsy) is ignored exactly like the server ignores it."""
@@ -255,6 +300,16 @@ class SandboxFiles:
     def _text(self, argv: list[str]) -> str:
         """Command stdout decoded like the server's SSH client (UTF-8, errors replaced)."""
         return self._run(argv).decode("utf-8", errors="replace")
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Kill the command if it still runs, reap it, close its pipes."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _user_name(uid: int) -> str:

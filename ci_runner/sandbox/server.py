@@ -51,7 +51,8 @@ class SandboxOptions:
     less left are refused (the server default, 30 s). client_id/client_secret: generated when None.
     api_key: also accept this key in `X-API-Key` (None: API-key auth off).
     max_ops_size: the ops output/upload/view-size limit (server default 5 MiB); smaller keeps tests fast.
-    command_timeout: seconds an ops command may run before 408 (server default 5).
+    command_timeout: seconds an ops command may run before 408 "Command execution timeout limit exceeded."
+    (server default 5; `/status/systems` reports it rounded up to whole seconds). Small values keep tests fast.
     local_time_scale: local backend only: multiplies `--time` limits (tests reach TIMEOUT fast).
     """
 
@@ -66,7 +67,7 @@ class SandboxOptions:
     api_key: str | None = None
     slots: int = 2
     max_ops_size: int = 5 * 1024 * 1024
-    command_timeout: int = 5
+    command_timeout: float = 5.0
     local_time_scale: float = 1.0
     faults: Faults = field(default_factory=Faults)
 
@@ -113,7 +114,14 @@ class Sandbox:
         self.api_key = options.api_key
         self.request_log = RequestLog()
         self._state_dir = Path(tempfile.mkdtemp(prefix="ci-runner-sandbox-state-"))
-        self.backend: Backend = self._make_backend()
+        try:
+            self.backend: Backend = self._make_backend()
+        except ValueError:  # options the backend refuses: leave nothing behind
+            self._socket.close()
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.backend_name = self.backend.name
         faults = options.faults
         authority = TokenAuthority(
@@ -139,6 +147,8 @@ class Sandbox:
         kwargs: dict[str, Any] = {}
         if self.options.local_time_scale != 1.0:
             kwargs["time_scale"] = self.options.local_time_scale
+        if self.options.faults.reject_qos:
+            kwargs["rejected_qos"] = frozenset(self.options.faults.reject_qos)
         return pick_backend(self.options.backend, self._state_dir, self.options.slots, **kwargs)
 
     def start(self) -> Sandbox:

@@ -21,6 +21,7 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from ci_runner.sandbox.backends import Backend, BackendError
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -144,11 +145,25 @@ def running_sandbox(tmp_path: Path, backend: str, **options: Any) -> Iterator[Sa
         yield sb
     finally:
         try:
-            for job in sb.backend.jobs():
-                if not job["status"]["state"].startswith(TERMINAL):
-                    sb.backend.cancel(job["jobId"], os.getuid())
+            cancel_active(sb.backend)
         finally:
             sb.stop()
+
+
+def cancel_active(backend: Backend) -> None:
+    """Cancel every job of `backend` still queued or running (one that ends meanwhile is left alone)."""
+    for job in backend.jobs():
+        if not job["status"]["state"].startswith(TERMINAL):
+            try:
+                backend.cancel(job["jobId"], os.getuid())
+            except BackendError:
+                pass  # it finished between the listing and the cancel
+
+
+def cancel_refused(job_id: str, reason: str) -> str:
+    """The real server's 500 message when `scancel --verbose <job_id>` reports `reason` for a numeric id."""
+    return ("Unexpected Slurm command response. exit_status:0 std_err:scancel: Terminating job "
+            f"{job_id}\nscancel: error: Kill job error on job id {job_id}: {reason}\n")
 
 
 def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:

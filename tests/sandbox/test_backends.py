@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from firecrest_clients import cancel_active, cancel_refused
 
 from ci_runner.sandbox.backends import Backend, BackendError, pick_backend
 
@@ -47,9 +48,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield chosen
     finally:
         try:
-            for job in chosen.jobs():
-                if not job["status"]["state"].startswith(TERMINAL_PREFIXES):
-                    chosen.cancel(job["jobId"], os.getuid())
+            cancel_active(chosen)
         finally:
             chosen.close()
 
@@ -155,7 +154,7 @@ def test_cancel_running_job_kills_its_process_tree(backend: Backend, workdir: Pa
     wait_for(backend, job_id, is_running)
     child = int(wait_for_file(workdir / "child.pid"))
 
-    assert backend.cancel(job_id, 4321) is True
+    backend.cancel(job_id, 4321)
     done, _ = wait_for(backend, job_id, is_terminal)
 
     assert done["status"]["state"] == "CANCELLED by 4321"
@@ -174,18 +173,29 @@ def _state_of(pid: int) -> str | None:
 
 
 def test_pending_delay_keeps_job_pending_with_begintime_then_cancel(backend: Backend, workdir: Path) -> None:
+    """As measured on the real server: a job waiting for its begin time shows Slurm's estimate (start =
+    begin time, end = begin + limit); cancelled, start = end = the cancel time and the limit stays."""
+    submitted = int(time.time())
     job_id = backend.submit(script("#SBATCH --time=1", "#SBATCH -o never.out", "echo ran"), str(workdir), {}, 300)
 
     pending, _ = wait_for(backend, job_id, lambda j: j["status"]["stateReason"] == "BeginTime", timeout=30)
     assert pending["status"]["state"] == "PENDING"
-    assert pending["status"]["exitCode"] is None and pending["time"]["start"] is None
+    assert pending["status"]["exitCode"] is None
+    times = pending["time"]
+    assert submitted + 299 <= times["start"] <= int(time.time()) + 301
+    assert (times["end"], times["elapsed"], times["suspended"], times["limit"]) == (times["start"] + 60, 0, None, 60)
 
-    assert backend.cancel(job_id, 77) is True
+    backend.cancel(job_id, 77)
     done, _ = wait_for(backend, job_id, is_terminal, timeout=30)
 
     assert done["status"]["state"] == "CANCELLED by 77"
     assert (done["status"]["exitCode"], done["status"]["interruptSignal"]) == (0, 0)
+    assert done["time"]["start"] == done["time"]["end"] <= int(time.time())
+    assert (done["time"]["elapsed"], done["time"]["suspended"], done["time"]["limit"]) == (0, 0, 60)
     assert not (workdir / "never.out").exists()
+    with pytest.raises(BackendError) as again:
+        backend.cancel(job_id, 77)
+    assert again.value.message == cancel_refused(job_id, "Job/step already completing or completed")
 
 
 def test_time_limit_ends_job_as_timeout_with_signal_15(tmp_path: Path, workdir: Path) -> None:
@@ -280,7 +290,13 @@ def test_script_without_shebang_is_rejected_like_sbatch(backend: Backend, workdi
 def test_unknown_job_is_omitted_and_cannot_be_cancelled(backend: Backend) -> None:
     assert backend.jobs(["999999999"]) == []
     assert backend.metadata("999999999") is None
-    assert backend.cancel("999999999", 1) is False
+    with pytest.raises(BackendError) as unknown:
+        backend.cancel("999999999", 1)
+    assert (unknown.value.status, unknown.value.message) == (500, cancel_refused("999999999", "Invalid job id specified"))
+    with pytest.raises(BackendError) as malformed:
+        backend.cancel("abc", 1)
+    assert (malformed.value.status, malformed.value.message) == (
+        500, "Unexpected Slurm command response. exit_status:1 std_err:scancel: error: Invalid job id abc\n")
 
 
 def test_listing_without_ids_shows_the_jobs_submitted_here(backend: Backend, workdir: Path) -> None:

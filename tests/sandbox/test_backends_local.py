@@ -79,15 +79,18 @@ def test_finished_jobs_are_forgotten_after_min_job_age(make_backend: Callable[..
     wait_until(lambda: backend.jobs([job_id]) == [])
 
     assert backend.metadata(job_id) is None
-    assert backend.cancel(job_id, 1) is False
+    with pytest.raises(BackendError, match="Invalid job id specified"):
+        backend.cancel(job_id, 1)
 
 
-def test_cancelling_a_finished_job_keeps_its_state(make_backend: Callable[..., LocalBackend], tmp_path: Path) -> None:
+def test_cancelling_a_finished_job_fails_like_scancel_and_keeps_its_state(
+        make_backend: Callable[..., LocalBackend], tmp_path: Path) -> None:
     backend = make_backend()
     job_id = backend.submit(script("true"), str(tmp_path), {})
     wait_until(lambda: status_of(backend, job_id)["state"] == "COMPLETED")
 
-    assert backend.cancel(job_id, 5) is True
+    with pytest.raises(BackendError, match="Job/step already completing or completed"):
+        backend.cancel(job_id, 5)
     assert status_of(backend, job_id)["state"] == "COMPLETED"
 
 

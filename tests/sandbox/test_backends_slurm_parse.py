@@ -30,12 +30,22 @@ def test_values_with_spaces_and_keys_with_colons_and_slashes() -> None:
     assert fields["NodeList"] == "" and fields["Power"] == ""
 
 
-def test_pending_job_has_null_exit_code_start_and_end_like_the_real_server() -> None:
+def test_pending_job_has_null_exit_code_and_slurms_estimated_start_and_end_like_the_real_server() -> None:
+    """Measured on the real server: a job held by --begin shows squeue's estimate (start = begin time,
+    end = begin + limit); one waiting for resources or priority (StartTime=Unknown) shows nulls."""
     record = job_record(parse_scontrol_line(PENDING), None, "local")
     body = job_dict(record)
 
     assert body["status"] == {"state": "PENDING", "stateReason": "BeginTime", "exitCode": None, "interruptSignal": None}
-    assert body["time"] == {"elapsed": 0, "start": None, "end": None, "suspended": None, "limit": 60}
+    assert body["time"] == {"elapsed": 0, "start": 1795562756, "end": 1795562816, "suspended": None, "limit": 60}
+    waiting = PENDING.replace("Reason=BeginTime", "Reason=Priority").replace(
+        "StartTime=1795562756 EndTime=1795562816", "StartTime=Unknown EndTime=Unknown")
+    assert job_dict(job_record(parse_scontrol_line(waiting), None, "local"))["time"] == {
+        "elapsed": 0, "start": None, "end": None, "suspended": None, "limit": 60}
+    running = PENDING.replace("JobState=PENDING Reason=BeginTime", "JobState=RUNNING Reason=None").replace(
+        "RunTime=00:00:00", "RunTime=00:00:02")
+    assert job_dict(job_record(parse_scontrol_line(running), None, "local"))["time"] == {
+        "elapsed": 2, "start": 1795562756, "end": None, "suspended": 0, "limit": 60}
     assert (body["account"], body["nodes"], body["user"], body["group"]) == ("(null)", "", "root", "root")
     assert body["priority"] == 4294901759
 

@@ -7,11 +7,14 @@ The dict shapes are those of a real FirecREST v2 server in SSH mode on Slurm wit
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 UNEXPECTED_SLURM = "Unexpected Slurm command response."
+# The real server's test for an accounting/QOS refusal in sbatch's stderr (sbatch_command.py).
+QUOTA_ERROR = re.compile(r"\b(?:QOS|Assoc)(?:Max|Min)\w*Limit\b", re.IGNORECASE)
 
 
 class BackendError(Exception):
@@ -40,8 +43,13 @@ class Backend(Protocol):
         """`{jobId, script, standardInput, standardOutput, standardError}`, or None for an unknown job."""
         ...
 
-    def cancel(self, job_id: str, uid: int) -> bool:
-        """Cancel the job; False if unknown. A job cancelled this way reads "CANCELLED by <uid>"."""
+    def cancel(self, job_id: str, uid: int) -> None:
+        """Cancel the pending or running job; a job cancelled this way reads "CANCELLED by <uid>".
+
+        Anything else fails the way `scancel --verbose` does behind the real server (BackendError 500):
+        a finished job "Job/step already completing or completed", an unknown or forgotten numeric id
+        "Invalid job id specified", any other id "Invalid job id <id>".
+        """
         ...
 
     def close(self) -> None:
@@ -144,8 +152,13 @@ def check_env(env: Mapping[str, str]) -> None:
             )
 
 
-def slurm_command_error(command: str, exit_status: int, stderr: str) -> BackendError:
-    """The 500 the real server returns when a Slurm command fails."""
-    return BackendError(
-        500, f"{UNEXPECTED_SLURM} exit_status:{exit_status} std_err:{stderr}".rstrip() + f" (command: {command})"
-    )
+def slurm_command_error(exit_status: int, stderr: str) -> BackendError:
+    """The 500 the real server returns when a Slurm command fails: its stderr verbatim, newlines kept."""
+    return BackendError(500, f"{UNEXPECTED_SLURM} exit_status:{exit_status} std_err:{stderr}")
+
+
+def sbatch_failure(exit_status: int, stderr: str) -> BackendError:
+    """What the real server answers when sbatch fails: 403 for a QOS/association limit, else 500."""
+    if QUOTA_ERROR.search(stderr):
+        return BackendError(403, f"Job submission rejected: accounting/QOS policy limit exceeded. {stderr.strip()}")
+    return slurm_command_error(exit_status, stderr)

@@ -5,6 +5,9 @@ through FirecREST):
 - `#SBATCH --output/-o`, `--error/-e`, `--input/-i` (patterns %j %x %u %%; relative to the working
   directory; default `slurm-%j.out`; stderr into the stdout file unless `--error`), `--job-name/-J`
   (default "sbatch", the name sbatch gives a script read from stdin), `--time/-t` (all Slurm formats).
+- sbatch's refusals, worded like sbatch: an unknown option, a missing argument, a bad `--time`, a
+  partition other than `debug` (the only one), and a QOS listed in `rejected_qos` (a sandbox fault:
+  "QOSMaxSubmitJobPerUserLimit", which the server answers with 403; jobs without `--qos` get "normal").
 - A fixed number of slots: jobs queue FIFO, PENDING with reason "Resources" until a slot frees, and
   "BeginTime" while a `pending_delay` lasts.
 - RUNNING → COMPLETED (0:0) | FAILED (R:0, NonZeroExitCode) | TIMEOUT (0:15, TimeLimit: SIGTERM to the
@@ -41,10 +44,13 @@ from ci_runner.sandbox.backends.base import (
     check_env,
     job_dict,
     metadata_dict,
+    slurm_command_error,
 )
 from ci_runner.sandbox.backends.sbatch_options import (
+    DEFAULT_PARTITION,
     SbatchOptions,
     check_batch_script,
+    check_submission,
     expand_pattern,
     parse_options,
 )
@@ -100,6 +106,7 @@ class LocalBackend:
         time_scale: float = 1.0,
         kill_wait: float = 5.0,
         min_job_age: float = 600.0,
+        rejected_qos: frozenset[str] = frozenset(),
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -110,6 +117,7 @@ class LocalBackend:
         self.time_scale = time_scale
         self.kill_wait = kill_wait
         self.min_job_age = min_job_age
+        self.rejected_qos = rejected_qos
         self._spool = Path(tempfile.mkdtemp(prefix="ci-runner-local-jobs-"))
         self._jobs: dict[str, _Job] = {}
         self._next_id = 1
@@ -128,6 +136,7 @@ class LocalBackend:
         check_env(env)
         check_batch_script(script)
         options = parse_options(script)
+        check_submission(options, frozenset({DEFAULT_PARTITION}), self.rejected_qos)
         with self._lock:
             if self._closed:
                 raise RuntimeError("backend is closed")
@@ -153,23 +162,26 @@ class LocalBackend:
                 return None
             return metadata_dict(job.job_id, job.script, job.stdin, job.stdout, job.stderr)
 
-    def cancel(self, job_id: str, uid: int) -> bool:
-        """Cancel a pending or running job (its whole process group); a finished job stays as it ended."""
+    def cancel(self, job_id: str, uid: int) -> None:
+        """Cancel a pending or running job (its whole process group); anything else fails like scancel."""
+        if not job_id.isdigit():
+            raise slurm_command_error(1, f"scancel: error: Invalid job id {job_id}\n")
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None:
-                return False
+            if job is None or job.state not in ("PENDING", "RUNNING"):
+                reason = "Invalid job id specified" if job is None else "Job/step already completing or completed"
+                raise slurm_command_error(0, f"scancel: Terminating job {job_id}\n"
+                                             f"scancel: error: Kill job error on job id {job_id}: {reason}\n")
             now = time.time()
             if job.state == "PENDING":
                 job.state = cancelled_state(uid)
                 job.exit_code, job.signal = 0, 0
                 job.start = job.end = now
                 job.nodes = "None assigned"
-            elif job.state == "RUNNING":
+            else:
                 job.cancelled_by = uid
                 self._terminate(job, now)
             self._lock.notify_all()
-            return True
 
     def fail_node(self, job_id: str) -> bool:
         """Test hook, the cluster failing under a running job: its processes are killed at once and it
@@ -367,10 +379,8 @@ class LocalBackend:
         return env
 
     def _record(self, job: _Job, now: float) -> JobRecord:
-        started = job.start is not None
-        elapsed = 0
-        if job.start is not None:
-            elapsed = int((job.end if job.end is not None else now) - job.start)
+        start, end = _times(job, now)
+        elapsed = 0 if job.start is None or start is None else (int(now) if end is None else end) - start
         return JobRecord(
             job_id=job.job_id,
             name=job.name,
@@ -382,13 +392,25 @@ class LocalBackend:
             user=self._user,
             group=self._group,
             elapsed=elapsed,
-            start=int(job.start) if job.start is not None else None,
-            end=int(job.end) if job.end is not None else None,
-            suspended=0 if started else None,
+            start=start,
+            end=end,
+            suspended=0 if job.start is not None else None,
             limit=job.limit,
             nodes=job.nodes,
             priority=_MAX_PRIORITY - int(job.job_id),
         )
+
+
+def _times(job: _Job, now: float) -> tuple[int | None, int | None]:
+    """`time.start` and `time.end` (whole epoch seconds) as the real server shows them: the true start
+    and end once the job ran; while it waits for its begin time, Slurm's estimate (the begin time, and
+    begin + limit when it has a limit); while it waits for a slot, null."""
+    if job.start is not None:
+        return int(job.start), None if job.end is None else int(job.end)
+    if job.reason == "BeginTime" and job.begin > now:
+        begin = int(job.begin)
+        return begin, None if job.limit is None else begin + job.limit
+    return None, None
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

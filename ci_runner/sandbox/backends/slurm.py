@@ -10,8 +10,11 @@
   returns None, which the server turns into 404 "Job not found." like a real server without accounting.
 - `jobs()` without ids lists only the jobs this backend submitted (other users of the machine's Slurm,
   e.g. parallel test runs, stay invisible); explicit ids are looked up whoever submitted them.
-- Slurm command failures → BackendError(500, "Unexpected Slurm command response. ..."); a QOS or
-  association limit on submit → 403; a command that hangs longer than `command_timeout` → 408.
+- cancel runs `scancel --verbose <id>` like the real server and fails like it: a non-zero exit status or
+  an "error:" line on stderr (finished job, unknown id) → 500 with scancel's stderr.
+- Slurm command failures → BackendError(500, "Unexpected Slurm command response. exit_status:N std_err:...")
+  with the command's stderr verbatim; a QOS or association limit on submit → 403; a command that hangs
+  longer than `command_timeout` → 408.
 """
 
 from __future__ import annotations
@@ -31,16 +34,18 @@ from ci_runner.sandbox.backends.base import (
     check_env,
     job_dict,
     metadata_dict,
+    sbatch_failure,
     slurm_command_error,
 )
+from ci_runner.sandbox.files import TIMEOUT_MESSAGE
 
 _ACTIVE = {
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
     "STAGE_OUT", "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
 }  # fmt: skip
-_QUOTA = re.compile(r"\b(?:QOS|Assoc)(?:Max|Min)\w*Limit\b", re.IGNORECASE)
 _FIELD = re.compile(r"([A-Za-z][A-Za-z0-9:/_]*)=(.*?)(?= [A-Za-z][A-Za-z0-9:/_]*=|$)")
 _INVALID_JOB = "Invalid job id specified"
+_SCANCEL_ERROR = re.compile(r".+error:.*", re.IGNORECASE)  # the real server's test of scancel's stderr
 _ONE_YEAR = 365 * 86400  # sched/backfill records an unlimited job's limit as 365-00:00:00
 
 
@@ -78,14 +83,10 @@ class SlurmBackend:
             args.append(f"--begin=now+{max(1, round(pending_delay))}")
         done = self._run(args, stdin=script)
         if done.returncode != 0:
-            if _QUOTA.search(done.stderr):
-                raise BackendError(
-                    403, f"Job submission rejected: accounting/QOS policy limit exceeded. {done.stderr.strip()}"
-                )
-            raise slurm_command_error("sbatch", done.returncode, done.stderr)
+            raise sbatch_failure(done.returncode, done.stderr)
         job_id = done.stdout.strip().split(";")[0]
         if not job_id.isdigit():
-            raise slurm_command_error("sbatch", done.returncode, f"no job id in output {done.stdout!r}")
+            raise slurm_command_error(done.returncode, f"no job id in sbatch's output {done.stdout!r}")
         with self._lock:
             self._scripts[job_id] = script
         return job_id
@@ -118,16 +119,17 @@ class SlurmBackend:
             job_id, script, fields.get("StdIn", ""), fields.get("StdOut", ""), fields.get("StdErr", "")
         )
 
-    def cancel(self, job_id: str, uid: int) -> bool:
-        """scancel the job; False if Slurm does not know it. A finished job keeps its final state."""
-        if not self._show_jobs([job_id]):
-            return False
+    def cancel(self, job_id: str, uid: int) -> None:
+        """`scancel --verbose <id>`, its answer judged like the real server's ScancelCommand."""
         with self._lock:
+            first = job_id not in self._cancelled
             self._cancelled.setdefault(job_id, uid)
-        done = self._run(["scancel", job_id])
-        if done.returncode != 0:
-            raise slurm_command_error("scancel", done.returncode, done.stderr)
-        return True
+        done = self._run(["scancel", "--verbose", job_id])
+        if done.returncode != 0 or _SCANCEL_ERROR.search(done.stderr):
+            if first:
+                with self._lock:
+                    self._cancelled.pop(job_id, None)
+            raise slurm_command_error(done.returncode, done.stderr)
 
     def close(self) -> None:
         """Cancel the jobs this backend submitted that are still queued or running."""
@@ -158,9 +160,9 @@ class SlurmBackend:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise BackendError(408, f"Command execution timeout: {args[0]} ({self.command_timeout:g} s)") from exc
+            raise BackendError(408, TIMEOUT_MESSAGE) from exc
         except OSError as exc:
-            raise slurm_command_error(args[0], 127, str(exc)) from exc
+            raise slurm_command_error(127, f"{args[0]}: {exc}\n") from exc
 
     def _show_jobs(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
         """scontrol's fields of the known jobs among `job_ids` (one call per id for a single id, else one)."""
@@ -172,7 +174,7 @@ class SlurmBackend:
         if done.returncode != 0:
             if _INVALID_JOB in done.stderr:
                 return []
-            raise slurm_command_error("scontrol show job", done.returncode, done.stderr)
+            raise slurm_command_error(done.returncode, done.stderr)
         wanted = set(ids)
         return [f for f in map(parse_scontrol_line, done.stdout.splitlines()) if f.get("JobId") in wanted]
 
@@ -190,7 +192,8 @@ def parse_scontrol_line(line: str) -> dict[str, str]:
 
 
 def job_record(fields: Mapping[str, str], cancelled_by: int | None, cluster: str) -> JobRecord:
-    """Map scontrol's fields to what FirecREST reports (sacct semantics: null start/end while unknown)."""
+    """Map scontrol's fields to what FirecREST reports: for a pending job squeue's view (start and end are
+    Slurm's estimates, null until it has one), then sacct's (start the real start, end null while running)."""
     state = _base_state(fields.get("JobState", ""))
     pending = state == "PENDING"
     terminal = state not in _ACTIVE
@@ -207,8 +210,8 @@ def job_record(fields: Mapping[str, str], cancelled_by: int | None, cluster: str
         user=_name_of(fields.get("UserId", "")),
         group=_name_of(fields.get("GroupId", "")),
         elapsed=duration_seconds(fields.get("RunTime", "")) or 0,
-        start=None if pending else _epoch(fields.get("StartTime", "")),
-        end=_epoch(fields.get("EndTime", "")) if terminal else None,
+        start=_epoch(fields.get("StartTime", "")),  # pending: Slurm's estimate (BeginTime) or null, like squeue's
+        end=None if state == "RUNNING" else _epoch(fields.get("EndTime", "")),
         suspended=None if pending else 0,
         limit=_limit(fields.get("TimeLimit", "")),
         account="(null)" if pending and fields.get("Account") == "(null)" else _null(fields.get("Account", "")),
