@@ -34,7 +34,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from ci_runner.budget import RequestBudget
 from ci_runner.config import DEFAULT_API_RETRY_LIMIT
@@ -434,10 +434,12 @@ class Cluster:
     # -- jobs ------------------------------------------------------------------------------------
 
     async def submit(
-        self, script: str, working_dir: str, env: Mapping[str, str] | None = None, *, job_name: str | None = None
+        self, script: str, working_dir: str, env: Mapping[str, str] | None = None, *, job_name: str | None = None,
+        output_prefix: str | None = None, exclude: Collection[str] = (),
     ) -> str:
-        """Submit a batch script; return the job id. `job_name` (default: from `#SBATCH --job-name`)
-        identifies the job when a failed submit may nevertheless have queued it."""
+        """Submit a batch script; return the job id. When a failed submit may nevertheless have queued
+        the job, it is looked up (`find_job`) by `job_name` (default: from `#SBATCH --job-name`), its
+        output file starting with `output_prefix`, and not one of `exclude` (earlier attempts)."""
         name = job_name or script_job_name(script)
         job: dict[str, Any] = {"working_directory": working_dir, "script": script}
         if env:
@@ -457,7 +459,7 @@ class Cluster:
                 if name is None:
                     raise ApiError(f"{e} — the job may have been queued; no job name to look it up", e.status) from None
                 last = e
-            found = await self.find_job(name)
+            found = await self.find_job(name, output_prefix, exclude)
             if found is not None:
                 return found
             if attempt == self.retry.max_attempts or time.monotonic() - started > self.retry.max_total:
@@ -465,12 +467,35 @@ class Cluster:
             await asyncio.sleep(self.retry.delay(attempt, self._rng))
         raise ApiError(f"{last} (gave up after {attempt} submit attempts)", last.status)
 
-    async def find_job(self, name: str) -> str | None:
-        """Id of the user's newest job named `name` (GET /compute/{sys}/jobs), or None."""
+    async def find_job(self, name: str, output_prefix: str | None = None, exclude: Collection[str] = ()) -> str | None:
+        """Id of the user's newest job named `name` (GET /compute/{sys}/jobs) other than `exclude`, or
+        None. Every job of a run has the run's name: with `output_prefix`, the job's output file (from
+        its metadata, one request per candidate, newest first) must start with it."""
         response = await self._request(f"looking up job {name!r} after a failed submit", "GET",
                                        f"/compute/{self._sys()}/jobs", 200, params={"name": name})
-        ids = [str(j.get("jobId")) for j in response.json().get("jobs") or [] if j.get("name") == name]
-        return max(ids, key=lambda i: (len(i), i)) if ids else None
+        ids = {str(j.get("jobId")) for j in response.json().get("jobs") or [] if j.get("name") == name}
+        for job_id in sorted(ids - set(exclude), key=lambda i: (len(i), i), reverse=True):
+            if output_prefix is None or (await self.output_path(job_id) or "").startswith(output_prefix):
+                return job_id
+        return None
+
+    async def jobs_named(self, name: str) -> list[JobStatus]:
+        """Every job of the user named `name` that Slurm still lists (one request for a whole run)."""
+        response = await self._request(f"listing the jobs named {name!r}", "GET", f"/compute/{self._sys()}/jobs",
+                                       200, params={"name": name})
+        return [JobStatus.from_api(j) for j in response.json().get("jobs") or [] if j.get("name") == name]
+
+    async def output_path(self, job_id: str) -> str | None:
+        """The job's standard output file (its metadata), or None when FirecREST does not know it."""
+        try:
+            response = await self._request(f"reading the metadata of job {job_id}", "GET",
+                                           f"/compute/{self._sys()}/jobs/{job_id}/metadata", 200)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        jobs = response.json().get("jobs") or []
+        return str(jobs[0].get("standardOutput") or "") if jobs else None
 
     async def job(self, job_id: str) -> JobStatus | None:
         """The job's status, or None when FirecREST does not know it (404 "Job not found.": just

@@ -1,4 +1,14 @@
-"""Where an entry's files live on the cluster: `<workdir>/<run_id>/<entry>/...`.
+"""Where a run's files live on the cluster.
+
+    <workdir>/<run_id>/                  the run: made by one `mkdir` (with parents) of `output/`
+    <workdir>/<run_id>/output/           every job's working directory and output file,
+        <entry>.<jobid>.out              so one `ls` of it gives the size of every output
+    <workdir>/<run_id>/source.tar.gz     the `git archive` (checkout: upload), uploaded once per run
+    <workdir>/<run_id>/<entry>/          made by the job itself: `src/` (the checkout, where the
+        src/, ci-runner-job.sh           user's script runs) and the rendered script
+
+Nothing per entry is created before the submit, so the set-up costs the same whatever the number of
+entries (Slurm opens the output file before the script runs: it must lie in an existing directory).
 
 Every path built here ends up in `#SBATCH` lines, FirecREST requests and shell commands, so the
 rule is strict: absolute POSIX paths made of `A-Z a-z 0-9 . _ - + , @ /` only, no `.`/`..`
@@ -17,18 +27,47 @@ _PATH_CHARS = re.compile(r"[A-Za-z0-9._+,@/-]+")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _JOB_ID = re.compile(r"[0-9]+")
 
-OUTPUT_NAME = "slurm-%j.out"   # stdout and stderr merged; sbatch replaces %j by the job id
+OUTPUT_DIR = "output"
+OUTPUT_SUFFIX = ".out"          # <entry>.%j.out: stdout and stderr merged; sbatch replaces %j by the job id
+ARCHIVE_NAME = "source.tar.gz"
 BODY_NAME = "ci-runner-job.sh"  # the user's rendered script, written there by the job itself
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Remote paths shared by every entry of a run."""
+
+    root: str        # <workdir>/<run_id>
+    output_dir: str  # root/output: the jobs' working directory and output files
+    archive: str     # root/source.tar.gz: the uploaded `git archive` (checkout: upload)
+
+
+def run_layout(workdir: str, run_id: str) -> RunLayout:
+    """The layout of run `run_id` under the remote base directory `workdir` (ConfigError for an
+    unusable `workdir`, UsageError for an unusable run id)."""
+    base = check_remote_dir(workdir)
+    _check_name(run_id, "run id", UsageError)
+    root = f"{base.rstrip('/')}/{run_id}"
+    return RunLayout(root=root, output_dir=f"{root}/{OUTPUT_DIR}", archive=f"{root}/{ARCHIVE_NAME}")
 
 
 @dataclass(frozen=True)
 class EntryLayout:
     """Remote paths of one entry. `output` still contains `%j` (see `output_path`)."""
 
-    root: str      # <workdir>/<run_id>/<entry>; the job's working directory
+    run: RunLayout
+    root: str      # <workdir>/<run_id>/<entry>: made by the job
     src: str       # root/src: the checkout; the user's script runs here
-    archive: str   # root/source.tar.gz: the uploaded `git archive` (checkout: upload)
-    output: str    # root/slurm-%j.out: stdout and stderr of the job
+    output: str    # <run>/output/<entry>.%j.out: stdout and stderr of the job
+
+    @property
+    def archive(self) -> str:
+        return self.run.archive
+
+    @property
+    def working_dir(self) -> str:
+        """The job's working directory at submit (it must exist before the job starts)."""
+        return self.run.output_dir
 
     @property
     def body(self) -> str:
@@ -48,16 +87,20 @@ def entry_layout(workdir: str, run_id: str, entry_name: str) -> EntryLayout:
 
     Raises ConfigError for an unusable `workdir` or entry name, UsageError for an unusable run id.
     """
-    base = check_remote_dir(workdir)
-    _check_name(run_id, "run id", UsageError)
+    run = run_layout(workdir, run_id)
     _check_name(entry_name, "entry name", ConfigError)
-    root = f"{base.rstrip('/')}/{run_id}/{entry_name}"
-    return EntryLayout(
-        root=root,
-        src=f"{root}/src",
-        archive=f"{root}/source.tar.gz",
-        output=f"{root}/{OUTPUT_NAME}",
-    )
+    if entry_name == OUTPUT_DIR:
+        raise ConfigError(f"entry name {entry_name!r}: reserved for the run's output directory")
+    root = f"{run.root}/{entry_name}"
+    return EntryLayout(run=run, root=root, src=f"{root}/src",
+                       output=f"{run.output_dir}/{entry_name}.%j{OUTPUT_SUFFIX}")
+
+
+def output_prefix(entry_root: str) -> str:
+    """The start of every output file name of the entry whose directory is `entry_root`
+    (`<run>/output/<entry>.`): how a job found by the run's name is told apart from the others."""
+    run_root, entry_name = entry_root.rsplit("/", 1)
+    return f"{run_root}/{OUTPUT_DIR}/{entry_name}."
 
 
 def check_remote_dir(path: str) -> str:

@@ -6,9 +6,10 @@ Layout of a generated script:
    layout.py), `--account` (from `account:` unless the entry's sbatch sets it), then the entry's
    merged `sbatch:` options as `--name=value` (true -> `--name`, false -> omitted).
 2. A prologue (`set -uo pipefail`, no `-e`: it keeps exit codes itself) that exports the
-   `CI_RUNNER_*` variables, then the checkout into `<root>/src`: `clone` fetches exactly the CI's
+   `CI_RUNNER_*` variables (CI_RUNNER_OUTPUT: the job's own output file), then the checkout into
+   `<root>/src` (the job creates its entry directory; layout.py): `clone` fetches exactly the CI's
    SHA (`git init`, `git fetch --depth 1 <url> <sha>`, `git checkout --detach FETCH_HEAD`, and
-   verifies HEAD); `upload` extracts `<root>/source.tar.gz`; `none` only creates the directory.
+   verifies HEAD); `upload` extracts the run's `source.tar.gz`; `none` only creates the directory.
    A failing checkout prints `ci-runner: checkout failed: ...` and exits with CHECKOUT_FAILED.
 3. The user's rendered script, written by a quoted heredoc (delimiter derived from a hash of the
    body and checked absent from it) to `<root>/ci-runner-job.sh`. Then the `env:` variables are
@@ -31,7 +32,7 @@ honours backslashes and treats `#` as a comment. So option names must match
 `[A-Za-z][A-Za-z0-9-]*` and values may only contain printable ASCII without space, quotes,
 backslash or `#`; anything else is a ConfigError, never escaped. Options ci-runner owns
 (job-name, output, error, chdir, ...) cannot be set: the working directory is passed to the
-submit call (`working_dir = layout.root`).
+submit call (`working_dir = layout.working_dir`, the run's output directory).
 
 The template context is exactly: the entry's matrix values at top level, `matrix` (the same
 dict), `entry` (name, index), `ci` (sha, ref, repo, run_id, provider) and `env` (only the
@@ -98,9 +99,8 @@ class JobSpec:
 
     @property
     def job_name(self) -> str:
-        """The Slurm job name in the header, unique per run and entry (to find the job again after a submit timeout)."""
-        run_id = self.layout.root.rsplit("/", 2)[-2]  # root is <workdir>/<run_id>/<entry>
-        return job_name(self.entry.name, run_id)
+        """The Slurm job name in the header: the run's (one state list answers for every entry)."""
+        return job_name(self.layout.run.root.rsplit("/", 1)[-1])
 
 
 class _Quoted(str):
@@ -116,10 +116,12 @@ def _raw(value: object) -> _Quoted:
     return _Quoted(str(value))
 
 
-def job_name(entry_name: str, run_id: str) -> str:
-    """`ci-runner-<entry>-<run id>`, restricted to `[A-Za-z0-9._-]`. The run id keeps concurrent runs
-    (two branches, a re-run) apart when a job is looked up by name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"ci-runner-{entry_name}-{run_id}")
+def job_name(run_id: str) -> str:
+    """`ci-runner-<run id>`, restricted to `[A-Za-z0-9._-]`: every job of a run has it, so one
+    `GET /compute/{system}/jobs?name=` lists them all, and the run id keeps concurrent runs (two
+    branches, a re-run) apart. Which entry a job is comes from its submit answer, or, after a lost
+    answer, from its output file (cluster.find_job)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"ci-runner-{run_id}")
 
 
 def job_scripts(
@@ -175,7 +177,7 @@ def _job(
     script = "".join(
         [
             "#!/bin/bash\n",
-            sbatch_header(config, entry, layout, job_name(entry.name, ci.run_id)),
+            sbatch_header(config, entry, layout, job_name(ci.run_id)),
             _prologue(config, entry, ci, layout, ours),
             _checkout(config.checkout, ci, layout),
             _run_body(body, layout, _user_env(config)),
@@ -227,6 +229,9 @@ def _prologue(
     ]
     for name, value in ours.items():
         lines.append(f"export {name}={_value(config, name, value)}\n")
+    output_dir, output_name = layout.output.rsplit("/", 1)
+    before, after = output_name.split("%j", 1)
+    lines.append(f"export CI_RUNNER_OUTPUT={shlex.quote(output_dir + '/' + before)}\"${{SLURM_JOB_ID:-}}\"{shlex.quote(after)}\n")
     lines.append(f"ci_runner_root={shlex.quote(layout.root)}\n")
     lines.append(f"ci_runner_src={shlex.quote(layout.src)}\n")
     return "".join(lines)

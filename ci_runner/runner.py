@@ -1,6 +1,10 @@
 """Orchestration of `ci-runner run`: prepare, submit, follow, decide, fetch back, report.
 
-One asyncio task per entry; all of them share the Cluster's single request budget. The state file
+The run is prepared once (one `mkdir` of its output directory, one upload of the source archive),
+then one asyncio task per entry submits and follows its job; all of them share the Cluster's single
+request budget, and the job states and output sizes come from the run's `RunObserver` (one job list
+and one directory listing per cycle for every entry), so an idle cycle costs two requests whatever
+the number of entries; only an output that grew costs a read of its own. The state file
 records every job id (and every submit in flight) before the job is followed, and the printed output
 offset after every print, so `ci-runner cancel` and `ci-runner run --attach` work after the runner died.
 
@@ -26,9 +30,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from ci_runner import statefile, states, workspace
 from ci_runner.config import DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
+from ci_runner.layout import output_prefix
 from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
+from ci_runner.observer import RunObserver
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
 from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, PollInterval
@@ -44,9 +50,10 @@ TAIL_LINE_CHARS = 4096        # a summary shows at most this much of one (very l
 # Job-state checks while output keeps flowing: a job that ends normally says so in its output (below),
 # and one that is killed stops writing, so the next (idle) poll checks the state; this is only a backstop.
 STATE_CHECK_EVERY = 60.0
-# Requests per poll for the budget share (PollInterval.budget_floor): an idle poll is job state + `stat`;
-# while output flows a poll is one read, plus a share for the rare state checks and the job-end checks.
-IDLE_REQUESTS_PER_POLL = 2.0
+# Requests per poll for the budget share (`_poll_floor`): an idle cycle is the run's job list and
+# output listing, shared by every idle entry; while output flows an entry's poll is one read of its
+# own, plus a share for the rare state checks and the job-end checks.
+IDLE_REQUESTS_PER_CYCLE = 2.0
 FLOWING_REQUESTS_PER_POLL = 1.25
 # The job script's last output line (render.JOB_END_LINE) or a checkout failure: check the state at
 # once, then every END_RECHECK seconds, END_CHECKS times in all, until Slurm reports the job final.
@@ -141,6 +148,10 @@ class _Run:
         self.entries = {spec.entry.name: _Entry(spec) for spec in specs}
         self.submit_slots = asyncio.Semaphore(max(1, options.max_concurrent_submits))
         self.following = 0  # entries currently being followed (they share the request budget)
+        self.flowing: set[str] = set()  # followed entries whose last poll printed output
+        first = specs[0]
+        self.run_layout = first.layout.run
+        self.observer = RunObserver(cluster, first.job_name, self.run_layout.output_dir)
         self.state: StateFile
 
     # -- the whole run -------------------------------------------------------------------------
@@ -151,6 +162,8 @@ class _Run:
         if self.options.source is not None and self.options.source.dirty:
             self.reporter.warning(
                 f"the working tree has uncommitted changes; uploading commit {self.options.source.sha[:12]} without them")
+        if not self.options.attach:
+            await workspace.prepare_run(self.cluster, self.run_layout, self.options.source)
         tasks = {name: asyncio.create_task(self._entry(entry), name=f"entry {name}")
                  for name, entry in self.entries.items()}
         stopper = asyncio.create_task(self.stop.wait())
@@ -226,7 +239,7 @@ class _Run:
         recorded = self.state.state.entries[name]
         job_id = recorded.job_id
         if job_id is None and recorded.state == statefile.SUBMITTING:
-            job_id = await find_job(urgent, recorded.job_name)
+            job_id = await find_job(urgent, recorded.job_name, recorded.remote_dir)
         if job_id is None:
             self.state.update(name, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
             return
@@ -299,7 +312,7 @@ class _Run:
             if recorded.finished:
                 return self._recorded_result(entry, recorded)
             if entry.job_id is None and recorded.state == statefile.SUBMITTING:
-                entry.job_id = await find_job(self.cluster, recorded.job_name)
+                entry.job_id = await find_job(self.cluster, recorded.job_name, recorded.remote_dir)
                 if entry.job_id is not None:
                     self.state.update(entry.name, job_id=entry.job_id,
                                       output_path=entry.spec.layout.output_path(entry.job_id))
@@ -308,7 +321,6 @@ class _Run:
                 self.reporter.info(f"{entry.name}: attaching to Slurm job {entry.job_id} at output byte {offset}")
         if entry.job_id is None:
             async with self.submit_slots:
-                await workspace.prepare(self.cluster, entry.spec.layout, self.options.source)
                 await self._submit(entry)
         resubmits = self.options.resubmit
         while True:
@@ -318,6 +330,7 @@ class _Run:
                 attempt = await self._follow(entry, entry.job_id, offset)
             finally:
                 self.following -= 1
+                self.flowing.discard(entry.name)
             state = attempt.status.state if attempt.status else ""
             if resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
                 resubmits -= 1
@@ -336,10 +349,12 @@ class _Run:
         name = entry.name
         spec = entry.spec
         entry.submitted_wall = time.time()
+        earlier = (entry.job_id,) if entry.job_id else ()  # a resubmit: the failed attempt is not the new job
         entry.status = None
         self.state.update(name, state=statefile.SUBMITTING, job_id=None, output_path=None, offset=0,
                           submitted_at=entry.submitted_wall)
-        job_id = await self.cluster.submit(spec.script, spec.layout.root, dict(spec.env))
+        job_id = await self.cluster.submit(spec.script, spec.layout.working_dir, dict(spec.env),
+                                           output_prefix=output_prefix(spec.layout.root), exclude=earlier)
         entry.job_id = job_id
         self.state.update(name, job_id=job_id, output_path=spec.layout.output_path(job_id), state="SUBMITTED")
         self.reporter.entry_submitted(name, job_id, spec.layout.root)
@@ -349,7 +364,8 @@ class _Run:
         name = entry.name
         reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id), output_cap=self.options.output_cap,
                               on_warning=lambda message: self.reporter.warning(message, name),
-                              limit=self.options.max_output, tail_bytes=self.options.tail_bytes)
+                              limit=self.options.max_output, tail_bytes=self.options.tail_bytes,
+                              sizes=self.observer.size, clock=self.observer.clock)
         reader.offset = offset
         entry.reader = reader
         entry.limit_warned = False
@@ -370,11 +386,13 @@ class _Run:
         end_checks = 0  # state checks left after the job-end line was seen
         end_seen_at = float("-inf")
         recent = ""  # the end of the output so far, to find an end marker split across two reads
+        answered = self.observer.clock()  # a job list sent after this knows the job (submitted before)
         while True:
             now = clock()
             if not running or idle or end_checks or now - last_check >= STATE_CHECK_EVERY:
                 end_checks = max(0, end_checks - 1)
-                status = await self.cluster.job(job_id)
+                status = await self.observer.job(job_id, answered)
+                answered = self.observer.clock()
                 last_check = now = clock()
                 entry.status = status or entry.status
                 if status is None:
@@ -383,7 +401,7 @@ class _Run:
                     if not seen and time.time() - wall_submitted < self.options.not_found_grace:
                         await asyncio.sleep(NOT_FOUND_POLL)
                         continue
-                    await self._drain(entry, reader)
+                    await self._drain(entry, reader, answered)
                     why = "vanished from Slurm before a final state was seen" if seen else (
                         "is not known to Slurm (purged after it ended, or never queued)")
                     return _Attempt(None, Outcome.INFRA, f"job {job_id} {why}; its final state is unknown")
@@ -415,7 +433,8 @@ class _Run:
                         self.reporter.info(f"{name}: {status.state} after {format_duration(waited)} in the queue"
                                            if waited is not None else f"{name}: {status.state}")
                 if states.is_terminal(status.state):
-                    return await self._finished(entry, reader, status)
+                    self.flowing.discard(name)
+                    return await self._finished(entry, reader, status, answered)
                 if end_checks:  # the job script has ended, Slurm does not know yet: the state only
                     await asyncio.sleep(END_RECHECK)
                     continue
@@ -425,6 +444,7 @@ class _Run:
             if reader.limited:
                 self._limit_reached(entry, reader)
             idle = not text
+            (self.flowing.add if text else self.flowing.discard)(name)
             if text:
                 found = has_end_marker(recent, text)
                 recent = (recent + text[-_MARKER_SPAN:])[-_MARKER_SPAN:]
@@ -433,15 +453,25 @@ class _Run:
                     continue  # check the state right away
             if reader.chunked:
                 continue  # a backlog over the API's output cap: read the next block right away (budget permitting)
-            floor = PollInterval.budget_floor(self.cluster.budget.requests_per_minute, self.following,
-                                              FLOWING_REQUESTS_PER_POLL if text else IDLE_REQUESTS_PER_POLL)
-            delay = interval.next(delay, bool(text), floor)
+            delay = interval.next(delay, bool(text), self._poll_floor(bool(text)))
             await asyncio.sleep(delay)
 
-    async def _drain(self, entry: _Entry, reader: OutputReader) -> None:
+    def _poll_floor(self, flowing: bool) -> float:
+        """Seconds between an entry's polls so that the run stays within its budget: the flowing
+        entries' reads share it (half of it while other entries idle), and the idle entries' shared
+        cycle (job list + listing) gets the other half."""
+        rpm = self.cluster.budget.requests_per_minute
+        idle_entries = self.following - len(self.flowing)
+        share = rpm / 2 if self.flowing and idle_entries > 0 else rpm
+        if flowing:
+            return 60.0 * FLOWING_REQUESTS_PER_POLL * max(1, len(self.flowing)) / share
+        return 60.0 * IDLE_REQUESTS_PER_CYCLE / share
+
+    async def _drain(self, entry: _Entry, reader: OutputReader, final_since: float | None = None) -> None:
         """Print the rest of the output file, chunk by chunk (never the whole rest in memory). Over
-        max_output: the head up to the limit, a line saying how much is not shown, then the tail."""
-        async for text in reader.drain_chunks():
+        max_output: the head up to the limit, a line saying how much is not shown, then the tail.
+        `final_since`: when the final state was known (a listing sent since gives the final size)."""
+        async for text in reader.drain_chunks(final_since):
             self._emit(entry, reader, text)
         for _ in range(3):  # the tail; again only if the file was truncated and its head re-read
             if not reader.limited:
@@ -454,11 +484,12 @@ class _Run:
             async for text in reader.drain_chunks():
                 self._emit(entry, reader, text)
 
-    async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus) -> _Attempt:
+    async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus,
+                        final_since: float | None = None) -> _Attempt:
         """The job is final: print the rest of its output, then decide from the final state. Output
         that could not be read to its end is a warning (how much, and where the file is), not a
         different verdict: Slurm's state is known, and the file is still there to read."""
-        await self._drain(entry, reader)
+        await self._drain(entry, reader, final_since)
         if reader.unread:
             self._output_incomplete(entry, "the reads stopped making progress")
         return self._decide(entry, status)
@@ -652,7 +683,7 @@ async def cancel_recorded(cluster: Cluster, handle: StateFile, wait: float = 30.
     for name, entry in handle.state.unfinished().items():
         job_id = entry.job_id
         if job_id is None and entry.state == statefile.SUBMITTING:
-            job_id = await find_job(cluster, entry.job_name)
+            job_id = await find_job(cluster, entry.job_name, entry.remote_dir)
         if job_id is None:
             lines.append(f"{name}: never submitted")
             handle.update(name, finished=True, state=statefile.NOT_SUBMITTED)
@@ -680,9 +711,10 @@ def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
                         on_secret=cluster.on_secret)
 
 
-async def find_job(cluster: Cluster, name: str) -> str | None:
-    """Id of this run's job named `name` (a submit whose answer was lost), or None."""
-    return await cluster.find_job(name)
+async def find_job(cluster: Cluster, name: str, entry_root: str) -> str | None:
+    """Id of the job of the entry whose directory is `entry_root`, among this run's jobs named `name`
+    (a submit whose answer was lost), or None."""
+    return await cluster.find_job(name, output_prefix(entry_root))
 
 
 async def run(specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter, options: RunOptions,

@@ -58,7 +58,8 @@ mode), so the count of skipped bytes may be off by a few bytes; the final offset
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -76,6 +77,9 @@ def block_size_for(output_cap: int) -> int:
     """The chunk-mode block size S for a server whose ops output cap is `output_cap` bytes: the
     default, or less so that a 2·S window stays under the cap (with 1 KiB to spare)."""
     return max(1, min(DEFAULT_BLOCK_SIZE, (output_cap - 1024) // 2))
+
+
+SizeSource = Callable[[str, float], Awaitable["int | None"]]  # (path, newer_than) → size (observer.RunObserver.size)
 
 
 class RemoteFile(Protocol):
@@ -273,6 +277,8 @@ class OutputReader:
         on_warning: Callable[[str], None] | None = None,
         limit: int | None = None,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
+        sizes: SizeSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if block_size is None:
             block_size = block_size_for(output_cap)
@@ -305,6 +311,9 @@ class OutputReader:
         self._warned_guess = False
         self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
         self._known_size: int | None = None  # the file's size at the last `stat` (a lower bound while it grows)
+        self._sizes = sizes  # the run's shared listing instead of a `stat` per file (observer.py)
+        self._clock = clock
+        self._answered_at = float("-inf")  # when the last answer about this file arrived
         self.unread = 0  # after `drain`: bytes of the final file it could not read (0 = complete)
 
     @property
@@ -346,7 +355,7 @@ class OutputReader:
         blocks = -(-max(0, size - self.offset) // self.block_size)
         return blocks + blocks // 8 + DRAIN_EXTRA_READS
 
-    async def drain_chunks(self) -> AsyncIterator[str]:
+    async def drain_chunks(self, final_since: float | None = None) -> AsyncIterator[str]:
         """After the job reached a terminal state: `stat` once, then read until the offset reaches that
         size, yielding the text chunk by chunk (memory stays one chunk whatever the file size). Reads are
         bounded (`drain_read_limit`, and a few without progress); if the end is not reached, a warning
@@ -355,7 +364,7 @@ class OutputReader:
         self.unread = 0
         if self.limited:
             return  # the head is shown; the tail comes after `skip_to_tail`
-        size = await self._stat()
+        size = await self._stat(final_since)  # `final_since`: when the final state was asked (any listing since will do)
         if size is None:
             if self.offset > 0:
                 self._warn(f"{self.path} disappeared after {self.offset} bytes: the rest of the output is lost")
@@ -425,10 +434,16 @@ class OutputReader:
         self._head_done = True  # also when a character crossing the limit left the offset just below it
         return kept
 
-    async def _stat(self) -> int | None:
-        self.requests += 1
+    async def _stat(self, newer_than: float | None = None) -> int | None:
+        """The file's size. With a shared size source: from a listing sent at or after `newer_than`
+        (default: now, i.e. a fresh one), else a `stat` of its own."""
         self._polls_since_stat = 0
-        self._known_size = await self.cluster.stat_size(self.path)
+        if self._sizes is not None:
+            self._known_size = await self._sizes(self.path, self._clock() if newer_than is None else newer_than)
+        else:
+            self.requests += 1
+            self._known_size = await self.cluster.stat_size(self.path)
+        self._answered_at = self._clock()
         return self._known_size
 
     def _too_large_for_tail(self, start: int) -> bool:
@@ -484,7 +499,8 @@ class OutputReader:
         # `stat` first: to bracket an ambiguous U+FFFD, after an idle poll (nothing new ⇒ no `tail`),
         # and every `shrink_check_every` polls (a truncated file that grew again past our offset).
         probe = self._need_bracket or (not final and (self._idle or self._polls_since_stat >= self.shrink_check_every))
-        size_before = await self._stat() if probe else None
+        # An idle probe may use a listing sent since our last answer; a bracket needs a fresh one.
+        size_before = (await self._stat(None if self._need_bracket else self._answered_at)) if probe else None
         if probe:
             if size_before is None:
                 self._lost()
@@ -506,6 +522,7 @@ class OutputReader:
         except too_large:
             self._enter_chunk_mode()
             return await self._read_block()
+        self._answered_at = self._clock()
         self.bytes_read += utf8_len(text)
         if overlap:
             if not text.startswith(overlap.decode("utf-8")):
@@ -553,6 +570,7 @@ class OutputReader:
             self.block_size = max(MIN_BLOCK_SIZE, self.block_size // 2)  # block ends stay block ends
             self._recent = self._recent[-self.block_size:]
             return await self._read_block()
+        self._answered_at = self._clock()
         self.bytes_read += utf8_len(text)
         if chars is not None:
             block = consume_view(text, self.offset, aligned + size, size)

@@ -1,12 +1,13 @@
 """The remote work directory of each entry, and the source that goes into it.
 
-Layout (layout.py): `<workdir>/<run-id>/<entry>/` with `src/` (the checkout; the user's script runs
-there), `source.tar.gz` (checkout: upload) and `slurm-<jobid>.out`.
+Layout (layout.py): `<workdir>/<run-id>/` with `output/` (every job's output file), `source.tar.gz`
+(checkout: upload, one per run) and `<entry>/src/` (the checkout, made by the job; the user's script
+runs there).
 
 - `checkout: clone`: nothing to send; the job script (render.py) clones the exact SHA on the cluster.
   No credentials ever go into the script, so a private repository needs `checkout: upload`.
 - `checkout: upload`: `git archive` of the exact commit (never the working tree), uploaded once per
-  entry; the job script extracts it into `src/`.
+  run; each entry's job script extracts it into its `src/`.
 - `checkout: none`: the script brings its own sources.
 """
 
@@ -25,7 +26,7 @@ from ci_runner.errors import InfraError, UsageError
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster
-    from ci_runner.layout import EntryLayout
+    from ci_runner.layout import EntryLayout, RunLayout
 
 # Direct transfers only (no staged S3 transfers: they need an object store and a transfer job).
 # Upload: the server's ops/upload limit (max_ops_file_size, 5 MiB; pyfirecrest itself switches to staged
@@ -78,13 +79,15 @@ def check_uploadable(archive: SourceArchive, output_cap: int = MAX_DIRECT_UPLOAD
         )
 
 
-async def prepare(cluster: Cluster, layout: EntryLayout, archive: SourceArchive | None) -> None:
-    """Create the entry's directory (and `src/`) and upload the archive when there is one.
+async def prepare_run(cluster: Cluster, layout: RunLayout, archive: SourceArchive | None) -> None:
+    """Create the run's output directory (and the run's, with parents) and upload the archive when
+    there is one: two requests at most, whatever the number of entries (each job makes its own
+    entry directory and extracts the shared archive).
 
-    The directories must exist before submit: Slurm cannot open the output file of a job whose
-    directory is missing, and `--chdir` fails.
+    The output directory must exist before submit: it is every job's working directory, and Slurm
+    cannot open the output file of a job whose directory is missing.
     """
-    await cluster.mkdir(layout.src)
+    await cluster.mkdir(layout.output_dir)
     if archive is not None:
         check_uploadable(archive)
         directory, filename = posixpath.split(layout.archive)

@@ -1,30 +1,42 @@
-"""Remote layout of an entry: `<workdir>/<run_id>/<entry>/...`, and the path safety rules."""
+"""Remote layout of a run and its entries (`<workdir>/<run_id>/...`), and the path safety rules."""
 
 from __future__ import annotations
 
 import pytest
 
 from ci_runner.errors import ConfigError, UsageError
-from ci_runner.layout import EntryLayout, check_remote_dir, entry_layout
+from ci_runner.layout import EntryLayout, RunLayout, check_remote_dir, entry_layout, output_prefix
 
 
 def test_layout_paths() -> None:
     layout = entry_layout("/scratch/me/ci-runner/", "gh-123-1-test", "gcc-4")
+    run = RunLayout(root="/scratch/me/ci-runner/gh-123-1-test",
+                    output_dir="/scratch/me/ci-runner/gh-123-1-test/output",
+                    archive="/scratch/me/ci-runner/gh-123-1-test/source.tar.gz")
     assert layout == EntryLayout(
+        run=run,
         root="/scratch/me/ci-runner/gh-123-1-test/gcc-4",
         src="/scratch/me/ci-runner/gh-123-1-test/gcc-4/src",
-        archive="/scratch/me/ci-runner/gh-123-1-test/gcc-4/source.tar.gz",
-        output="/scratch/me/ci-runner/gh-123-1-test/gcc-4/slurm-%j.out",
+        output="/scratch/me/ci-runner/gh-123-1-test/output/gcc-4.%j.out",
     )
     assert layout.body == "/scratch/me/ci-runner/gh-123-1-test/gcc-4/ci-runner-job.sh"
+    assert layout.archive == run.archive and layout.working_dir == run.output_dir  # shared by every entry
+    assert entry_layout("/scratch/me/ci-runner", "gh-123-1-test", "clang-4").run == run
+    assert output_prefix(layout.root) == "/scratch/me/ci-runner/gh-123-1-test/output/gcc-4."
+    assert layout.output_path(7).startswith(output_prefix(layout.root))
 
 
 def test_output_path_expands_job_id() -> None:
     layout = entry_layout("/w", "r", "e")
-    assert layout.output_path("4711") == "/w/r/e/slurm-4711.out"
-    assert layout.output_path(12) == "/w/r/e/slurm-12.out"
+    assert layout.output_path("4711") == "/w/r/output/e.4711.out"
+    assert layout.output_path(12) == "/w/r/output/e.12.out"
     with pytest.raises(UsageError, match="job id"):
         layout.output_path("1;rm")
+
+
+def test_an_entry_cannot_take_the_output_directory_s_name() -> None:
+    with pytest.raises(ConfigError, match="reserved"):
+        entry_layout("/w", "r", "output")
 
 
 def test_workdir_is_normalised() -> None:

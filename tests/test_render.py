@@ -397,11 +397,11 @@ def test_sbatch_header(tmp_path: Path) -> None:
               "constraint": "gpu&(a|b)", "mem-per-cpu": 1.5}
     config = make_config(tmp_path, account="g123")
     spec = job_script(config, make_entry(sbatch=sbatch), make_ci(), "/scratch/ci", {})
-    root = "/scratch/ci/run-1/gcc-4"
+    out = "/scratch/ci/run-1/output/gcc-4.%j.out"
     assert header(spec) == [
-        "#SBATCH --job-name=ci-runner-gcc-4-run-1",
-        f"#SBATCH --output={root}/slurm-%j.out",
-        f"#SBATCH --error={root}/slurm-%j.out",
+        "#SBATCH --job-name=ci-runner-run-1",
+        f"#SBATCH --output={out}",
+        f"#SBATCH --error={out}",
         "#SBATCH --account=g123",
         "#SBATCH --partition=debug",
         "#SBATCH --time=00:15:00",
@@ -411,9 +411,11 @@ def test_sbatch_header(tmp_path: Path) -> None:
         "#SBATCH --mem-per-cpu=1.5",
     ]
     assert spec.script.startswith("#!/bin/bash\n#SBATCH ")
-    assert spec.job_name == "ci-runner-gcc-4-run-1"
+    assert spec.job_name == "ci-runner-run-1"  # the run's: one job list answers for every entry
+    other_entry = job_script(config, make_entry(name="clang-4", sbatch=sbatch), make_ci(), "/scratch/ci", {})
+    assert other_entry.job_name == spec.job_name
     other_run = job_script(config, make_entry(sbatch=sbatch), make_ci(run_id="run-2"), "/scratch/ci", {})
-    assert other_run.job_name == "ci-runner-gcc-4-run-2" and f"--job-name={other_run.job_name}" in other_run.script
+    assert other_run.job_name == "ci-runner-run-2" and f"--job-name={other_run.job_name}" in other_run.script
 
 
 def test_entry_account_overrides_config_account(tmp_path: Path) -> None:
@@ -483,9 +485,9 @@ def test_sbatch_runs_the_script_and_keeps_the_exit_code(tmp_path: Path) -> None:
     config = make_config(tmp_path, script="printf '%s\\n' {{ v }} \"$CI_RUNNER_REF\"\nexit 3\n")
     ci = make_ci(ref=f"refs/heads/{value}")
     spec = job_script(config, make_entry({"v": value}, sbatch={"time": "00:02:00"}), ci, str(tmp_path / "w"), {})
-    Path(spec.layout.root).mkdir(parents=True)
+    Path(spec.layout.working_dir).mkdir(parents=True)  # the run's set-up; the job makes its entry dir
     submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={spec.layout.root}"],
+        ["sbatch", "--parsable", f"--chdir={spec.layout.working_dir}"],
         input=spec.script, capture_output=True, text=True, timeout=30,
     )
     assert submitted.returncode == 0, submitted.stderr
@@ -499,7 +501,7 @@ def test_sbatch_runs_the_script_and_keeps_the_exit_code(tmp_path: Path) -> None:
             info = _scontrol(job_id)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
-    assert info["JobName"] == spec.job_name == "ci-runner-gcc-4-run-1"
+    assert info["JobName"] == spec.job_name == "ci-runner-run-1"
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "3:0")
     assert info["StdOut"] == spec.layout.output_path(job_id) == info["StdErr"]
     # stdout and stderr share the file: the job-end line (stderr) comes last.

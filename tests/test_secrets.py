@@ -134,7 +134,7 @@ def run_and_scan(sandbox: Sandbox, repo: Path, env: dict[str, str], secrets: lis
     assert any('"state"' in s for s in seen["state"]), "never saw the state file while the job ran"
     job_id = re.search(r"submitted as Slurm job (\d+)", stdout + stderr)
     assert job_id, stdout
-    output_files = list(Path(sandbox.root).rglob(f"slurm-{job_id.group(1)}.out"))
+    output_files = list(Path(sandbox.root).rglob(f"*.{job_id.group(1)}.out"))
     assert output_files and "== done" in output_files[0].read_text(errors="replace"), "the job did not run"
     places = {
         "CI log (stdout)": stdout,

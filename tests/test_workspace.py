@@ -141,8 +141,9 @@ def test_local_destination_stays_inside(tmp_path: Path) -> None:
         workspace.local_destination(base, "link/evil")
 
 
-def test_prepare_creates_the_entry_dir_and_uploads_the_archive(repo: Path, tmp_path: Path) -> None:
-    """Over real HTTP: mkdir of <root>/src, then the archive at layout.archive."""
+def test_prepare_run_creates_the_output_dir_and_uploads_the_archive_once(repo: Path, tmp_path: Path) -> None:
+    """Over real HTTP: one mkdir of <run>/output, then one upload of the archive at the run's
+    layout.archive, whatever the number of entries; cleanup removes one entry's directory."""
     from ci_runner.budget import RequestBudget
     from ci_runner.cluster import Cluster, Credentials
     from ci_runner.layout import entry_layout
@@ -156,12 +157,14 @@ def test_prepare_creates_the_entry_dir_and_uploads_the_archive(repo: Path, tmp_p
 
         async def go() -> None:
             async with Cluster(Credentials.from_env(sandbox.env()), budget=RequestBudget(600)) as cluster:
-                await workspace.prepare(cluster, layout, archive)
-                await workspace.prepare(cluster, layout, None)  # again: idempotent, nothing uploaded
+                await workspace.prepare_run(cluster, layout.run, archive)
+                assert {k: v for k, v in sandbox.request_log.counts.items() if "/filesystem/" in k} == {
+                    "POST /filesystem/{system_name}/ops/mkdir": 1, "POST /filesystem/{system_name}/ops/upload": 1}
+                await workspace.prepare_run(cluster, layout.run, None)  # again: idempotent, nothing uploaded
+                Path(layout.src).mkdir(parents=True)  # what the job does
                 await workspace.cleanup(cluster, layout)
                 assert not Path(layout.root).exists()
-                await workspace.prepare(cluster, layout, archive)
 
         asyncio.run(go())
-        assert Path(layout.src).is_dir()
+        assert Path(layout.working_dir).is_dir()
         assert Path(layout.archive).read_bytes() == archive.data
