@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,9 +28,10 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def ci_runner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def ci_runner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`ci-runner ARGS` in `cwd` with `clean_env()` plus `env`."""
     return subprocess.run([sys.executable, "-c", "from ci_runner.cli import main; main()", *args], cwd=cwd,
-                          env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+                          env={**clean_env(), **(env or {})}, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture
@@ -102,7 +104,7 @@ def test_validate_missing_file(repo: Path) -> None:
                       "ci-runner: error: .ci-runner.yml: no such file (create it, or pass --config PATH)")
 
 
-@pytest.mark.parametrize("example", ["minimal.yml", "realistic.yml"])
+@pytest.mark.parametrize("example", ["minimal.yml", "realistic.yml", "reframe/.ci-runner.yml"])
 def test_examples_validate(repo: Path, example: str) -> None:
     done = ci_runner("validate", "--config", str(EXAMPLES / example), cwd=repo)
     assert done.returncode == 0, done.stderr
@@ -188,14 +190,16 @@ def test_render_config_error_exit_2(repo: Path) -> None:
     assert_user_error(ci_runner("render", cwd=repo), "ci-runner: error: .ci-runner.yml:4:11: checkout: expected one of")
 
 
-def _run_rendered(script: Path, repo: Path) -> Path:
-    """Run a rendered job script with bash as Slurm would (after the upload step); returns the entry root."""
+def _run_rendered(script: Path, repo: Path, env: dict[str, str] | None = None) -> Path:
+    """Run a rendered job script with bash as Slurm would (after the upload step), with `clean_env()`
+    plus `env`; returns the entry root."""
     text = script.read_text()
     root = Path(shlex.split(next(line for line in text.splitlines() if line.startswith("ci_runner_root=")))[0]
                 .split("=", 1)[1])
     root.mkdir(parents=True)
     subprocess.run(["git", "archive", "--format=tar.gz", "-o", str(root / "source.tar.gz"), "HEAD"], cwd=repo, check=True)
-    done = subprocess.run(["bash", str(script)], cwd=root, env=clean_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", str(script)], cwd=root, env={**clean_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
@@ -233,3 +237,56 @@ def test_minimal_example_clones_the_commit_and_runs(repo: Path, tmp_path: Path) 
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=root / "src", capture_output=True, text=True,
                           check=True).stdout.strip() == sha
+
+
+# -------------------------------------------------------------------------------------- ReFrame example
+
+REFRAME = EXAMPLES / "reframe"
+
+
+@pytest.mark.parametrize("show_failure", ["", "1"], ids=["default", "show-failure"])
+def test_reframe_example_renders_one_job_per_environment(repo: Path, tmp_path: Path, show_failure: str) -> None:
+    """One job per programming environment, each running the suite with `reframe -p ^ENV$` and writing
+    both reports; REFRAME_SHOW_FAILURE (through pass_env) alone decides whether ProductCheck must fail."""
+    out = tmp_path / "scripts"
+    done = ci_runner("render", "--config", str(REFRAME / ".ci-runner.yml"), "--out", str(out),
+                     "--workdir", "/scratch/me/ci", cwd=repo, env={"REFRAME_SHOW_FAILURE": show_failure})
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.stem for p in out.iterdir()) == ["builtin", "gnu"]
+    for environ in ("builtin", "gnu"):
+        script = (out / f"{environ}.sh").read_text()
+        assert "#SBATCH --ntasks=1" in script
+        assert f"\"$reframe\" --run -p '^{environ}$' \"${{options[@]}}\" \\\n" in script
+        assert "--report-junit=reframe-report/junit.xml --report-file=reframe-report/report.json\n" in script
+        assert ("options+=(-S ProductCheck.fail=true)" in script) == bool(show_failure)
+        assert "export RFM_CONFIG_FILES=examples/reframe/settings.py\n" in script
+        assert subprocess.run(["bash", "-n", str(out / f"{environ}.sh")], capture_output=True).returncode == 0
+
+
+def test_reframe_example_uses_the_site_module_when_one_is_named(repo: Path, tmp_path: Path) -> None:
+    """With `REFRAME_MODULE` set the job loads that module and runs its `reframe`; nothing is installed.
+    (The rendered job runs with bash; `module` and `reframe` are stand-ins that record their arguments.)"""
+    example = repo / "examples" / "reframe"
+    shutil.copytree(REFRAME, example, ignore=shutil.ignore_patterns("__pycache__"))
+    config = example / ".ci-runner.yml"
+    config.write_text(config.read_text().replace('REFRAME_MODULE: ""', "REFRAME_MODULE: reframe/4.10"))
+    subprocess.run(["git", "add", "examples"], cwd=repo, env=clean_env(), check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "reframe"], cwd=repo, env=clean_env(), check=True)
+    site = tmp_path / "site-reframe"
+    site.mkdir()
+    fake = site / "reframe"
+    fake.write_text('#!/bin/bash\necho "site reframe $*" >> "$RECORD"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "scripts"
+    workdir = tmp_path / "remote"
+    done = ci_runner("render", "--config", str(config), "--out", str(out), "--entry", "gnu",
+                     "--workdir", str(workdir), cwd=repo)
+    assert done.returncode == 0, done.stderr
+    record = tmp_path / "record"
+    module = f'() {{ echo "module $*" >> "$RECORD"; PATH={shlex.quote(str(site))}:$PATH; }}'  # as Lmod exports it
+    _run_rendered(out / "gnu.sh", repo, env={"RECORD": str(record), "BASH_FUNC_module%%": module})
+    assert record.read_text().splitlines() == [
+        "module load reframe/4.10",
+        "site reframe --run -p ^gnu$ --report-junit=reframe-report/junit.xml --report-file=reframe-report/report.json",
+    ]
+    assert not (workdir / ".cache").exists()

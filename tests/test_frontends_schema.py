@@ -14,8 +14,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
-GITHUB_WORKFLOWS = sorted(p for p in (ROOT / "examples" / "github").glob("*.yml") if not p.name.startswith("."))
-GITLAB_FILES = [ROOT / "examples" / "gitlab" / ".gitlab-ci.yml", *sorted((ROOT / "gitlab-templates").glob("*.yml"))]
+GITHUB_WORKFLOWS = [*sorted(p for p in (ROOT / "examples" / "github").glob("*.yml") if not p.name.startswith(".")),
+                    ROOT / "examples" / "reframe" / "github-workflow.yml"]
+GITLAB_FILES = [ROOT / "examples" / "gitlab" / ".gitlab-ci.yml", ROOT / "examples" / "reframe" / ".gitlab-ci.yml",
+                *sorted((ROOT / "gitlab-templates").glob("*.yml"))]
 SNIPPET_SOURCES = [ROOT / "README.md"]
 MARKED_BLOCK = re.compile(r"<!-- check: ([a-z-]+) -->\n```[a-z]*\n(.*?)\n```", re.S)
 

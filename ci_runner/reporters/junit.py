@@ -4,6 +4,13 @@ The synthetic suite `ci-runner` makes every entry visible in the CI's test repor
 user's job writes no JUnit file. User files are read robustly: a missing, oversized or invalid file,
 or one whose root is not <testsuites>/<testsuite>, becomes a warning, never a crash. Text that XML
 1.0 cannot carry (escape codes, control characters) is removed before writing.
+
+Paths the job wrote into `classname`/`file` inside its checkout on the cluster
+(`<workdir>/<run-id>/<entry>/src/...`) become relative to the checkout: the same test keeps its name
+from run to run (CIs compare reports by name), and a file annotation points into the repository.
+ReFrame's files (`<testsuite package="reframe">`: one testcase per check and case, named
+`Check @system:partition+environ`, classname the check's file) also get `file` from that classname,
+and a failure's message becomes its text's first line, `phase: reason`, where ReFrame puts only the phase.
 """
 
 from __future__ import annotations
@@ -66,6 +73,34 @@ def read_suites(path: str, entry: str, warn: Warn) -> list[ET.Element]:
     return []
 
 
+def entry_file_suites(path: str, result: EntryResult, warn: Warn) -> list[ET.Element]:
+    """The suites of one of the entry's JUnit files as the CI's report shows them (copies; see the
+    module docstring): checkout paths made relative, ReFrame's testcases given their file and reason."""
+    checkout = "/" + "/".join(result.remote_dir.rstrip("/").split("/")[-2:]) + "/src/"  # see layout.py
+    suites = [copy.deepcopy(suite) for suite in read_suites(path, result.entry, warn)]
+    for suite in suites:
+        for case in suite.iter("testcase"):
+            for key in ("classname", "file"):
+                _, inside, relative = (case.get(key) or "").partition(checkout)
+                if inside and relative:
+                    case.set(key, relative)
+            if suite.get("package") == "reframe":
+                _reframe_case(case)
+    return suites
+
+
+def _reframe_case(case: ET.Element) -> None:
+    """ReFrame's classname is the check's file; its failure's message is the phase (`sanity`), its text
+    `phase: reason`."""
+    classname = case.get("classname") or ""
+    if classname.endswith(".py") and not classname.startswith("/") and not case.get("file"):
+        case.set("file", classname)
+    failure = case.find("failure")
+    text = (failure.text or "").strip() if failure is not None else ""
+    if failure is not None and text:
+        failure.set("message", text.splitlines()[0])
+
+
 def _leaf_suites(element: ET.Element) -> Iterator[ET.Element]:
     """Suites holding testcases; nested suites (some tools emit them) are flattened."""
     for suite in element.findall("testsuite"):
@@ -112,15 +147,14 @@ def build_report(results: Sequence[EntryResult], warn: Warn) -> ET.Element:
     several = len(results) > 1
     for result in results:
         for path in result.junit_files:
-            for suite in read_suites(path, result.entry, warn):
+            for suite in entry_file_suites(path, result, warn):
                 root.append(_entry_suite(suite, result.entry, several))
     _count(root)
     return root
 
 
-def _entry_suite(suite: ET.Element, entry: str, prefix_classnames: bool) -> ET.Element:
-    own = copy.deepcopy(suite)
-    own.set("name", f"{entry}/{suite.get('name') or 'tests'}")
+def _entry_suite(own: ET.Element, entry: str, prefix_classnames: bool) -> ET.Element:
+    own.set("name", f"{entry}/{own.get('name') or 'tests'}")
     if prefix_classnames:
         for case in own.iter("testcase"):
             case.set("classname", f"{entry}.{case.get('classname')}" if case.get("classname") else entry)
@@ -155,7 +189,7 @@ def failures(result: EntryResult, warn: Warn) -> list[JUnitFailure]:
     """Failed/errored testcases in the entry's JUnit files, with file/line where the file says."""
     found = []
     for path in result.junit_files:
-        for suite in read_suites(path, result.entry, warn):
+        for suite in entry_file_suites(path, result, warn):
             for case in suite.iter("testcase"):
                 problem = case.find("failure")
                 if problem is None:
