@@ -191,15 +191,17 @@ def test_render_config_error_exit_2(repo: Path) -> None:
 
 
 def _run_rendered(script: Path, repo: Path, env: dict[str, str] | None = None) -> Path:
-    """Run a rendered job script with bash as Slurm would (after the upload step), with `clean_env()`
-    plus `env`; returns the entry root."""
+    """Run a rendered job script with bash as Slurm would (after the run's set-up: its output
+    directory and the uploaded archive), with `clean_env()` plus `env`; returns the entry root."""
     text = script.read_text()
     root = Path(shlex.split(next(line for line in text.splitlines() if line.startswith("ci_runner_root=")))[0]
                 .split("=", 1)[1])
-    root.mkdir(parents=True)
-    subprocess.run(["git", "archive", "--format=tar.gz", "-o", str(root / "source.tar.gz"), "HEAD"], cwd=repo, check=True)
-    done = subprocess.run(["bash", str(script)], cwd=root, env={**clean_env(), **(env or {})}, capture_output=True,
-                          text=True, timeout=60)
+    (root.parent / "output").mkdir(parents=True, exist_ok=True)
+    if not (root.parent / "source.tar.gz").exists():
+        subprocess.run(["git", "archive", "--format=tar.gz", "-o", str(root.parent / "source.tar.gz"), "HEAD"],
+                       cwd=repo, check=True)
+    done = subprocess.run(["bash", str(script)], cwd=root.parent / "output", env={**clean_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 

@@ -256,10 +256,10 @@ def test_unreadable_output_of_a_finished_job_keeps_its_exit_code_and_says_what_i
     """The job's output cannot be read (403) after it ended: the exit code follows Slurm's COMPLETED,
     a warning names the missing bytes and the file, and the finished job is not cancelled."""
     run = project('echo first\nsleep 2\nfor i in $(seq 1 50); do echo "more $i"; done\n'
-                  'chmod 000 "../slurm-$SLURM_JOB_ID.out"  # the output file, beside the checkout')
+                  'chmod 000 "$CI_RUNNER_OUTPUT"')
     before = len(run.server.server_log_lines())
     code, lines = finish(run, timeout=120)
     assert code == 0, lines[-10:]
     warning = next((line for line in lines if "output is incomplete" in line), None)
-    assert warning is not None and "not printed" in warning and f"slurm-{run.jobs()[0]}.out" in warning, lines[-10:]
+    assert warning is not None and "not printed" in warning and f"default.{run.jobs()[0]}.out" in warning, lines[-10:]
     assert not [line for line in run.server_log_since(before) if "DELETE /compute/" in line]

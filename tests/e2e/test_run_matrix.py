@@ -192,7 +192,7 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=240)
     assert code == 0, run.lines()[-10:]
     job_id = next(iter(recorded_jobs(state_file).values()))
-    remote = next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out")).read_bytes()
+    remote = next((sandbox.root / "ci").glob(f"*/output/*.{job_id}.out")).read_bytes()
     assert len(remote) >= size
     # The content is adversarial: block boundaries fall inside multi-byte characters.
     assert all(remote[k] & 0xC0 == 0x80 for k in range(block, len(remote), block))
@@ -332,7 +332,7 @@ def _tail_start(remote: bytes, offset: int, tail_bytes: int) -> int:
 
 def _remote_output(sandbox: Any, state_file: Path) -> tuple[str, bytes]:
     job_id = recorded_jobs(state_file)["default"]
-    path = next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out"))
+    path = next((sandbox.root / "ci").glob(f"*/output/*.{job_id}.out"))
     return str(path), path.read_bytes()
 
 

@@ -24,9 +24,9 @@ from run_process import (
 
 from ci_runner.render import JOB_END_LINE
 
-JOB_ROUTE = "/compute/{system_name}/jobs/{job_id}"
+JOB_ROUTE = "/compute/{system_name}/jobs"  # the run's job list (observer.py)
 READ_ROUTES = ("/filesystem/{system_name}/ops/tail", "/filesystem/{system_name}/ops/view")
-STAT_ROUTE = "/filesystem/{system_name}/ops/stat"
+STAT_ROUTE = "/filesystem/{system_name}/ops/ls"  # the run's output listing gives the sizes
 
 BIG_AFTER_GATE = """\
 version: 1
@@ -78,7 +78,7 @@ def _printed_offset(state_file: Path) -> int:
 
 
 def _remote_output(sandbox: Any, job_id: str) -> bytes:
-    return next((sandbox.root / "ci").glob(f"*/*/slurm-{job_id}.out")).read_bytes()
+    return next((sandbox.root / "ci").glob(f"*/output/*.{job_id}.out")).read_bytes()
 
 
 def test_attach_to_a_finished_job_prints_all_of_a_large_output(sandbox: Any, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_cancel(signals: str, phase: str, tmp_path: Path, sandbox_factory: Calla
     repo = tmp_path / "repo"
     write_config(repo, "echo started\nsleep 240\necho never\n")
     run_id = f"cx{abs(hash((signals, phase, time.time()))) % 10**9}"
-    name = job_name("default", f"gh-{run_id}-1")
+    name = job_name(f"gh-{run_id}-1")
     state_path = repo / "state.json"
     env = run_env(sandbox, run_id)
     process = start_run(repo, env, ["--requests-per-minute", str(BUDGET), "--state-file", str(state_path)])
