@@ -117,6 +117,19 @@ class SandboxFiles:
             )
         return path
 
+    def readable(self, path: str | None, cannot: str) -> str:
+        """`check`, then refuse a file nobody may read (mode without any r bit) as the real server's
+        remote command does (403 "Permission denied"): the sandbox runs as root, which could read it,
+        but a site's FirecREST reads as the job's user. `cannot` is the command's wording ({} = path)."""
+        checked = self.check(path)
+        try:
+            mode = os.stat(checked).st_mode
+        except OSError:
+            return checked  # the command itself reports a missing file
+        if stat_module.S_ISREG(mode) and not mode & 0o444:
+            raise command_error(f"{cannot.format(checked)}: Permission denied", 1)
+        return checked
+
     def _inside(self, path: str) -> bool:
         root = str(self.root)
         return path == root or path.startswith(root.rstrip("/") + "/")
@@ -174,20 +187,21 @@ class SandboxFiles:
         sign = "-" if skip_trailing else ""
         options = [f"--bytes={sign}{num_bytes}"] if num_bytes else []
         options += [f"--lines={sign}{lines}"] if lines else []
-        return self._text(["head", *options, "--", self.check(path)])
+        return self._text(["head", *options, "--", self.readable(path, "head: cannot open '{}' for reading")])
 
     def tail(self, path: str, num_bytes: int | None, lines: int | None, skip_heading: bool) -> str:
         """GNU `tail`; with `skip_heading` NUM is 1-based (`--bytes=+NUM`)."""
         sign = "+" if skip_heading else ""
         options = [f"--bytes={sign}{num_bytes}"] if num_bytes else []
         options += [f"--lines={sign}{lines}"] if lines else []
-        return self._text(["tail", *options, "--", self.check(path)])
+        return self._text(["tail", *options, "--", self.readable(path, "tail: cannot open '{}' for reading")])
 
     def view(self, path: str, offset: int, size: int) -> str:
         """The server's `dd` view: two blocks of `size` bytes from block offset//size, decoded, then
         sliced by characters (byte-exact only for ASCII, as on the real service)."""
         size = min(size, self.max_ops_size)
-        text = self._text(["dd", f"if={self.check(path)}", f"bs={size}", f"skip={offset // size}", "count=2"])
+        text = self._text(["dd", f"if={self.readable(path, 'dd: failed to open {!r}')}", f"bs={size}",
+                           f"skip={offset // size}", "count=2"])
         start = offset % size
         return text[start:start + size]
 

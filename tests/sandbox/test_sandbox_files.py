@@ -193,3 +193,22 @@ def test_mkdir_ls_rm(sb: Sandbox, client: fc.v2.Firecrest) -> None:
     client.rm(sb.system, f"{sb.root}/a")
     assert not (sb.root / "a").exists()
     assert status_of(client.rm, sb.system, f"{sb.root}/a")[0] == 404
+
+
+def test_a_file_nobody_may_read_is_refused_as_the_real_server_does(sb: Sandbox, client: fc.v2.Firecrest) -> None:
+    """The sandbox runs as root, but a site reads as the job's user: `tail`, `head` and `view` of a
+    mode-000 file answer 403 with the remote command's message (measured on the real server), while
+    `stat` and `ls` still work."""
+    path = sb.root / "locked.out"
+    path.write_text("secret\n")
+    path.chmod(0)
+    p = str(path)
+    status, body = status_of(client.tail, "local", p, num_bytes=1, exclude_beginning=True)
+    assert status == 403 and body["message"] == (
+        f"Remote process failed with exit status:1 and error message:tail: cannot open '{p}' for reading: "
+        "Permission denied")
+    assert status_of(client.head, "local", p, num_bytes=3)[0] == 403
+    answer = raw_client(sb).get("/filesystem/local/ops/view", params={"path": p, "offset": 0, "size": 100},
+                                headers=bearer(sb))
+    assert answer.status_code == 403 and f"dd: failed to open '{p}': Permission denied" in answer.json()["message"]
+    assert client.stat("local", p)["size"] == 7
