@@ -42,7 +42,8 @@ import click
               help="Fault: probability of closing the connection without a response.")
 @click.option("--not-found-window", type=click.FloatRange(min=0), default=0.0,
               help="Fault: seconds after submit during which the job is 'Job not found.'.")
-@click.option("--quota-per-minute", type=click.IntRange(0), default=0, help="Fault: requests per client per minute.")
+@click.option("--quota-per-minute", type=click.IntRange(0), default=10, show_default=True,
+              help="Requests per client per minute, 429 beyond (a site's quota; 0: none).")
 @click.option("--pending-delay", type=click.FloatRange(min=0), default=0.0, help="Fault: seconds new jobs stay PENDING.")
 @click.option("--reject-qos", "reject_qos", multiple=True, metavar="NAME",
               help="Fault (local backend): refuse submits in QOS NAME (repeatable; 'normal' = jobs without --qos) "

@@ -74,7 +74,7 @@ class SandboxProcess:
 
     def start(self, fault_args: Sequence[str] | None = None) -> None:
         args = [CLI, "sandbox", "--port", str(self.port), "--root", str(self.root), "--backend", self.backend,
-                "--client-id", CLIENT_ID, "--client-secret", self.secret,
+                "--client-id", CLIENT_ID, "--client-secret", self.secret, "--quota-per-minute", "0",
                 *(self.fault_args if fault_args is None else fault_args)]
         self.log_file = self.root.parent / f"sandbox-{self.port}.log"
         with open(self.log_file, "ab") as log:

@@ -30,7 +30,7 @@ def test_serves_until_signalled_then_stops_its_jobs(tmp_path: Path, stop_signal:
     root = tmp_path / "root"
     process = subprocess.Popen(
         [*CI_RUNNER, "sandbox", "--backend", "local", "--root", str(root), "--client-id", "me",
-         "--env-file", str(env_file), "--system", "testsys"],
+         "--env-file", str(env_file), "--system", "testsys", "--quota-per-minute", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         poll(lambda: env_file.exists() and env_file.read_text().count("\n") == 5 or process.poll() is not None,
@@ -63,6 +63,26 @@ def test_serves_until_signalled_then_stops_its_jobs(tmp_path: Path, stop_signal:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_a_site_s_quota_of_10_a_minute_is_enforced_by_default(tmp_path: Path) -> None:
+    """`ci-runner sandbox` tells the truth about a site: 10 requests per client in any 60 s, 429 beyond."""
+    env_file = tmp_path / "sandbox.env"
+    process = subprocess.Popen([*CI_RUNNER, "sandbox", "--backend", "local", "--root", str(tmp_path / "root"),
+                                "--env-file", str(env_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: env_file.exists() and env_file.read_text().count("\n") == 5 or process.poll() is not None,
+             30, 0.05, "the env file")
+        env = read_env(env_file)
+        token = httpx.post(env["AUTH_TOKEN_URL"], timeout=30, data={
+            "grant_type": "client_credentials", "client_id": env["FIRECREST_CLIENT_ID"],
+            "client_secret": env["FIRECREST_CLIENT_SECRET"]}).json()["access_token"]
+        statuses = [httpx.get(env["FIRECREST_URL"] + "/status/systems", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}).status_code for _ in range(11)]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert statuses == [200] * 10 + [429]
 
 
 def test_busy_port_is_a_usage_error(tmp_path: Path) -> None:
