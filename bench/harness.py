@@ -169,16 +169,19 @@ class BenchSandbox:
         return [Served(r.time, r.route, r.status, r.bytes) for r in self.handle.request_log.records]
 
     def output_files(self, under: Path) -> list[Path]:
-        return sorted(under.rglob("slurm-*.out"))
+        """The jobs' output files: the baselines' `slurm-<id>.out`, ci-runner's `<run>/output/<entry>.<id>.out`."""
+        return sorted({*under.rglob("slurm-*.out"), *under.rglob("output/*.out")})
 
 
 @contextmanager
-def sandbox(backend: str, quota_per_minute: int = 0, slots: int = 2) -> Iterator[BenchSandbox]:
-    """A fresh sandbox (127.0.0.1, temp root); on exit every job under its root is cancelled, then it stops."""
+def sandbox(backend: str, quota_per_minute: int = 0, slots: int = 2, latency: float = 0.0) -> Iterator[BenchSandbox]:
+    """A fresh sandbox (127.0.0.1, temp root); on exit every job under its root is cancelled, then it stops.
+    `latency`: seconds added to every request (a site's SSH round trip)."""
     from ci_runner.sandbox.faults import Faults
     from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 
-    handle = start_sandbox(SandboxOptions(backend=backend, slots=slots, faults=Faults(quota_per_minute=quota_per_minute)))
+    faults = Faults(quota_per_minute=quota_per_minute, latency=latency)
+    handle = start_sandbox(SandboxOptions(backend=backend, slots=slots, faults=faults))
     try:
         yield BenchSandbox(handle)
     finally:
@@ -191,6 +194,7 @@ def sandbox(backend: str, quota_per_minute: int = 0, slots: int = 2) -> Iterator
 def cancel_jobs_under(handle: Any) -> None:
     """Cancel every job whose output file or working directory lies under the sandbox root."""
     ids = {p.name[len("slurm-"):-len(".out")] for p in Path(handle.root).rglob("slurm-*.out")}
+    ids |= {p.name.rsplit(".", 2)[-2] for p in Path(handle.root).rglob("output/*.out")}
     if handle.backend_name == "slurm":
         listing = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True, timeout=30)
         for line in listing.stdout.splitlines():
@@ -320,10 +324,10 @@ class ToolResult:
 
 def measure(tool: str, backend: str, workload: Workload, *, run_dir: str, timeout: float,
             sink_factory: Callable[[], StreamSink], entries: int = 1, requests_per_minute: int | None = None,
-            quota_per_minute: int = 0, baseline_interval: float = 10.0, slots: int = 2,
+            quota_per_minute: int = 0, baseline_interval: float = 10.0, slots: int = 2, latency: float = 0.0,
             on_files: Callable[[list[Path]], None] | None = None) -> ToolResult:
     """Run `tool` on `workload` in a fresh sandbox and return what it did."""
-    with sandbox(backend, quota_per_minute, slots) as sb:
+    with sandbox(backend, quota_per_minute, slots, latency) as sb:
         invocation = prepare(tool, sb, run_dir, workload, entries, requests_per_minute, baseline_interval)
         commands = [(argv, sink_factory()) for argv in invocation.argvs]
         runs = run_processes(commands, sb.env(), invocation.cwd, timeout, invocation.cwd / "stderr")

@@ -102,6 +102,34 @@ class StreamSink:
         return sum(1 for c in self.sized_counts if c > 1) / self.expect_sized
 
 
+@dataclass
+class EntrySink(StreamSink):
+    """A StreamSink for several entries in one stream: stamped lines are told apart by what precedes
+    the marker (ci-runner's `[entry] ` prefix), so each (entry, line) counts on its own."""
+
+    seen: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    written_at: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def feed(self, received: float, raw: bytes) -> None:
+        super().feed(received, raw)
+        line = raw.decode("utf-8", errors="replace")
+        match = LINE_RE.search(line)
+        if match is None or not match.group(2).startswith("t="):
+            return
+        key = (line[:match.start()], int(match.group(1)))
+        self.seen.setdefault(key, []).append(received)
+        self.written_at.setdefault(key, float(match.group(2)[2:]))
+
+    def entry_latencies(self) -> list[float]:
+        return [max(0.0, times[0] - self.written_at[key]) for key, times in self.seen.items()]
+
+    def first_line_at_time(self) -> float:
+        return min((times[0] for times in self.seen.values()), default=math.inf)
+
+    def exactly_once(self, expected_lines: int) -> bool:
+        return len(self.seen) == expected_lines and all(len(times) == 1 for times in self.seen.values())
+
+
 def expected_sized(total_bytes: int, multibyte: bool) -> tuple[int, int]:
     """(lines, bytes) of a sized workload of `total_bytes`."""
     count = sized_lines(total_bytes, multibyte)

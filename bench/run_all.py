@@ -27,11 +27,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BASELINE, CI_RUNNER, PYTHON, TOOLS, ToolResult, Workload, clean_environ, measure
-from bench.metrics import StreamSink, api_requests, expected_sized, output_read_bytes, percentile
+from bench.metrics import EntrySink, StreamSink, api_requests, expected_sized, output_read_bytes, percentile
 from ci_runner.budget import max_in_window
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-METRICS = ("latency", "amplification", "completeness", "requests", "scale", "exit", "rss", "coldstart")
+METRICS = ("latency", "amplification", "completeness", "requests", "scale", "economy", "exit", "rss", "coldstart")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class Params:
     scale_lines: int = 5
     scale_interval: float = 1.0
     scale_timeout: float = 1800.0
+    economy_entries: tuple[int, ...] = (1, 2, 4, 8, 16, 64)
+    economy_quota: int = 10
+    economy_latency: float = 0.2
+    economy_lines: int = 6
+    economy_interval: float = 1.0
     rss_bytes: int = GIB
     rss_budget: int = 600
     coldstart_repeats: int = 10
@@ -68,7 +73,8 @@ class Params:
         return cls(baseline_interval=0.3, latency_budgets=(600,), latency_lines=3, latency_interval=0.1,
                    sizes=(KIB, 64 * KIB), size_budget=600, idle_seconds=1.0, chatty_lines=5,
                    chatty_interval=0.1, scale_entries=(2,), scale_quota=600, scale_lines=2, scale_interval=0.1,
-                   scale_timeout=60.0, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, run_timeout=60.0)
+                   scale_timeout=60.0, economy_entries=(2,), economy_quota=600, economy_latency=0.0,
+                   economy_lines=2, economy_interval=0.1, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, run_timeout=60.0)
 
 
 def log(message: str) -> None:
@@ -177,6 +183,30 @@ class Bench:
                     "failure": r.failure()}
             self.results.setdefault("scale", {})[tool] = per_n
 
+    # -- 5b. request economy: a matrix at a real quota with a site's latency ------------------------
+    def economy(self) -> None:
+        """N entries printing a few lines a second apart, at a 10/min quota with 0.2 s per request:
+        the first line, line latency, wall time, requests and 429s, against one baseline process per entry."""
+        p = self.params
+        workload = Workload(("stamped", str(p.economy_lines), str(p.economy_interval)))
+        for tool in p.tools:
+            per_n = {}
+            for entries in p.economy_entries:
+                r = self.run(tool, workload, entries=entries, quota_per_minute=p.economy_quota,
+                             requests_per_minute=p.economy_quota if tool == "ci-runner" else None,
+                             latency=p.economy_latency, timeout=p.scale_timeout, slots=2, sink_factory=EntrySink)
+                sinks = [run.sink for run in r.runs if isinstance(run.sink, EntrySink)]
+                latencies = [v for sink in sinks for v in sink.entry_latencies()]
+                first = min((sink.first_line_at_time() for sink in sinks), default=math.inf)
+                expected = p.economy_lines * (entries if tool == "ci-runner" else 1)
+                per_n[str(entries)] = {
+                    "first_line": first - r.started, "p50": percentile(latencies, 0.5),
+                    "max": max(latencies, default=math.inf), "wall": r.wall,
+                    "requests": len(api_requests(r.served)), "429": _count_429(r),
+                    "exactly_once": all(sink.exactly_once(expected) for sink in sinks) and len(sinks) == len(r.runs),
+                    "failure": r.failure()}
+            self.results.setdefault("economy", {})[tool] = per_n
+
     # -- 6. job end -> exit (from every single-job run above) ----------------------------------------
     def exit(self) -> None:
         if not self.end_to_exit:
@@ -284,6 +314,10 @@ def cells(metric: str, data: dict[str, Any]) -> str:
             wall = _s(d["wall"]) if d["finished"] else f"> {_s(d['wall'])} (killed)"
             parts.append(f"{n}: {wall}, {d['429']}×429, max {d['max_60s']}/60 s{_failed(d)}")
         return "; ".join(parts)
+    if metric == "economy":
+        return "; ".join(f"{n}: first {_s(d['first_line'])}, p50 {_s(d['p50'])}, wall {_s(d['wall'])}, "
+                         f"{d['requests']} req, {d['429']}×429" + ("" if d["exactly_once"] else ", NOT exactly once")
+                         + _failed(d) for n, d in data.items())
     if metric == "exit":
         return f"p50 {_s(data['p50'])}, max {_s(data['max'])} (n={data['n']})"
     if metric == "rss":
@@ -300,6 +334,7 @@ TITLES = {
     "completeness": "3 completeness (bytes printed exactly once)",
     "requests": "4 API requests per minute (idle · chatty job)",
     "scale": "5 scale at the quota (entries: wall, 429s, max req in 60 s)",
+    "economy": "5b economy at 10/min + 0.2 s (entries: first line, line p50, wall, requests)",
     "exit": "6 job end → process exit",
     "rss": "7 peak RSS while streaming",
     "coldstart": "8 cold start",
@@ -310,6 +345,7 @@ TARGETS = {
     "completeness": "100 %",
     "requests": "idle ≤ 3/min",
     "scale": "0 × 429 at 64 entries, 10/min",
+    "economy": "8 entries: first ≤ 20 s, wall ≤ 100 s, ≤ 22 req, 0×429",
     "exit": "p50 ≤ 2 s",
     "rss": "≤ 100 MB, flat",
     "coldstart": "--help ≤ 0.3 s",
@@ -331,6 +367,10 @@ def verdict(metric: str, d: dict[str, Any]) -> str:
             ok = d["idle"]["per_minute"] <= 3.0
         elif metric == "scale":
             ok = d["64"]["429"] == 0 and d["64"]["finished"]
+        elif metric == "economy":
+            e = d["8"]
+            ok = (e["first_line"] <= 20 and e["wall"] <= 100 and e["requests"] <= 22 and e["429"] == 0
+                  and e["exactly_once"] and not e["failure"])
         elif metric == "exit":
             ok = d["p50"] <= 2.0
         elif metric == "rss":
@@ -361,6 +401,9 @@ def headline(metric: str, results: dict[str, Any]) -> str:
         if metric == "scale":
             return " · ".join(f"{n}: wall {_ratio(base[n]['wall'], ours[n]['wall'])}" + ("" if base[n]["finished"] else " (baseline killed)")
                               for n in ours)
+        if metric == "economy":
+            return " · ".join(f"{n}: first line {_ratio(base[n]['first_line'], ours[n]['first_line'])}, "
+                              f"wall {_ratio(base[n]['wall'], ours[n]['wall'])}" for n in ours)
         if metric == "exit":
             return _ratio(base["p50"], ours["p50"])
         if metric == "rss":
