@@ -47,6 +47,7 @@ class RunRequest:
     state_file: str | None = None
     attach: bool = False
     sandbox: bool = False
+    sandbox_backend: str = "auto"  # auto: the machine's Slurm when sbatch works here, else local processes
 
 
 def run(request: RunRequest) -> int:
@@ -76,9 +77,11 @@ def run(request: RunRequest) -> int:
         default_workdir: str | None = None
         system = request.system
         if request.sandbox:
-            from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+            from ci_runner.sandbox import server_module
 
-            sandbox = start_sandbox(SandboxOptions(root=None, backend="auto", port=0))  # temp root, removed on stop
+            server = server_module()
+            sandbox = server.start_sandbox(server.SandboxOptions(root=None, backend=request.sandbox_backend,
+                                                                 port=0))  # temp root, removed on stop
             environ.update(sandbox.env())
             system = system or sandbox.system
             default_workdir = f"{sandbox.root}/ci-runner"
