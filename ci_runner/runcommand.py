@@ -23,11 +23,12 @@ from ci_runner.errors import InfraError, UsageError
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext
-    from ci_runner.cluster import Cluster, SystemInfo
+    from ci_runner.cluster import Cluster, RetryPolicy, SystemInfo
     from ci_runner.config import Config
     from ci_runner.matrix import Entry
     from ci_runner.statefile import RunState
 
+PRE_SUBMIT_RETRY_LIMIT = 15.0  # seconds: before the first submit a wrong URL or credential fails fast
 SANDBOX_REQUESTS_PER_MINUTE = 600  # the embedded sandbox has no quota; --requests-per-minute still wins
 CANCEL_REQUESTS_PER_MINUTE = 60
 CANCEL_WAIT = 30.0  # `ci-runner cancel`: seconds to wait for the jobs to leave the queue
@@ -134,7 +135,9 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
     for secret in cluster.credentials.secrets():
         reporter.mask(secret)
     try:
-        info = await cluster.system_info()  # the output cap, and the default work dir if none is set
+        # The output cap, and the default work dir if none is set. With --attach jobs exist already:
+        # an outage then is waited out like any other, with the configured limit.
+        info = await first_contact(cluster, pre_submit=recorded is None)
         if recorded is not None:
             workdir = recorded.workdir
         else:
@@ -152,6 +155,45 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await cluster.close()
+
+
+async def first_contact(cluster: Cluster, *, pre_submit: bool = True) -> SystemInfo:
+    """The system's entry in /status/systems: the run's first request, and its check of the settings.
+
+    `pre_submit`: nothing has been submitted yet, so there is nothing to lose by failing fast: the
+    request (token included) is retried for at most PRE_SUBMIT_RETRY_LIMIT seconds instead of
+    `api_retry_limit` (meant for a FirecREST restart in the middle of a run), and a failure says what
+    was tried and which setting to check. The cluster's own policy is back in force afterwards.
+    """
+    configured = cluster.retry
+    if pre_submit:
+        cluster.retry = pre_submit_policy(configured)
+    try:
+        return await cluster.system_info()
+    except (UsageError, InfraError) as error:
+        raise type(error)(f"{error}\nNothing was submitted (before the first submit a request is retried for at "
+                          f"most {PRE_SUBMIT_RETRY_LIMIT:g} s). {settings_hint(cluster)}") from None
+    finally:
+        cluster.retry = configured
+
+
+def pre_submit_policy(configured: RetryPolicy) -> RetryPolicy:
+    """`configured`, bounded to PRE_SUBMIT_RETRY_LIMIT seconds (a shorter configured limit stays)."""
+    return dataclasses.replace(configured, max_total=min(configured.max_total, PRE_SUBMIT_RETRY_LIMIT))
+
+
+def settings_hint(cluster: Cluster) -> str:
+    """What to check when FirecREST cannot be used at all: every setting involved, with its value
+    (never a secret's)."""
+    credentials = cluster.credentials
+    if credentials.api_key:
+        login = f"FIRECREST_API_KEY (and FIRECREST_API_KEY_HEADER, now {credentials.api_key_header!r})"
+    else:
+        login = (f"AUTH_TOKEN_URL (now {credentials.token_url!r}), FIRECREST_CLIENT_ID (now "
+                 f"{credentials.client_id!r}) and FIRECREST_CLIENT_SECRET (the client's secret)")
+    return (f"Check FIRECREST_URL (now {credentials.url!r}: the site's FirecREST v2 base URL, reachable from "
+            f"this runner), {login}, and the system name (now {cluster.system!r}: --system, the config's "
+            "`system` or FIRECREST_SYSTEM; `ci-runner systems` lists them). See Troubleshooting in the README.")
 
 
 def site_workdir(info: SystemInfo) -> str:
@@ -251,8 +293,11 @@ def systems(system: str | None) -> int:
 
     async def health() -> list[dict[str, Any]]:
         cluster = open_cluster(environ, chosen, CANCEL_REQUESTS_PER_MINUTE)
+        cluster.retry = pre_submit_policy(cluster.retry)  # a pre-check: say at once what is wrong
         try:
             return await cluster.systems()
+        except (UsageError, InfraError) as error:
+            raise type(error)(f"{error}\n{settings_hint(cluster)}") from None
         finally:
             await cluster.close()
 
