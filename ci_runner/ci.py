@@ -174,11 +174,22 @@ def _git_checkout(cwd: Path, hint: str) -> _Checkout:
     return _Checkout(sha=_sha(sha, "git rev-parse HEAD"), ref=ref, repo_url=clean_url(url))
 
 
+def git_argv(repo: Path) -> list[str]:
+    """The start of every git command ci-runner runs in the checkout `repo`.
+
+    CI checkouts are often owned by another uid than the one running ci-runner (a container image's
+    user and the runner's clone), and git then refuses the repository ("detected dubious ownership",
+    its safe.directory check). ci-runner was pointed at this checkout to read it, so it trusts exactly
+    this directory, for its own calls only (`-c safe.directory=`; nothing is written to any config).
+    """
+    return ["git", "-c", f"safe.directory={repo.resolve()}", "-C", str(repo)]
+
+
 def _git(cwd: Path, *args: str) -> str | None:
     """stdout of `git args` in `cwd`, stripped; None if git fails or is missing."""
     try:
         done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT, check=False,
+            [*git_argv(cwd), *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT, check=False,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
         )
     except FileNotFoundError as error:
