@@ -1,5 +1,6 @@
 # ci-runner container image: the CLI and its dependencies, nothing else.
-# Used by the GitLab component (input `image`), Jenkins docker agents and `uses: docker://...` on GitHub.
+# Used by the GitLab component (input `image`) and Jenkins docker agents. Not a GitHub container action
+# (GitHub runs those as root; this image's user is 10001): GitHub uses the composite action.
 #   docker build -t ghcr.io/OWNER/ci-runner:0.1.0 .
 # Pin the base by tag (and, for reproducible builds, by digest: python:3.12-slim@sha256:...).
 FROM python:3.12-slim

@@ -62,13 +62,39 @@ def detect(environ: Mapping[str, str], cwd: Path, now: datetime | None = None) -
     `now` (default: the current UTC time) only shapes the run id of local runs.
     Raises UsageError when a required variable is missing or `cwd` is not a git checkout.
     """
-    if environ.get("GITHUB_ACTIONS") == "true":
+    found = provider(environ)
+    if found == "github":
         return _github(environ)
-    if environ.get("GITLAB_CI") == "true":
+    if found == "gitlab":
         return _gitlab(environ)
-    if environ.get("JENKINS_URL") or environ.get("BUILD_TAG"):
+    if found == "jenkins":
         return _jenkins(environ, cwd)
     return _local(cwd, now or datetime.now(timezone.utc))
+
+
+def provider(environ: Mapping[str, str]) -> Provider:
+    """Which CI runs us: GitHub Actions, GitLab CI, Jenkins, else `local`. Never fails."""
+    if environ.get("GITHUB_ACTIONS") == "true":
+        return "github"
+    if environ.get("GITLAB_CI") == "true":
+        return "gitlab"
+    if environ.get("JENKINS_URL") or environ.get("BUILD_TAG"):
+        return "jenkins"
+    return "local"
+
+
+def report_paths(environ: Mapping[str, str]) -> CIPaths:
+    """The report files of the CI that runs us. Never fails: it also serves to report an error
+    that came before `detect` (a configuration error)."""
+    found = provider(environ)
+    if found == "github":
+        return CIPaths(github_output=_path(environ, "GITHUB_OUTPUT"),
+                       github_step_summary=_path(environ, "GITHUB_STEP_SUMMARY"))
+    if found == "gitlab":
+        return CIPaths(gitlab_project_dir=_path(environ, "CI_PROJECT_DIR"))
+    if found == "jenkins":
+        return CIPaths(jenkins_workspace=_path(environ, "WORKSPACE"))
+    return CIPaths()
 
 
 def _github(environ: Mapping[str, str]) -> CIContext:
@@ -89,10 +115,7 @@ def _github(environ: Mapping[str, str]) -> CIContext:
         repo_url=clean_url(f"{server}/{repository}.git"),
         run_id=safe_id("-".join(p for p in ("gh", run, attempt, job) if p)),
         run_url=run_url,
-        paths=CIPaths(
-            github_output=_path(environ, "GITHUB_OUTPUT"),
-            github_step_summary=_path(environ, "GITHUB_STEP_SUMMARY"),
-        ),
+        paths=report_paths(environ),
         server_url=server,
         job_name=job,
     )
@@ -112,7 +135,7 @@ def _gitlab(environ: Mapping[str, str]) -> CIContext:
         repo_url=clean_url(url),
         run_id=safe_id(f"gl-{pipeline}-{job}"),
         run_url=environ.get("CI_JOB_URL") or None,
-        paths=CIPaths(gitlab_project_dir=_path(environ, "CI_PROJECT_DIR")),
+        paths=report_paths(environ),
         server_url=environ.get("CI_SERVER_URL") or None,
         job_name=environ.get("CI_JOB_NAME") or None,
     )
@@ -134,7 +157,7 @@ def _jenkins(environ: Mapping[str, str], cwd: Path) -> CIContext:
         repo_url=clean_url(url),
         run_id=safe_id(tag),
         run_url=environ.get("BUILD_URL") or None,
-        paths=CIPaths(jenkins_workspace=_path(environ, "WORKSPACE")),
+        paths=report_paths(environ),
         server_url=environ.get("JENKINS_URL") or None,
         job_name=environ.get("JOB_NAME") or None,
     )

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import click
 
 from ci_runner import statefile
-from ci_runner.errors import InfraError, UsageError
+from ci_runner.errors import CIRunnerError, InfraError, UsageError
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext
     from ci_runner.cluster import Cluster, RetryPolicy, SystemInfo
     from ci_runner.config import Config
     from ci_runner.matrix import Entry
+    from ci_runner.reporters import Reporter
     from ci_runner.statefile import RunState
 
 PRE_SUBMIT_RETRY_LIMIT = 15.0  # seconds: before the first submit a wrong URL or credential fails fast
@@ -52,31 +53,19 @@ class RunRequest:
 
 
 def run(request: RunRequest) -> int:
-    """`ci-runner run`; the process exit code."""
+    """`ci-runner run`; the process exit code. An error that stops the run (usage, configuration,
+    FirecREST unusable) is also reported to the CI (`Reporter.run_failed`: annotations, outputs)."""
     from ci_runner import ci as ci_module
-    from ci_runner import config as config_module
-    from ci_runner import matrix
+    from ci_runner import reporters
 
-    if request.attach and request.sandbox:
-        raise UsageError("--attach cannot be combined with --sandbox: a new embedded sandbox knows none of the "
-                         "recorded jobs (serve one with `ci-runner sandbox` instead)")
     environ = dict(os.environ)
-    cwd = Path.cwd()
-    config = _with_overrides(config_module.load(Path(request.config_path)), request)
-    ci = ci_module.detect(environ, cwd)
-
-    recorded: RunState | None = None
-    if request.attach:
-        state_path = Path(request.state_file) if request.state_file else find_state_file(ci.run_id, cwd)
-        recorded = statefile.load(state_path)
-        ci = dataclasses.replace(ci, run_id=recorded.run_id)
-    else:
-        state_path = Path(request.state_file) if request.state_file else statefile.default_path(ci.run_id, cwd)
-
+    reporter: Reporter | None = None
     sandbox = None
     try:
-        default_workdir: str | None = None
-        system = request.system
+        if request.attach and request.sandbox:
+            raise UsageError("--attach cannot be combined with --sandbox: a new embedded sandbox knows none of the "
+                             "recorded jobs (serve one with `ci-runner sandbox` instead)")
+        plan = _plan(request, environ)
         if request.sandbox:
             from ci_runner.sandbox import server_module
 
@@ -84,20 +73,65 @@ def run(request: RunRequest) -> int:
             sandbox = server.start_sandbox(server.SandboxOptions(root=None, backend=request.sandbox_backend,
                                                                  port=0))  # temp root, removed on stop
             environ.update(sandbox.env())
-            system = system or sandbox.system
-            default_workdir = f"{sandbox.root}/ci-runner"
-        entries = matrix.expand(config)
-        if system:
-            entries = [dataclasses.replace(entry, system=system) for entry in entries]
-        entries = select_entries(entries, request.entry_names, recorded)
-        systems = sorted({entry.system for entry in entries})
-        if len(systems) > 1:
-            raise UsageError(f"the selected entries run on several systems ({', '.join(systems)}); run one system "
-                             "per `ci-runner run` (--system, or --entry with the CI's own matrix: `ci-runner matrix`)")
-        return asyncio.run(_run(config, ci, entries, systems[0], environ, state_path, recorded, default_workdir, cwd))
+            plan = dataclasses.replace(plan, system=plan.system or sandbox.system,
+                                       default_workdir=f"{sandbox.root}/ci-runner")
+        entries, system = _entries(plan, request)
+        reporter = reporters.for_context(plan.ci, sys.stdout, entries=[entry.name for entry in entries],
+                                         color=reporters.supports_color(sys.stdout, environ))
+        return asyncio.run(_run(plan, entries, system, environ, reporter))
+    except CIRunnerError as error:
+        if reporter is None:
+            reporter = reporters.for_failure(ci_module.provider(environ), ci_module.report_paths(environ), sys.stdout)
+        reporter.run_failed(str(error), error.exit_code)
+        raise
     finally:
         if sandbox is not None:
             sandbox.stop()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `run` knows before it talks to FirecREST."""
+
+    config: Config
+    ci: CIContext
+    state_path: Path
+    recorded: RunState | None
+    cwd: Path
+    system: str | None = None            # --system, or the sandbox's
+    default_workdir: str | None = None   # the sandbox's root
+
+
+def _plan(request: RunRequest, environ: Mapping[str, str]) -> _Plan:
+    from ci_runner import ci as ci_module
+    from ci_runner import config as config_module
+
+    cwd = Path.cwd()
+    config = _with_overrides(config_module.load(Path(request.config_path)), request)
+    ci = ci_module.detect(environ, cwd)
+    recorded: RunState | None = None
+    if request.attach:
+        state_path = Path(request.state_file) if request.state_file else find_state_file(ci.run_id, cwd)
+        recorded = statefile.load(state_path)
+        ci = dataclasses.replace(ci, run_id=recorded.run_id)
+    else:
+        state_path = Path(request.state_file) if request.state_file else statefile.default_path(ci.run_id, cwd)
+    return _Plan(config, ci, state_path, recorded, cwd, system=request.system)
+
+
+def _entries(plan: _Plan, request: RunRequest) -> tuple[list[Entry], str]:
+    """The selected entries (on `plan.system` when set) and the one system they run on."""
+    from ci_runner import matrix
+
+    entries = matrix.expand(plan.config)
+    if plan.system:
+        entries = [dataclasses.replace(entry, system=plan.system) for entry in entries]
+    entries = select_entries(entries, request.entry_names, plan.recorded)
+    systems = sorted({entry.system for entry in entries})
+    if len(systems) > 1:
+        raise UsageError(f"the selected entries run on several systems ({', '.join(systems)}); run one system "
+                         "per `ci-runner run` (--system, or --entry with the CI's own matrix: `ci-runner matrix`)")
+    return entries, systems[0]
 
 
 def _with_overrides(config: Config, request: RunRequest) -> Config:
@@ -120,16 +154,15 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
     return dataclasses.replace(config, **changes)
 
 
-async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
-               state_path: Path, recorded: RunState | None, default_workdir: str | None, cwd: Path) -> int:
-    from ci_runner import render, reporters, runner, workspace
+async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
+               reporter: Reporter) -> int:
+    from ci_runner import render, runner, workspace
 
+    config, ci, recorded = plan.config, plan.ci, plan.recorded
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    reporter = reporters.for_context(ci, sys.stdout, entries=[entry.name for entry in entries],
-                                     color=reporters.supports_color(sys.stdout, dict(environ)))
     cluster = open_cluster(environ, system, config.requests_per_minute, on_secret=reporter.mask,
                            retry_limit=config.api_retry_limit)
     for secret in cluster.credentials.secrets():
@@ -141,14 +174,14 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
         if recorded is not None:
             workdir = recorded.workdir
         else:
-            workdir = config.workdir or default_workdir or site_workdir(info)
+            workdir = config.workdir or plan.default_workdir or site_workdir(info)
         specs = render.job_scripts(config, entries, ci, workdir, environ)
         source = None
         if config.checkout == "upload" and recorded is None:
-            source = workspace.source_archive(cwd, ci.sha)
+            source = workspace.source_archive(plan.cwd, ci.sha)
             workspace.check_uploadable(source, info.output_cap)
         options = runner.RunOptions.from_config(
-            config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
+            config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)
         return await runner.run(specs, cluster, reporter, options, stop)
     finally:

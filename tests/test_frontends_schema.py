@@ -122,3 +122,24 @@ def test_doc_snippets_are_valid(kind: str, body: str, tmp_path: Path) -> None:
     target.write_text(body + "\n")
     schema = {"github-workflow": "vendor.github-workflows", "gitlab-ci": "vendor.gitlab-ci"}[kind]
     assert_valid(schema, target)
+
+
+USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(?:\s+#\s*(\S+))?", re.M)
+
+
+def test_third_party_actions_are_pinned_by_commit_sha_with_the_release_in_a_comment() -> None:
+    found = 0
+    for path in [ROOT / "action.yml", *GITHUB_WORKFLOWS]:
+        for reference, comment in USES.findall(path.read_text()):
+            if reference.startswith("ci-runner/ci-runner@"):
+                continue  # our own action, by release tag (zizmor.yml)
+            found += 1
+            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", reference), f"{path.name}: {reference}"
+            assert re.fullmatch(r"v\d+\.\d+\.\d+", comment or ""), f"{path.name}: {reference} needs '# vX.Y.Z'"
+    assert found >= 5
+
+
+def test_the_image_is_not_offered_as_a_github_container_action() -> None:
+    """GitHub runs container actions as root; the image's user (10001) cannot write the workspace."""
+    for path in (ROOT / "README.md", ROOT / "Dockerfile", ROOT / "action.yml", *GITHUB_WORKFLOWS):
+        assert "uses: docker://" not in path.read_text() and "`uses: docker://" not in path.read_text(), path

@@ -63,6 +63,11 @@ class Reporter(Protocol):
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
         """Summary table, and the CI's report files (outputs, step summary, JUnit, dotenv)."""
 
+    def run_failed(self, message: str, exit_code: int) -> None:
+        """The run stopped with an error instead of results (a usage or configuration error, FirecREST
+        unusable before the first submit). `message` has one problem per line, `file:line:col: ...`
+        where it has a place; the CLI prints it on stderr as well."""
+
 
 def supports_color(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
     """Colour only on a terminal whose TERM is set and not `dumb`, and only when NO_COLOR is unset.
@@ -161,6 +166,9 @@ class PlainReporter:
         self._message(verdict_line(results, exit_code))
         if self._junit_path is not None:
             self._write_junit(results, self._junit_path)
+
+    def run_failed(self, message: str, exit_code: int) -> None:
+        """Nothing to add on a plain log: the CLI prints the error on stderr."""
 
     # -- hooks for the CI-specific reporters ----------------------------------------------------
 
