@@ -15,7 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 GITHUB_WORKFLOWS = sorted(p for p in (ROOT / "examples" / "github").glob("*.yml") if not p.name.startswith("."))
-GITLAB_FILES = [ROOT / "examples" / "gitlab" / ".gitlab-ci.yml", *sorted((ROOT / "gitlab-templates").glob("*.yml"))]
+COMPONENT = ROOT / "gitlab-templates" / "templates" / "ci-runner.yml"
+GITLAB_FILES = [ROOT / "examples" / "gitlab" / ".gitlab-ci.yml", ROOT / "gitlab-templates" / ".gitlab-ci.yml", COMPONENT]
 SNIPPET_SOURCES = [ROOT / "README.md"]
 MARKED_BLOCK = re.compile(r"<!-- check: ([a-z-]+) -->\n```[a-z]*\n(.*?)\n```", re.S)
 
@@ -53,7 +54,7 @@ def test_example_workflows_are_valid() -> None:
 @pytest.mark.parametrize("path", GITLAB_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_gitlab_files_are_valid_per_document(path: Path, tmp_path: Path) -> None:
     documents = documents_as_json(path, tmp_path)
-    if path.parent.name == "gitlab-templates":
+    if path.parent.name == "templates":
         assert len(documents) == 2, "a component is a spec header document, then the job document"
         assert set(json.loads(documents[0].read_text())) == {"spec"}
     assert_valid("vendor.gitlab-ci", *documents)
@@ -87,7 +88,7 @@ def test_action_inputs_reach_scripts_only_through_env() -> None:
 
 
 def test_gitlab_template_inputs_reach_the_script_only_as_variables() -> None:
-    header, job_doc = yaml.safe_load_all((ROOT / "gitlab-templates" / "ci-runner.yml").read_text())
+    header, job_doc = yaml.safe_load_all(COMPONENT.read_text())
     (name, job), = job_doc.items()
     assert name == "$[[ inputs.name ]]"
     assert all("$[[" not in line for line in job["script"] + job["after_script"])
@@ -143,3 +144,33 @@ def test_the_image_is_not_offered_as_a_github_container_action() -> None:
     """GitHub runs container actions as root; the image's user (10001) cannot write the workspace."""
     for path in (ROOT / "README.md", ROOT / "Dockerfile", ROOT / "action.yml", *GITHUB_WORKFLOWS):
         assert "uses: docker://" not in path.read_text() and "`uses: docker://" not in path.read_text(), path
+
+
+def test_the_component_project_is_complete() -> None:
+    """gitlab-templates/ can be published as it is: GitLab resolves `include: component:` only from a
+    top-level templates/ directory, and the catalog wants a README (with `## Components`) and a LICENSE."""
+    project = ROOT / "gitlab-templates"
+    assert sorted(p.name for p in (project / "templates").iterdir()) == ["ci-runner.yml"]
+    assert "\n## Components\n" in (project / "README.md").read_text()
+    assert (project / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
+    pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
+    assert pipeline["include"][0]["component"] == "$CI_SERVER_FQDN/$CI_PROJECT_PATH/ci-runner@$CI_COMMIT_SHA"
+    assert pipeline["release"]["release"]["tag_name"] == "$CI_COMMIT_TAG"
+    assert pipeline["release"]["rules"] == [{"if": "$CI_COMMIT_TAG =~ /^\\d+\\.\\d+\\.\\d+$/"}]
+    for input_name in yaml.safe_load_all(COMPONENT.read_text()).__next__()["spec"]["inputs"]:
+        assert f"| `{input_name}` |" in (project / "README.md").read_text(), f"{input_name} missing in its README"
+
+
+def test_component_inputs_are_typed_like_the_cli_options() -> None:
+    from ci_runner.config import parse_duration
+
+    inputs = next(yaml.safe_load_all(COMPONENT.read_text()))["spec"]["inputs"]
+    assert inputs["requests-per-minute"]["type"] == "number" and inputs["requests-per-minute"]["default"] == 0
+    assert inputs["checkout"]["options"] == ["", "clone", "upload", "none"]
+    regex = re.compile(inputs["queue-timeout"]["regex"])
+    for accepted in ("", "90", "90s", "30m", "1h30m", "2h", "01:30:00", "30:00"):
+        assert regex.fullmatch(accepted), accepted
+        if accepted:
+            parse_duration(accepted)  # ci-runner takes it too
+    for refused in ("30 m", "soon", "1.5h", "-5m", "30m; rm -rf ~"):
+        assert not regex.fullmatch(refused), refused
