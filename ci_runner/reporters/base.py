@@ -70,13 +70,20 @@ class Reporter(Protocol):
 
 
 def supports_color(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
-    """Colour only on a terminal whose TERM is set and not `dumb`, and only when NO_COLOR is unset.
+    """Colour for plain output (Jenkins, shells), by the usual conventions, in this order:
+    NO_COLOR set and not empty: never; FORCE_COLOR or CLICOLOR_FORCE set, not empty and not `0`:
+    always, also without a terminal (Jenkins' AnsiColor plugin renders the codes of a piped log);
+    else only on a terminal whose TERM is set and not `dumb`.
 
     The caller (cli.py) passes its environment; reporters never read os.environ themselves.
     """
     env = environ or {}
+    if env.get("NO_COLOR"):
+        return False
+    if any(env.get(name, "") not in ("", "0") for name in ("FORCE_COLOR", "CLICOLOR_FORCE")):
+        return True
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and env.get("TERM", "dumb") != "dumb" and "NO_COLOR" not in env
+    return bool(isatty and isatty()) and env.get("TERM", "dumb") != "dumb"
 
 
 _ENTRY_COLORS = ("36", "35", "34", "33", "32", "96", "95", "94")
