@@ -78,6 +78,11 @@ def run(request: RunRequest) -> int:
         entries, system = _entries(plan, request)
         reporter = reporters.for_context(plan.ci, sys.stdout, entries=[entry.name for entry in entries],
                                          color=reporters.supports_color(sys.stdout, environ))
+        if sandbox is not None:
+            where = ("this machine's Slurm" if sandbox.backend_name == "slurm"
+                     else "local processes (no Slurm)")
+            reporter.info(f"sandbox: the {sandbox.backend_name} backend runs the jobs on {where}; "
+                          "--sandbox-backend local|slurm chooses")
         return asyncio.run(_run(plan, entries, system, environ, reporter))
     except CIRunnerError as error:
         if reporter is None:
