@@ -25,6 +25,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from checkouts import git_checkout
+
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_BASE = ROOT.parent / "shared" / "image" / "make-base.sh"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -143,10 +145,7 @@ def test_image_runs_ci_runner_as_its_user_on_a_checkout_of_another_uid(container
     # A checkout like a CI's: another uid owns it (writable, as the CI's job directory is).
     project = tmp_path / "project"
     shutil.copytree(ROOT / "examples", project / "examples")
-    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "-C", str(project)]
-    subprocess.run(["git", "init", "-q", str(project)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "example"], check=True)
+    git_checkout(project)
     copied = buildah("copy", "--chown", f"{OTHER_UID}:{OTHER_UID}", container, str(project), "/work/project")
     assert copied.returncode == 0, copied.stderr
     opened = buildah("run", "--isolation", "chroot", "--user", "0:0", container, "--",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
+from checkouts import git_checkout
 
 from ci_runner import runcommand
 from ci_runner.cluster import Cluster, RetryPolicy
@@ -42,10 +42,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     repo = tmp_path / "project"
     repo.mkdir()
     (repo / ".ci-runner.yml").write_text(CONFIG)
-    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "-C", str(repo)]
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    git_checkout(repo)
     monkeypatch.chdir(repo)
     for name in CI_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from checkouts import git_checkout
 
 from ci_runner import ci, workspace
 
@@ -23,12 +24,9 @@ def foreign_checkout(tmp_path: Path) -> tuple[Path, str]:
             pytest.fail("CI runs as root (see .ci/run); this test needs it to chown the checkout")
         pytest.skip("needs root to give the checkout to another uid")
     repo = tmp_path / "checkout"
-    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "-C", str(repo)]
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    repo.mkdir()
     (repo / "a.txt").write_text("a\n")
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
-    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    sha = git_checkout(repo)
     for path in [repo, *repo.rglob("*")]:
         os.lchown(path, OTHER_UID, OTHER_UID)
     refused = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from checkouts import git_checkout
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = "4.62.0"
@@ -48,21 +49,6 @@ def gitlab_ci_local() -> Path:
 
 
 VERSION_OF_CI_RUNNER = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-GIT = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
-
-
-def git_repo(path: Path, origin: str | None = None, tag: str | None = None) -> Path:
-    """`path` as a git repository with one commit of its files (and `origin`, `tag` when given)."""
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
-    subprocess.run([*GIT, "-C", str(path), "add", "-A"], check=True)
-    subprocess.run([*GIT, "-C", str(path), "commit", "-q", "-m", "example"], check=True)
-    if origin:
-        subprocess.run(["git", "-C", str(path), "remote", "add", "origin", origin], check=True)
-    if tag:
-        subprocess.run([*GIT, "-C", str(path), "tag", tag], check=True)
-    return path
-
-
 class GitLabStandIn(http.server.BaseHTTPRequestHandler):
     """The two things gitlab-ci-local asks a GitLab for when it resolves `include: component:`:
     `/<project>/-/raw/<ref>/<file>` (does the file exist?) and the project's git repository over smart
@@ -119,7 +105,7 @@ def gitlab(tmp_path: Path) -> Iterator[str]:
     it is in this checkout, released as the current version. Yields its base URL."""
     component = tmp_path / "component-project"
     shutil.copytree(ROOT / "gitlab-templates", component)
-    git_repo(component, tag=VERSION_OF_CI_RUNNER)
+    git_checkout(component, tag=VERSION_OF_CI_RUNNER)
     projects = tmp_path / "gitlab"
     (projects / "hpc").mkdir(parents=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(component), str(projects / "hpc" / "ci-runner.git")],
@@ -162,7 +148,7 @@ def test_example_pipeline_includes_the_released_component(tmp_path: Path, sandbo
     for name in (".gitlab-ci.yml", ".ci-runner.yml"):
         shutil.copy(ROOT / "examples" / "gitlab" / name, repo / name)
     assert f"/hpc/ci-runner/ci-runner@{VERSION_OF_CI_RUNNER}" in (repo / ".gitlab-ci.yml").read_text()
-    git_repo(repo, origin=f"{gitlab}/example/project.git")  # CI_SERVER_FQDN: the stand-in's host:port
+    git_checkout(repo, origin=f"{gitlab}/example/project.git")  # CI_SERVER_FQDN: the stand-in's host:port
     log = run_gitlab_ci_local(repo, {
         "GITLAB_CI": "true",  # gitlab-ci-local says "false"; ci-runner detects GitLab by "true"
         "FIRECREST_URL": sandbox.url,                      # type: ignore[attr-defined]
@@ -205,7 +191,7 @@ def test_the_component_project_tests_its_component_and_releases_on_a_version_tag
     repo = tmp_path / "ci-runner-component"
     shutil.copytree(ROOT / "gitlab-templates", repo)
     # The local component (`@$CI_COMMIT_SHA` of this project): gitlab-ci-local reads templates/ here.
-    git_repo(repo, origin="http://127.0.0.1:9/hpc/ci-runner.git")
+    git_checkout(repo, origin="http://127.0.0.1:9/hpc/ci-runner.git")
     try:
         log = run_gitlab_ci_local(repo, {"GITLAB_CI": "true"}, "component-test")
     finally:

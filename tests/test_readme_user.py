@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from checkouts import git_checkout
 from click.testing import CliRunner
 
 from ci_runner.cli import cli
@@ -69,10 +70,7 @@ def test_the_sandbox_snippet_runs_as_written(tmp_path: Path) -> None:
     assert snippet and "sandbox.env" in snippet.group(1)
     project = tmp_path / "project"
     shutil.copytree(ROOT / "examples", project / "examples")
-    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "-C", str(project)]
-    subprocess.run(["git", "init", "-q", str(project)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "examples"], check=True)
+    git_checkout(project)
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("FIRECREST_", "GITHUB_", "GITLAB_", "CI_", "JENKINS_", "BUILD_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", NO_COLOR="1")
