@@ -62,13 +62,39 @@ def detect(environ: Mapping[str, str], cwd: Path, now: datetime | None = None) -
     `now` (default: the current UTC time) only shapes the run id of local runs.
     Raises UsageError when a required variable is missing or `cwd` is not a git checkout.
     """
-    if environ.get("GITHUB_ACTIONS") == "true":
+    found = provider(environ)
+    if found == "github":
         return _github(environ)
-    if environ.get("GITLAB_CI") == "true":
+    if found == "gitlab":
         return _gitlab(environ)
-    if environ.get("JENKINS_URL") or environ.get("BUILD_TAG"):
+    if found == "jenkins":
         return _jenkins(environ, cwd)
     return _local(cwd, now or datetime.now(timezone.utc))
+
+
+def provider(environ: Mapping[str, str]) -> Provider:
+    """Which CI runs us: GitHub Actions, GitLab CI, Jenkins, else `local`. Never fails."""
+    if environ.get("GITHUB_ACTIONS") == "true":
+        return "github"
+    if environ.get("GITLAB_CI") == "true":
+        return "gitlab"
+    if environ.get("JENKINS_URL") or environ.get("BUILD_TAG"):
+        return "jenkins"
+    return "local"
+
+
+def report_paths(environ: Mapping[str, str]) -> CIPaths:
+    """The report files of the CI that runs us. Never fails: it also serves to report an error
+    that came before `detect` (a configuration error)."""
+    found = provider(environ)
+    if found == "github":
+        return CIPaths(github_output=_path(environ, "GITHUB_OUTPUT"),
+                       github_step_summary=_path(environ, "GITHUB_STEP_SUMMARY"))
+    if found == "gitlab":
+        return CIPaths(gitlab_project_dir=_path(environ, "CI_PROJECT_DIR"))
+    if found == "jenkins":
+        return CIPaths(jenkins_workspace=_path(environ, "WORKSPACE"))
+    return CIPaths()
 
 
 def _github(environ: Mapping[str, str]) -> CIContext:
@@ -89,10 +115,7 @@ def _github(environ: Mapping[str, str]) -> CIContext:
         repo_url=clean_url(f"{server}/{repository}.git"),
         run_id=safe_id("-".join(p for p in ("gh", run, attempt, job) if p)),
         run_url=run_url,
-        paths=CIPaths(
-            github_output=_path(environ, "GITHUB_OUTPUT"),
-            github_step_summary=_path(environ, "GITHUB_STEP_SUMMARY"),
-        ),
+        paths=report_paths(environ),
         server_url=server,
         job_name=job,
     )
@@ -112,7 +135,7 @@ def _gitlab(environ: Mapping[str, str]) -> CIContext:
         repo_url=clean_url(url),
         run_id=safe_id(f"gl-{pipeline}-{job}"),
         run_url=environ.get("CI_JOB_URL") or None,
-        paths=CIPaths(gitlab_project_dir=_path(environ, "CI_PROJECT_DIR")),
+        paths=report_paths(environ),
         server_url=environ.get("CI_SERVER_URL") or None,
         job_name=environ.get("CI_JOB_NAME") or None,
     )
@@ -134,7 +157,7 @@ def _jenkins(environ: Mapping[str, str], cwd: Path) -> CIContext:
         repo_url=clean_url(url),
         run_id=safe_id(tag),
         run_url=environ.get("BUILD_URL") or None,
-        paths=CIPaths(jenkins_workspace=_path(environ, "WORKSPACE")),
+        paths=report_paths(environ),
         server_url=environ.get("JENKINS_URL") or None,
         job_name=environ.get("JOB_NAME") or None,
     )
@@ -174,11 +197,22 @@ def _git_checkout(cwd: Path, hint: str) -> _Checkout:
     return _Checkout(sha=_sha(sha, "git rev-parse HEAD"), ref=ref, repo_url=clean_url(url))
 
 
+def git_argv(repo: Path) -> list[str]:
+    """The start of every git command ci-runner runs in the checkout `repo`.
+
+    CI checkouts are often owned by another uid than the one running ci-runner (a container image's
+    user and the runner's clone), and git then refuses the repository ("detected dubious ownership",
+    its safe.directory check). ci-runner was pointed at this checkout to read it, so it trusts exactly
+    this directory, for its own calls only (`-c safe.directory=`; nothing is written to any config).
+    """
+    return ["git", "-c", f"safe.directory={repo.resolve()}", "-C", str(repo)]
+
+
 def _git(cwd: Path, *args: str) -> str | None:
     """stdout of `git args` in `cwd`, stripped; None if git fails or is missing."""
     try:
         done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT, check=False,
+            [*git_argv(cwd), *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT, check=False,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
         )
     except FileNotFoundError as error:

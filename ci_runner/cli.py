@@ -175,8 +175,22 @@ def select_entries(entries: list[Entry], names: tuple[str, ...]) -> list[Entry]:
 # Heavy imports (pyfirecrest, the sandbox server) stay inside the functions.
 
 
+RUN_ENVIRONMENT_HELP = """\b
+Environment (the pyfirecrest CLI's names):
+  FIRECREST_URL            FirecREST v2 base URL
+  AUTH_TOKEN_URL           OIDC token endpoint (client-credentials grant)
+  FIRECREST_CLIENT_ID      OIDC client id
+  FIRECREST_CLIENT_SECRET  OIDC client secret (never printed)
+  FIRECREST_API_KEY        instead of the client credentials, where the site uses API keys
+  FIRECREST_API_KEY_HEADER its header (default X-API-Key)
+  FIRECREST_SYSTEM         system when neither --system nor the config names one
+  NO_COLOR, FORCE_COLOR, CLICOLOR_FORCE  colour of plain (Jenkins, terminal) output
+The CI's own variables (GITHUB_*, CI_*, JENKINS_URL, BUILD_*, GIT_*) give the commit and run id.
+--sandbox sets the FIRECREST_* variables itself."""
+
+
 @cli.command("run", help="Submit the matrix entries as Slurm jobs, stream their output live, exit with the "
-             "most severe outcome.\n\n" + EXIT_CODES_HELP)
+             "most severe outcome.\n\n" + RUN_ENVIRONMENT_HELP + "\n\n" + EXIT_CODES_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=".ci-runner.yml",
               show_default=True, help="Configuration file.")
 @click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Run only this entry (repeatable).")
@@ -190,16 +204,20 @@ def select_entries(entries: list[Entry], names: tuple[str, ...]) -> list[Entry]:
               help="Run state file (default: ./.ci-runner-state/<run-id>.json).")
 @click.option("--attach", is_flag=True, help="Resume following the jobs of a state file (after a runner restart).")
 @click.option("--sandbox", "use_sandbox", is_flag=True,
-              help="Start the embedded sandbox FirecREST in-process and run against it (system `local`).")
+              help="Start the embedded sandbox FirecREST in-process and run against it (system `local`; "
+                   "needs the `sandbox` extra: pip install 'ci-runner[sandbox]').")
+@click.option("--sandbox-backend", type=click.Choice(["auto", "slurm", "local"]), default="auto", show_default=True,
+              help="Where --sandbox runs the jobs: auto = this machine's Slurm when sbatch works here, else local "
+                   "processes; slurm; local.")
 def run_command(config_path: str, entry_names: tuple[str, ...], system: str | None, workdir: str | None,
                 checkout: str | None, queue_timeout: str | None, requests_per_minute: int | None,
-                state_file: str | None, attach: bool, use_sandbox: bool) -> int:
+                state_file: str | None, attach: bool, use_sandbox: bool, sandbox_backend: str) -> int:
     from ci_runner import runcommand
 
     return runcommand.run(runcommand.RunRequest(
         config_path=config_path, entry_names=entry_names, system=system, workdir=workdir, checkout=checkout,
         queue_timeout=queue_timeout, requests_per_minute=requests_per_minute, state_file=state_file,
-        attach=attach, sandbox=use_sandbox))
+        attach=attach, sandbox=use_sandbox, sandbox_backend=sandbox_backend))
 
 
 @cli.command("cancel", help="Cancel jobs: the given JOB_IDs, or every unfinished job of the state file "

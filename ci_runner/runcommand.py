@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import click
 
 from ci_runner import statefile
-from ci_runner.errors import InfraError, UsageError
+from ci_runner.errors import CIRunnerError, InfraError, UsageError
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext
-    from ci_runner.cluster import Cluster, SystemInfo
+    from ci_runner.cluster import Cluster, RetryPolicy, SystemInfo
     from ci_runner.config import Config
     from ci_runner.matrix import Entry
+    from ci_runner.reporters import Reporter
     from ci_runner.statefile import RunState
 
+PRE_SUBMIT_RETRY_LIMIT = 15.0  # seconds: before the first submit a wrong URL or credential fails fast
 SANDBOX_REQUESTS_PER_MINUTE = 600  # the embedded sandbox has no quota; --requests-per-minute still wins
 CANCEL_REQUESTS_PER_MINUTE = 60
 CANCEL_WAIT = 30.0  # `ci-runner cancel`: seconds to wait for the jobs to leave the queue
@@ -47,22 +49,71 @@ class RunRequest:
     state_file: str | None = None
     attach: bool = False
     sandbox: bool = False
+    sandbox_backend: str = "auto"  # auto: the machine's Slurm when sbatch works here, else local processes
 
 
 def run(request: RunRequest) -> int:
-    """`ci-runner run`; the process exit code."""
+    """`ci-runner run`; the process exit code. An error that stops the run (usage, configuration,
+    FirecREST unusable) is also reported to the CI (`Reporter.run_failed`: annotations, outputs)."""
+    from ci_runner import ci as ci_module
+    from ci_runner import reporters
+
+    environ = dict(os.environ)
+    reporter: Reporter | None = None
+    sandbox = None
+    try:
+        if request.attach and request.sandbox:
+            raise UsageError("--attach cannot be combined with --sandbox: a new embedded sandbox knows none of the "
+                             "recorded jobs (serve one with `ci-runner sandbox` instead)")
+        plan = _plan(request, environ)
+        if request.sandbox:
+            from ci_runner.sandbox import server_module
+
+            server = server_module()
+            sandbox = server.start_sandbox(server.SandboxOptions(root=None, backend=request.sandbox_backend,
+                                                                 port=0))  # temp root, removed on stop
+            environ.update(sandbox.env())
+            plan = dataclasses.replace(plan, system=plan.system or sandbox.system,
+                                       default_workdir=f"{sandbox.root}/ci-runner")
+        entries, system = _entries(plan, request)
+        reporter = reporters.for_context(plan.ci, sys.stdout, entries=[entry.name for entry in entries],
+                                         color=reporters.supports_color(sys.stdout, environ))
+        if sandbox is not None:
+            where = ("this machine's Slurm" if sandbox.backend_name == "slurm"
+                     else "local processes (no Slurm)")
+            reporter.info(f"sandbox: the {sandbox.backend_name} backend runs the jobs on {where}; "
+                          "--sandbox-backend local|slurm chooses")
+        return asyncio.run(_run(plan, entries, system, environ, reporter))
+    except CIRunnerError as error:
+        if reporter is None:
+            reporter = reporters.for_failure(ci_module.provider(environ), ci_module.report_paths(environ), sys.stdout)
+        reporter.run_failed(str(error), error.exit_code)
+        raise
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `run` knows before it talks to FirecREST."""
+
+    config: Config
+    ci: CIContext
+    state_path: Path
+    recorded: RunState | None
+    cwd: Path
+    system: str | None = None            # --system, or the sandbox's
+    default_workdir: str | None = None   # the sandbox's root
+
+
+def _plan(request: RunRequest, environ: Mapping[str, str]) -> _Plan:
     from ci_runner import ci as ci_module
     from ci_runner import config as config_module
-    from ci_runner import matrix
 
-    if request.attach and request.sandbox:
-        raise UsageError("--attach cannot be combined with --sandbox: a new embedded sandbox knows none of the "
-                         "recorded jobs (serve one with `ci-runner sandbox` instead)")
-    environ = dict(os.environ)
     cwd = Path.cwd()
     config = _with_overrides(config_module.load(Path(request.config_path)), request)
     ci = ci_module.detect(environ, cwd)
-
     recorded: RunState | None = None
     if request.attach:
         state_path = Path(request.state_file) if request.state_file else find_state_file(ci.run_id, cwd)
@@ -70,30 +121,22 @@ def run(request: RunRequest) -> int:
         ci = dataclasses.replace(ci, run_id=recorded.run_id)
     else:
         state_path = Path(request.state_file) if request.state_file else statefile.default_path(ci.run_id, cwd)
+    return _Plan(config, ci, state_path, recorded, cwd, system=request.system)
 
-    sandbox = None
-    try:
-        default_workdir: str | None = None
-        system = request.system
-        if request.sandbox:
-            from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 
-            sandbox = start_sandbox(SandboxOptions(root=None, backend="auto", port=0))  # temp root, removed on stop
-            environ.update(sandbox.env())
-            system = system or sandbox.system
-            default_workdir = f"{sandbox.root}/ci-runner"
-        entries = matrix.expand(config)
-        if system:
-            entries = [dataclasses.replace(entry, system=system) for entry in entries]
-        entries = select_entries(entries, request.entry_names, recorded)
-        systems = sorted({entry.system for entry in entries})
-        if len(systems) > 1:
-            raise UsageError(f"the selected entries run on several systems ({', '.join(systems)}); run one system "
-                             "per `ci-runner run` (--system, or --entry with the CI's own matrix: `ci-runner matrix`)")
-        return asyncio.run(_run(config, ci, entries, systems[0], environ, state_path, recorded, default_workdir, cwd))
-    finally:
-        if sandbox is not None:
-            sandbox.stop()
+def _entries(plan: _Plan, request: RunRequest) -> tuple[list[Entry], str]:
+    """The selected entries (on `plan.system` when set) and the one system they run on."""
+    from ci_runner import matrix
+
+    entries = matrix.expand(plan.config)
+    if plan.system:
+        entries = [dataclasses.replace(entry, system=plan.system) for entry in entries]
+    entries = select_entries(entries, request.entry_names, plan.recorded)
+    systems = sorted({entry.system for entry in entries})
+    if len(systems) > 1:
+        raise UsageError(f"the selected entries run on several systems ({', '.join(systems)}); run one system "
+                         "per `ci-runner run` (--system, or --entry with the CI's own matrix: `ci-runner matrix`)")
+    return entries, systems[0]
 
 
 def _with_overrides(config: Config, request: RunRequest) -> Config:
@@ -116,39 +159,79 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
     return dataclasses.replace(config, **changes)
 
 
-async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
-               state_path: Path, recorded: RunState | None, default_workdir: str | None, cwd: Path) -> int:
-    from ci_runner import render, reporters, runner, workspace
+async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
+               reporter: Reporter) -> int:
+    from ci_runner import render, runner, workspace
 
+    config, ci, recorded = plan.config, plan.ci, plan.recorded
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    reporter = reporters.for_context(ci, sys.stdout, entries=[entry.name for entry in entries],
-                                     color=reporters.supports_color(sys.stdout, dict(environ)))
     cluster = open_cluster(environ, system, config.requests_per_minute, on_secret=reporter.mask,
                            retry_limit=config.api_retry_limit)
     for secret in cluster.credentials.secrets():
         reporter.mask(secret)
     try:
-        info = await cluster.system_info()  # the output cap, and the default work dir if none is set
+        # The output cap, and the default work dir if none is set. With --attach jobs exist already:
+        # an outage then is waited out like any other, with the configured limit.
+        info = await first_contact(cluster, pre_submit=recorded is None)
         if recorded is not None:
             workdir = recorded.workdir
         else:
-            workdir = config.workdir or default_workdir or site_workdir(info)
+            workdir = config.workdir or plan.default_workdir or site_workdir(info)
         specs = render.job_scripts(config, entries, ci, workdir, environ)
         source = None
         if config.checkout == "upload" and recorded is None:
-            source = workspace.source_archive(cwd, ci.sha)
+            source = workspace.source_archive(plan.cwd, ci.sha)
             workspace.check_uploadable(source, info.output_cap)
         options = runner.RunOptions.from_config(
-            config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
+            config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)
         return await runner.run(specs, cluster, reporter, options, stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await cluster.close()
+
+
+async def first_contact(cluster: Cluster, *, pre_submit: bool = True) -> SystemInfo:
+    """The system's entry in /status/systems: the run's first request, and its check of the settings.
+
+    `pre_submit`: nothing has been submitted yet, so there is nothing to lose by failing fast: the
+    request (token included) is retried for at most PRE_SUBMIT_RETRY_LIMIT seconds instead of
+    `api_retry_limit` (meant for a FirecREST restart in the middle of a run), and a failure says what
+    was tried and which setting to check. The cluster's own policy is back in force afterwards.
+    """
+    configured = cluster.retry
+    if pre_submit:
+        cluster.retry = pre_submit_policy(configured)
+    try:
+        return await cluster.system_info()
+    except (UsageError, InfraError) as error:
+        raise type(error)(f"{error}\nNothing was submitted (before the first submit a request is retried for at "
+                          f"most {PRE_SUBMIT_RETRY_LIMIT:g} s). {settings_hint(cluster)}") from None
+    finally:
+        cluster.retry = configured
+
+
+def pre_submit_policy(configured: RetryPolicy) -> RetryPolicy:
+    """`configured`, bounded to PRE_SUBMIT_RETRY_LIMIT seconds (a shorter configured limit stays)."""
+    return dataclasses.replace(configured, max_total=min(configured.max_total, PRE_SUBMIT_RETRY_LIMIT))
+
+
+def settings_hint(cluster: Cluster) -> str:
+    """What to check when FirecREST cannot be used at all: every setting involved, with its value
+    (never a secret's)."""
+    credentials = cluster.credentials
+    if credentials.api_key:
+        login = f"FIRECREST_API_KEY (and FIRECREST_API_KEY_HEADER, now {credentials.api_key_header!r})"
+    else:
+        login = (f"AUTH_TOKEN_URL (now {credentials.token_url!r}), FIRECREST_CLIENT_ID (now "
+                 f"{credentials.client_id!r}) and FIRECREST_CLIENT_SECRET (the client's secret)")
+    return (f"Check FIRECREST_URL (now {credentials.url!r}: the site's FirecREST v2 base URL, reachable from "
+            f"this runner), {login}, and the system name (now {cluster.system!r}: --system, the config's "
+            "`system` or FIRECREST_SYSTEM; `ci-runner systems` lists them). See Troubleshooting in the README.")
 
 
 def site_workdir(info: SystemInfo) -> str:
@@ -248,8 +331,11 @@ def systems(system: str | None) -> int:
 
     async def health() -> list[dict[str, Any]]:
         cluster = open_cluster(environ, chosen, CANCEL_REQUESTS_PER_MINUTE)
+        cluster.retry = pre_submit_policy(cluster.retry)  # a pre-check: say at once what is wrong
         try:
             return await cluster.systems()
+        except (UsageError, InfraError) as error:
+            raise type(error)(f"{error}\n{settings_hint(cluster)}") from None
         finally:
             await cluster.close()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from ci_runner.ci import git_argv
 from ci_runner.cluster import MAX_DIRECT_UPLOAD
 from ci_runner.config import format_size
 from ci_runner.errors import InfraError, UsageError
@@ -46,7 +47,7 @@ class SourceArchive:
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=300, check=False)
+        return subprocess.run([*git_argv(repo), *args], capture_output=True, timeout=300, check=False)
     except FileNotFoundError as error:
         raise UsageError("checkout: upload needs `git` on PATH") from error
     except subprocess.TimeoutExpired as error:
@@ -54,12 +55,18 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def source_archive(repo: Path, sha: str) -> SourceArchive:
-    """`git archive --format=tar.gz <sha>` of `repo`: exactly the commit, whatever the working tree holds."""
+    """`git archive --format=tar.gz <sha>` of `repo`: exactly the commit, whatever the working tree holds.
+
+    A checkout that cannot be read (the commit is missing from a shallow clone, the directory is not
+    a repository, git refuses it) is an InfraError: the CI's checkout failed, not the configuration.
+    """
     result = _git(repo, "archive", "--format=tar.gz", sha)
     if result.returncode != 0:
-        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise UsageError(
-            f"checkout: upload: cannot archive commit {sha} of {repo}: {message[-1] if message else 'git failed'}"
+        lines = [line for line in result.stderr.decode("utf-8", "replace").strip().splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("fatal:")), lines[-1] if lines else "git failed")
+        raise InfraError(
+            f"checkout: upload: cannot read commit {sha} from the checkout {repo}: {reason} (is the CI's "
+            "checkout complete, e.g. not too shallow for this commit?)"
         )
     status = _git(repo, "status", "--porcelain", "--untracked-files=no")
     return SourceArchive(sha=sha, data=result.stdout, dirty=bool(status.stdout.strip()))

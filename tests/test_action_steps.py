@@ -3,7 +3,10 @@ sandbox: install into a venv under $RUNNER_TEMP, then `exec ci-runner run`, outp
 the step's $GITHUB_OUTPUT and mapped through the action's `outputs:`.
 
 Expressions are evaluated by a tiny interpreter for the forms action.yml uses (`inputs.x`,
-`github.action_path`, `steps.<id>.outputs.<name>`, `inputs.x != ''`); anything else fails the test.
+`github.action_path`, `github.action_ref`, `steps.<id>.outputs.<name>`, `inputs.x != ''`); anything
+else fails the test. `uses:` steps: actions/setup-python is skipped by its `if:` (python-version ''),
+actions/cache behaves as on a cache miss (nothing restored; the venv of an earlier test of this module
+in the same RUNNER_TEMP plays the restored one); any other action fails the test.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class ActionRun:
             return self.inputs[match.group(1)]
         if expression == "github.action_path":
             return str(ROOT)
+        if expression == "github.action_ref":
+            return ""  # as for a local action (`uses: ./`)
         if match := re.fullmatch(r"steps\.([A-Za-z0-9_-]+)\.outputs\.([A-Za-z0-9_-]+)", expression):
             return self.step_outputs.get(match.group(1), {}).get(match.group(2), "")
         if match := re.fullmatch(r"inputs\.([A-Za-z0-9_-]+) != ''", expression):
@@ -95,7 +100,11 @@ class ActionRun:
             step_id = step.get("id", f"step{index}")
             if "if" in step and not self.evaluate(step["if"]):
                 continue
-            assert "uses" not in step, f"step {step_id} uses an action: only skippable ones are allowed here"
+            if "uses" in step:
+                assert step["uses"].split("@")[0] == "actions/cache", f"step {step_id}: {step['uses']} not emulated"
+                assert all(self.substitute(str(value)) for value in step["with"].values()), step["with"]
+                self.step_outputs[step_id] = {"cache-hit": "false"}
+                continue
             assert step["shell"] == "bash"
             output_file = self.runner_temp / f"output-{step_id}"
             output_file.write_text("")
@@ -191,7 +200,9 @@ def test_action_steps_run_the_example_end_to_end(workspace: Path, runner_temp: P
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     assert summary.startswith("### ci-runner: all 2 entries passed; exit code 0\n")
     assert "| unit | ✅ COMPLETED | 0 |" in summary and "| integration | ✅ COMPLETED | 0 |" in summary
-    assert action.path_additions == [str(runner_temp / "ci-runner-venv" / "bin")]
+    # Only `ci-runner` goes on PATH: the venv's python, pip, uvicorn... do not shadow the user's.
+    assert action.path_additions == [str(runner_temp / "ci-runner-bin")]
+    assert [p.name for p in (runner_temp / "ci-runner-bin").iterdir()] == ["ci-runner"]
 
 
 def test_action_runs_one_entry_in_a_group_and_fails_with_the_job(workspace: Path, runner_temp: Path,
@@ -207,6 +218,7 @@ def test_action_runs_one_entry_in_a_group_and_fails_with_the_job(workspace: Path
         "workdir": f"{sandbox.root}/ci",  # type: ignore[attr-defined]
     }, env)
     action.run()
+    assert "ci-runner: reusing the venv in " in action.logs["install"]  # as after a cache hit
     assert action.exit_codes.get("run") == 1, action.logs.get("run")
     log = action.logs["run"]
     assert "::group::unit (Slurm job " in log and "::endgroup::" in log and "[unit]" not in log
@@ -214,3 +226,27 @@ def test_action_runs_one_entry_in_a_group_and_fails_with_the_job(workspace: Path
     outputs = action.outputs()
     assert outputs["exit-code"] == "1" and json.loads(outputs["outcomes"]) == {"unit": "FAILED"}
     assert "<details><summary>unit: FAILED" in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+
+
+def test_a_config_error_gives_annotations_outputs_and_a_summary(workspace: Path, runner_temp: Path,
+                                                                 tmp_path: Path) -> None:
+    """Exit 2 before anything runs: one `::error file=,line=,col=` annotation per problem, the
+    `exit-code` output, and a short step summary."""
+    config = workspace / ".ci-runner.yml"
+    config.write_text(config.read_text().replace("version: 1", "version: 1\nsystm: local\nrequests_per_minute: many"))
+    fake = type("NoSandbox", (), {"client_id": "id", "client_secret": "secret"})()
+    env = github_env(workspace, tmp_path, fake)
+    action = ActionRun(workspace, runner_temp, {"python-version": "", "firecrest-url": "http://127.0.0.1:9",
+                                               "token-url": "http://127.0.0.1:9/token"}, env)
+    action.run()
+    assert action.exit_codes.get("run") == 2, action.logs.get("run")
+    log = action.logs["run"]
+    annotations = re.findall(r"^::error file=\.ci-runner\.yml,line=(\d+),col=(\d+),title=ci-runner::(.*)$", log, re.M)
+    assert len(annotations) == 2, log
+    assert {text.split(":")[0] for _, _, text in annotations} == {"systm", "requests_per_minute"}
+    assert all(int(line) > 1 and int(col) >= 1 for line, col, _ in annotations)
+    outputs = action.outputs()
+    assert outputs["exit-code"] == "2" and json.loads(outputs["outcomes"]) == {}
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert summary.startswith("### ci-runner: configuration or usage error; exit code 2\n")
+    assert "systm" in summary and len(summary) < 2000

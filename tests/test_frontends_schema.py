@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 GITHUB_WORKFLOWS = [*sorted(p for p in (ROOT / "examples" / "github").glob("*.yml") if not p.name.startswith(".")),
                     ROOT / "examples" / "reframe" / "github-workflow.yml"]
+COMPONENT = ROOT / "gitlab-templates" / "templates" / "ci-runner.yml"
 GITLAB_FILES = [ROOT / "examples" / "gitlab" / ".gitlab-ci.yml", ROOT / "examples" / "reframe" / ".gitlab-ci.yml",
-                *sorted((ROOT / "gitlab-templates").glob("*.yml"))]
+                ROOT / "gitlab-templates" / ".gitlab-ci.yml", COMPONENT]
 SNIPPET_SOURCES = [ROOT / "README.md"]
 MARKED_BLOCK = re.compile(r"<!-- check: ([a-z-]+) -->\n```[a-z]*\n(.*?)\n```", re.S)
 
@@ -55,7 +56,7 @@ def test_example_workflows_are_valid() -> None:
 @pytest.mark.parametrize("path", GITLAB_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_gitlab_files_are_valid_per_document(path: Path, tmp_path: Path) -> None:
     documents = documents_as_json(path, tmp_path)
-    if path.parent.name == "gitlab-templates":
+    if path.parent.name == "templates":
         assert len(documents) == 2, "a component is a spec header document, then the job document"
         assert set(json.loads(documents[0].read_text())) == {"spec"}
     assert_valid("vendor.gitlab-ci", *documents)
@@ -89,7 +90,7 @@ def test_action_inputs_reach_scripts_only_through_env() -> None:
 
 
 def test_gitlab_template_inputs_reach_the_script_only_as_variables() -> None:
-    header, job_doc = yaml.safe_load_all((ROOT / "gitlab-templates" / "ci-runner.yml").read_text())
+    header, job_doc = yaml.safe_load_all(COMPONENT.read_text())
     (name, job), = job_doc.items()
     assert name == "$[[ inputs.name ]]"
     assert all("$[[" not in line for line in job["script"] + job["after_script"])
@@ -124,3 +125,54 @@ def test_doc_snippets_are_valid(kind: str, body: str, tmp_path: Path) -> None:
     target.write_text(body + "\n")
     schema = {"github-workflow": "vendor.github-workflows", "gitlab-ci": "vendor.gitlab-ci"}[kind]
     assert_valid(schema, target)
+
+
+USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(?:\s+#\s*(\S+))?", re.M)
+
+
+def test_third_party_actions_are_pinned_by_commit_sha_with_the_release_in_a_comment() -> None:
+    found = 0
+    for path in [ROOT / "action.yml", *GITHUB_WORKFLOWS]:
+        for reference, comment in USES.findall(path.read_text()):
+            if reference.startswith("ci-runner/ci-runner@"):
+                continue  # our own action, by release tag (zizmor.yml)
+            found += 1
+            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", reference), f"{path.name}: {reference}"
+            assert re.fullmatch(r"v\d+\.\d+\.\d+", comment or ""), f"{path.name}: {reference} needs '# vX.Y.Z'"
+    assert found >= 5
+
+
+def test_the_image_is_not_offered_as_a_github_container_action() -> None:
+    """GitHub runs container actions as root; the image's user (10001) cannot write the workspace."""
+    for path in (ROOT / "README.md", ROOT / "Dockerfile", ROOT / "action.yml", *GITHUB_WORKFLOWS):
+        assert "uses: docker://" not in path.read_text() and "`uses: docker://" not in path.read_text(), path
+
+
+def test_the_component_project_is_complete() -> None:
+    """gitlab-templates/ can be published as it is: GitLab resolves `include: component:` only from a
+    top-level templates/ directory, and the catalog wants a README (with `## Components`) and a LICENSE."""
+    project = ROOT / "gitlab-templates"
+    assert sorted(p.name for p in (project / "templates").iterdir()) == ["ci-runner.yml"]
+    assert "\n## Components\n" in (project / "README.md").read_text()
+    assert (project / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
+    pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
+    assert pipeline["include"][0]["component"] == "$CI_SERVER_FQDN/$CI_PROJECT_PATH/ci-runner@$CI_COMMIT_SHA"
+    assert pipeline["release"]["release"]["tag_name"] == "$CI_COMMIT_TAG"
+    assert pipeline["release"]["rules"] == [{"if": "$CI_COMMIT_TAG =~ /^\\d+\\.\\d+\\.\\d+$/"}]
+    for input_name in yaml.safe_load_all(COMPONENT.read_text()).__next__()["spec"]["inputs"]:
+        assert f"| `{input_name}` |" in (project / "README.md").read_text(), f"{input_name} missing in its README"
+
+
+def test_component_inputs_are_typed_like_the_cli_options() -> None:
+    from ci_runner.config import parse_duration
+
+    inputs = next(yaml.safe_load_all(COMPONENT.read_text()))["spec"]["inputs"]
+    assert inputs["requests-per-minute"]["type"] == "number" and inputs["requests-per-minute"]["default"] == 0
+    assert inputs["checkout"]["options"] == ["", "clone", "upload", "none"]
+    regex = re.compile(inputs["queue-timeout"]["regex"])
+    for accepted in ("", "90", "90s", "30m", "1h30m", "2h", "01:30:00", "30:00"):
+        assert regex.fullmatch(accepted), accepted
+        if accepted:
+            parse_duration(accepted)  # ci-runner takes it too
+    for refused in ("30 m", "soon", "1.5h", "-5m", "30m; rm -rf ~"):
+        assert not regex.fullmatch(refused), refused

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context, supports_color
 from ci_runner.reporters.base import EntryResult, PlainReporter
@@ -101,6 +103,20 @@ def test_supports_color_needs_tty_term_and_no_NO_COLOR() -> None:
     assert not supports_color(_Tty(), {"TERM": "dumb"})
     assert not supports_color(_Tty(), {})
     assert not supports_color(_Tty(), {"TERM": "xterm", "NO_COLOR": "1"})
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({"FORCE_COLOR": "1"}, True),             # Jenkins with the AnsiColor plugin: a pipe, no TERM
+    ({"FORCE_COLOR": "true"}, True),
+    ({"CLICOLOR_FORCE": "1"}, True),
+    ({"FORCE_COLOR": "0"}, False),
+    ({"FORCE_COLOR": ""}, False),
+    ({"CLICOLOR_FORCE": "0"}, False),
+    ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, False),  # NO_COLOR wins
+    ({"FORCE_COLOR": "1", "NO_COLOR": ""}, True),    # an empty NO_COLOR is unset
+])
+def test_force_color_colours_a_pipe_and_no_color_wins(environ: dict[str, str], expected: bool) -> None:
+    assert supports_color(io.StringIO(), environ) is expected
 
 
 def test_jenkins_context_writes_junit_into_the_workspace(tmp_path: Path) -> None:

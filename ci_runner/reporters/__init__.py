@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Sequence, TextIO
 from ci_runner.reporters.base import EntryResult, PlainReporter, Reporter, supports_color
 
 if TYPE_CHECKING:
-    from ci_runner.ci import CIContext
+    from ci_runner.ci import CIContext, CIPaths, Provider
 
-__all__ = ["EntryResult", "PlainReporter", "Reporter", "for_context", "supports_color"]
+__all__ = ["EntryResult", "PlainReporter", "Reporter", "for_context", "for_failure", "supports_color"]
 
 JUNIT_NAME = "ci-runner-junit.xml"
 
@@ -54,6 +54,16 @@ def for_context(
         workspace = _existing_dir(ci.paths.jenkins_workspace)
         return PlainReporter(stream, color=color, entries=entries, junit_path=workspace / JUNIT_NAME)
     return PlainReporter(stream, color=color, entries=entries)
+
+
+def for_failure(provider: Provider, paths: CIPaths, stream: TextIO) -> Reporter:
+    """A reporter for a run that failed before it had one (`run_failed` only): the configuration
+    could not be read, or the CI context not be built."""
+    if provider == "github":
+        from ci_runner.reporters.github import GitHubReporter
+
+        return GitHubReporter(stream, output_path=paths.github_output, summary_path=paths.github_step_summary)
+    return PlainReporter(stream)
 
 
 def _existing_dir(path: Path | None) -> Path:

@@ -63,15 +63,27 @@ class Reporter(Protocol):
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
         """Summary table, and the CI's report files (outputs, step summary, JUnit, dotenv)."""
 
+    def run_failed(self, message: str, exit_code: int) -> None:
+        """The run stopped with an error instead of results (a usage or configuration error, FirecREST
+        unusable before the first submit). `message` has one problem per line, `file:line:col: ...`
+        where it has a place; the CLI prints it on stderr as well."""
+
 
 def supports_color(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
-    """Colour only on a terminal whose TERM is set and not `dumb`, and only when NO_COLOR is unset.
+    """Colour for plain output (Jenkins, shells), by the usual conventions, in this order:
+    NO_COLOR set and not empty: never; FORCE_COLOR or CLICOLOR_FORCE set, not empty and not `0`:
+    always, also without a terminal (Jenkins' AnsiColor plugin renders the codes of a piped log);
+    else only on a terminal whose TERM is set and not `dumb`.
 
     The caller (cli.py) passes its environment; reporters never read os.environ themselves.
     """
     env = environ or {}
+    if env.get("NO_COLOR"):
+        return False
+    if any(env.get(name, "") not in ("", "0") for name in ("FORCE_COLOR", "CLICOLOR_FORCE")):
+        return True
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and env.get("TERM", "dumb") != "dumb" and "NO_COLOR" not in env
+    return bool(isatty and isatty()) and env.get("TERM", "dumb") != "dumb"
 
 
 _ENTRY_COLORS = ("36", "35", "34", "33", "32", "96", "95", "94")
@@ -161,6 +173,9 @@ class PlainReporter:
         self._message(verdict_line(results, exit_code))
         if self._junit_path is not None:
             self._write_junit(results, self._junit_path)
+
+    def run_failed(self, message: str, exit_code: int) -> None:
+        """Nothing to add on a plain log: the CLI prints the error on stderr."""
 
     # -- hooks for the CI-specific reporters ----------------------------------------------------
 

@@ -19,6 +19,7 @@ re-emitted at the start of the entry's next line, and reset at the line's end.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -149,6 +150,24 @@ class GitHubReporter(PlainReporter):
             text = step_summary(results, exit_code, self._run_url)
             self._write_file(self._summary_path, self._redact(text), append=True)
 
+    def run_failed(self, message: str, exit_code: int) -> None:
+        """One `::error` annotation per problem (with file/line/col where the message has them, so
+        GitHub marks the line of .ci-runner.yml), `exit-code` and empty JSON objects as step
+        outputs, and a short step summary."""
+        problems = error_problems(message)
+        self._commands([command("error", text, file=file, line=line, col=col, title="ci-runner")
+                        for file, line, col, text in problems])
+        if self._output_path is not None:
+            outputs = {"exit-code": str(exit_code), "states": "{}", "job-ids": "{}", "outcomes": "{}",
+                       "summary": "", "junit": ""}
+            self._write_file(self._output_path, self._redact(self._output_text(outputs)), append=True)
+        if self._summary_path is not None:
+            what = "configuration or usage error" if exit_code == 2 else "error"
+            fence = "`" * max(3, _longest_backtick_run(message) + 1)
+            text = (f"### ci-runner: {what}; exit code {exit_code}\n\nNothing ran on the cluster.\n\n"
+                    f"{fence}text\n{message.strip()[:TAIL_CHARS]}\n{fence}\n")
+            self._write_file(self._summary_path, self._redact(text), append=True)
+
     # -- log lines ------------------------------------------------------------------------
 
     def _own_lines(self, lines: list[str]) -> None:
@@ -213,6 +232,25 @@ class GitHubReporter(PlainReporter):
                 handle.write(text)
         except OSError as error:
             self.warning(f"could not write {path}: {error.strerror or error}")
+
+
+_LOCATED = re.compile(r"(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+): (?P<text>.*)")
+
+
+def error_problems(message: str) -> list[tuple[str | None, int | None, int | None, str]]:
+    """(file, line, col, text) per problem of an error message: a line that starts `file:line:col: `
+    is a problem of its own; any other line continues the problem before it (or starts one)."""
+    problems: list[tuple[str | None, int | None, int | None, str]] = []
+    for raw in message.strip().splitlines():
+        located = _LOCATED.fullmatch(raw.strip())
+        if located:
+            problems.append((located["file"], int(located["line"]), int(located["col"]), located["text"]))
+        elif problems and raw.strip():
+            file, line, col, text = problems[-1]
+            problems[-1] = (file, line, col, f"{text}\n{raw.strip()}")
+        elif raw.strip():
+            problems.append((None, None, None, raw.strip()))
+    return problems
 
 
 def summary_document(results: Sequence[EntryResult], exit_code: int) -> str:

@@ -57,8 +57,10 @@ def sandbox(port: int, root: Path | None, backend: str, slots: int, system: str,
             faults_on_token: bool) -> None:
     """Start the server, print how to reach it, serve until a signal, stop cleanly."""
     from ci_runner.errors import UsageError
+    from ci_runner.sandbox import server_module
     from ci_runner.sandbox.faults import Faults
-    from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+    server = server_module()
 
     faults = Faults(latency=latency, error_rate=error_rate, seed=seed, burst_every=burst_every,
                     burst_length=burst_length, retry_after=retry_after, token_ttl=fault_token_ttl,
@@ -66,11 +68,11 @@ def sandbox(port: int, root: Path | None, backend: str, slots: int, system: str,
                     pending_delay=pending_delay, reject_qos=reject_qos, apply_to_token=faults_on_token)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    options = SandboxOptions(root=root, backend=backend, port=port, system=system, token_ttl=token_ttl,
+    options = server.SandboxOptions(root=root, backend=backend, port=port, system=system, token_ttl=token_ttl,
                              client_id=client_id, client_secret=client_secret, api_key=api_key, slots=slots,
                              max_ops_size=max_ops_size, command_timeout=command_timeout, faults=faults)
     try:
-        handle = start_sandbox(options)
+        handle = server.start_sandbox(options)
     except OSError as error:
         raise UsageError(f"cannot start the sandbox on 127.0.0.1:{port}: {error.strerror or error}") from error
     except ValueError as error:
@@ -84,8 +86,10 @@ def sandbox(port: int, root: Path | None, backend: str, slots: int, system: str,
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         lines = [f"export {name}={shlex.quote(value)}" for name, value in handle.env().items()]
-        if env_file is not None:
-            env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if env_file is not None:  # whole or not at all: a script waiting for the file never reads half of it
+            partial = env_file.with_name(env_file.name + ".partial")
+            partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            partial.replace(env_file)
         click.echo("\n".join(lines))
         click.echo(f"# FirecREST sandbox ({handle.backend_name} backend, root {handle.root}) on {handle.url}: "
                    "eval these lines in a shell, or source --env-file; Ctrl-C stops it.", err=False)
