@@ -120,6 +120,7 @@ class RetryPolicy:
 
     max_attempts: int = 30  # failed attempts (5xx, transport); a backstop, `max_total` is the real bound
     max_total: float = DEFAULT_API_RETRY_LIMIT  # seconds from the first attempt; no retry starts after it
+    limit_name: str = "api_retry_limit"  # what sets `max_total`, for the give-up message
     base_delay: float = 0.5
     max_delay: float = 15.0
     max_retry_after: float = 60.0  # cap on a 429's Retry-After
@@ -402,7 +403,7 @@ class Cluster:
             elapsed = time.monotonic() - started
             if failures >= self.retry.max_attempts or elapsed + delay > self.retry.max_total:
                 raise ApiError(f"{what}: {detail} (gave up after {attempt} attempts in {elapsed:.0f} s; "
-                               f"api_retry_limit is {self.retry.max_total:g} s)", status, detail)
+                               f"{self.retry.limit_name} is {self.retry.max_total:g} s)", status, detail)
             await asyncio.sleep(delay)
 
     @staticmethod

@@ -217,7 +217,8 @@ async def first_contact(cluster: Cluster, *, pre_submit: bool = True) -> SystemI
 
 def pre_submit_policy(configured: RetryPolicy) -> RetryPolicy:
     """`configured`, bounded to PRE_SUBMIT_RETRY_LIMIT seconds (a shorter configured limit stays)."""
-    return dataclasses.replace(configured, max_total=min(configured.max_total, PRE_SUBMIT_RETRY_LIMIT))
+    return dataclasses.replace(configured, max_total=min(configured.max_total, PRE_SUBMIT_RETRY_LIMIT),
+                               limit_name="the limit before the first submit")
 
 
 def settings_hint(cluster: Cluster) -> str:
