@@ -263,3 +263,22 @@ def test_unreadable_output_of_a_finished_job_keeps_its_exit_code_and_says_what_i
     warning = next((line for line in lines if "output is incomplete" in line), None)
     assert warning is not None and "not printed" in warning and f"default.{run.jobs()[0]}.out" in warning, lines[-10:]
     assert not [line for line in run.server_log_since(before) if "DELETE /compute/" in line]
+
+
+def test_a_matrix_is_followed_with_the_run_s_job_list_and_output_listing(project: Project) -> None:
+    """Every entry's state comes from one job list (the run's job name) and every size from one listing
+    of the run's output directory, as the real server answers them: no per-job state or stat request."""
+    run = project(f'for i in 1 2 3; do echo "{{{{ n }}}}: line $i {MULTIBYTE}"; sleep 2; done',
+                  top="matrix:\n  n: [a, b, c, d]\n")
+    before = len(run.server.server_log_lines())
+    code, lines = finish(run, timeout=240)
+    assert code == 0, lines[-20:]
+    for entry in "abcd":
+        assert [line for line in lines if line.startswith(f"[{entry}] {entry}: line")] == [
+            f"[{entry}] {entry}: line {i} {MULTIBYTE}" for i in (1, 2, 3)]
+    log = run.server_log_since(before)
+    system = run.server.system
+    assert [line for line in log if f"GET /compute/{system}/jobs?name=" in line]
+    assert not [line for line in log if re.search(rf"GET /compute/{system}/jobs/\d+ ", line)]
+    assert not [line for line in log if "/ops/stat" in line]
+    assert [line for line in log if "/ops/ls?" in line]
