@@ -164,6 +164,12 @@ class Bench:
                                  "failure": r.failure()}
             self.results.setdefault("requests", {})[tool] = per_job
 
+    def _at_quota(self, tool: str, workload: Workload, entries: int, quota: int, **kwargs: Any) -> ToolResult:
+        """`tool` on `entries` copies of `workload` against a sandbox quota; ci-runner is told the budget."""
+        return self.run(tool, workload, entries=entries, quota_per_minute=quota,
+                        requests_per_minute=quota if tool == "ci-runner" else None,
+                        timeout=self.params.scale_timeout, **kwargs)
+
     # -- 5. scale -------------------------------------------------------------------------------------
     def scale(self) -> None:
         p = self.params
@@ -171,9 +177,7 @@ class Bench:
         for tool in p.tools:
             per_n = {}
             for entries in p.scale_entries:
-                r = self.run(tool, workload, entries=entries, quota_per_minute=p.scale_quota,
-                             requests_per_minute=p.scale_quota if tool == "ci-runner" else None,
-                             timeout=p.scale_timeout, slots=max(2, entries))
+                r = self._at_quota(tool, workload, entries, p.scale_quota, slots=max(2, entries))
                 per_n[str(entries)] = {
                     "wall": r.wall, "finished": not any(x.killed for x in r.runs),
                     "passed": sum(1 for x in r.runs if x.exit_code == 0) if tool != "ci-runner" else int(r.ok),
@@ -192,9 +196,8 @@ class Bench:
         for tool in p.tools:
             per_n = {}
             for entries in p.economy_entries:
-                r = self.run(tool, workload, entries=entries, quota_per_minute=p.economy_quota,
-                             requests_per_minute=p.economy_quota if tool == "ci-runner" else None,
-                             latency=p.economy_latency, timeout=p.scale_timeout, slots=2, sink_factory=EntrySink)
+                r = self._at_quota(tool, workload, entries, p.economy_quota, latency=p.economy_latency, slots=2,
+                                   sink_factory=EntrySink)
                 sinks = [run.sink for run in r.runs if isinstance(run.sink, EntrySink)]
                 latencies = [v for sink in sinks for v in sink.entry_latencies()]
                 first = min((sink.first_line_at_time() for sink in sinks), default=math.inf)
