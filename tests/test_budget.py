@@ -372,3 +372,43 @@ def test_the_simulated_server_never_accepts_more_than_its_quota() -> None:
     """The simulation itself: at most 10 accepted arrivals in any 60 s, so its 429 count is meaningful."""
     log = share_one_quota(aimd=True, minutes=10.0)
     assert max_in_window([t for t, _, status in log if status == 200], 60.0) == 10
+
+
+def _grant_order(budget: RequestBudget, arrivals: list[tuple[str, bool, float]]) -> list[str]:
+    """Grant order of requests (name, urgent, start delay in s) against `budget` on the real clock
+    (tiny windows; only the order is asserted, never a duration)."""
+    order: list[str] = []
+
+    async def one(name: str, urgent: bool, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with budget.request(urgent):
+            order.append(name)
+
+    async def main() -> None:
+        await asyncio.gather(*(one(*arrival) for arrival in arrivals))
+
+    asyncio.run(main())
+    return order
+
+
+def test_a_request_that_can_wait_lets_urgent_ones_go_first() -> None:
+    """Two slots a window, both taken: a submit queued first still goes after the reads queued behind it."""
+    budget = RequestBudget(2, window=0.3, margin=0.0, yield_for=30.0)
+    order = _grant_order(budget, [("read-1", True, 0.0), ("read-2", True, 0.0), ("submit", False, 0.01),
+                                  ("read-3", True, 0.05), ("read-4", True, 0.06)])
+    assert order == ["read-1", "read-2", "read-3", "read-4", "submit"]
+    assert budget.max_in_any_window(0.3) <= 2
+
+
+def test_a_request_that_can_wait_is_not_starved_past_its_bound() -> None:
+    """Past `yield_for` the submit queues like any other request: reads arriving later go after it."""
+    budget = RequestBudget(1, window=0.2, margin=0.0, yield_for=0.05)
+    order = _grant_order(budget, [("read-1", True, 0.0), ("submit", False, 0.01), ("read-2", True, 0.02),
+                                  ("read-3", True, 0.3)])
+    assert order.index("submit") < order.index("read-3")
+    assert order[0] == "read-1"
+
+
+def test_without_urgent_requests_a_request_that_can_wait_goes_at_once() -> None:
+    budget = RequestBudget(5, window=60.0, yield_for=30.0)
+    assert _grant_order(budget, [("submit", False, 0.0), ("read", True, 0.01)]) == ["submit", "read"]
