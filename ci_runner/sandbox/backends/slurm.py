@@ -92,13 +92,19 @@ class SlurmBackend:
         return job_id
 
     def jobs(self, job_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Job dicts from `scontrol show job -o`, in the order asked (or of submission)."""
+        """Job dicts from `scontrol show job -o`, in the order asked; all: every job of this user that
+        Slurm still knows (as the real server lists the user's jobs, also those an earlier
+        incarnation of the sandbox submitted), in the order of their ids."""
         with self._lock:
-            wanted = list(self._scripts) if job_ids is None else list(job_ids)
             cancelled = dict(self._cancelled)
-        if not wanted:
-            return []
-        fields_by_id = {f.get("JobId", ""): f for f in self._show_jobs(wanted)}
+        if job_ids is None:
+            fields_by_id = {f.get("JobId", ""): f for f in self._show_jobs(None) if _uid_of(f) == os.getuid()}
+            wanted = sorted(fields_by_id, key=lambda i: (len(i), i))
+        else:
+            wanted = list(job_ids)
+            if not wanted:
+                return []
+            fields_by_id = {f.get("JobId", ""): f for f in self._show_jobs(wanted)}
         cluster = self._cluster_name()
         return [
             job_dict(job_record(fields_by_id[i], cancelled.get(i), cluster)) for i in wanted if i in fields_by_id
@@ -164,8 +170,14 @@ class SlurmBackend:
         except OSError as exc:
             raise slurm_command_error(127, f"{args[0]}: {exc}\n") from exc
 
-    def _show_jobs(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
-        """scontrol's fields of the known jobs among `job_ids` (one call per id for a single id, else one)."""
+    def _show_jobs(self, job_ids: Sequence[str] | None) -> list[dict[str, str]]:
+        """scontrol's fields of the known jobs among `job_ids` (one call per id for a single id, else one);
+        None: of every job Slurm knows."""
+        if job_ids is None:
+            done = self._run(["scontrol", "show", "job", "-o"])
+            if done.returncode != 0:
+                raise slurm_command_error(done.returncode, done.stderr)
+            return [f for f in map(parse_scontrol_line, done.stdout.splitlines()) if f.get("JobId")]
         ids = [i for i in job_ids if i.isdigit()]
         if not ids:
             return []
@@ -184,6 +196,12 @@ class SlurmBackend:
             match = re.search(r"^ClusterName\s*=\s*(\S+)", done.stdout, re.MULTILINE)
             self._cluster = match.group(1) if match else "local"
         return self._cluster
+
+
+def _uid_of(fields: dict[str, str]) -> int | None:
+    """'root(0)' in UserId → 0."""
+    match = re.search(r"\((\d+)\)", fields.get("UserId", ""))
+    return int(match.group(1)) if match else None
 
 
 def parse_scontrol_line(line: str) -> dict[str, str]:
