@@ -118,7 +118,8 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
 
 async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
                state_path: Path, recorded: RunState | None, default_workdir: str | None, cwd: Path) -> int:
-    from ci_runner import render, reporters, runner, workspace
+    from ci_runner import render, reporters, runner, transfer, workspace
+    from ci_runner.layout import run_layout
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -136,11 +137,11 @@ async def _run(config: Config, ci: CIContext, entries: Sequence[Entry], system: 
             workdir = recorded.workdir
         else:
             workdir = config.workdir or default_workdir or site_workdir(info)
-        specs = render.job_scripts(config, entries, ci, workdir, environ)
-        source = None
-        if config.checkout == "upload" and recorded is None:
-            source = workspace.source_archive(cwd, ci.sha)
-            workspace.check_uploadable(source, info.output_cap)
+        source = None  # with --attach too: a resubmitted job needs the same archive (from the cache)
+        if config.checkout == "upload":
+            source = transfer.plan_source(workspace.source_archive(cwd, ci.sha), run_layout(workdir, ci.run_id),
+                                          info.output_cap)
+        specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap)
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)
