@@ -30,6 +30,7 @@ DEFAULT_REQUESTS_PER_MINUTE = 10
 DEFAULT_API_RETRY_LIMIT = 120.0  # seconds: rides out a FirecREST restart or a short outage
 DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024  # bytes of an entry's output printed before skipping to its tail
 MIN_MAX_OUTPUT = 1024
+DEFAULT_MAX_ARTIFACT_SIZE = 256 * 1024 * 1024  # artifacts (and JUnit files) larger than this are not fetched
 MAX_REPORTED = 10
 
 # sbatch options ci-runner sets itself (or that would break following the job), with the reason shown.
@@ -90,6 +91,7 @@ class Config:
     resubmit: int = 0                           # automatic resubmits on infrastructure states (NODE_FAIL, ...)
     cleanup: bool = False                       # remove the remote entry dir after success
     max_output: int = DEFAULT_MAX_OUTPUT        # bytes of output printed per entry before skipping to its tail
+    max_artifact_size: int = DEFAULT_MAX_ARTIFACT_SIZE  # larger artifacts are skipped with a warning
 
 
 # --------------------------------------------------------------------------------------------- durations
@@ -492,6 +494,8 @@ class _Checks:
             self.sbatch(("sbatch",), data["sbatch"])
         if "max_output" in data:
             self.size(("max_output",), data["max_output"], MIN_MAX_OUTPUT)
+        if "max_artifact_size" in data:
+            self.size(("max_artifact_size",), data["max_artifact_size"], 0)
         self.matrix(data.get("matrix"))
         self.system()
         self.body()
@@ -666,6 +670,8 @@ def _build_config(data: dict[str, Any], path: Path, where: Mapping[KeyPath, _Whe
         resubmit=int(data.get("resubmit", 0)),
         cleanup=bool(data.get("cleanup", False)),
         max_output=parse_size(data["max_output"]) if "max_output" in data else DEFAULT_MAX_OUTPUT,
+        max_artifact_size=(parse_size(data["max_artifact_size"]) if "max_artifact_size" in data
+                           else DEFAULT_MAX_ARTIFACT_SIZE),
     )
 
 

@@ -3,9 +3,15 @@
     <workdir>/<run_id>/                  the run: made by one `mkdir` (with parents) of `output/`
     <workdir>/<run_id>/output/           every job's working directory and output file,
         <entry>.<jobid>.out              so one `ls` of it gives the size of every output
-    <workdir>/<run_id>/source.tar.gz     the `git archive` (checkout: upload), uploaded once per run
+    <workdir>/<run_id>/source.tar.gz.partNNN  the `git archive` (checkout: upload) in parts that fit
+                                         one direct upload, uploaded once per run on a cache miss;
+                                         the first job joins them into the cache and removes them
     <workdir>/<run_id>/<entry>/          made by the job itself: `src/` (the checkout, where the
-        src/, ci-runner-job.sh           user's script runs) and the rendered script
+        src/, ci-runner-job.sh,          user's script runs), the rendered script and the parts of
+        artifact-parts/                  artifacts too large for one download (transfer.py)
+    <workdir>/sources/                   the source cache, one verified archive per commit:
+        <sha>-<sha256[:16]>.tar.gz{,.sha256}  made by the jobs (rename when complete); unused
+                                         for CACHE_RETENTION_DAYS days → removed by the jobs
 
 Nothing per entry is created before the submit, so the set-up costs the same whatever the number of
 entries (Slurm opens the output file before the script runs: it must lie in an existing directory).
@@ -28,6 +34,7 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _JOB_ID = re.compile(r"[0-9]+")
 
 OUTPUT_DIR = "output"
+SOURCES_DIR = "sources"         # <workdir>/sources: the per-commit source cache (so no run may be called that)
 OUTPUT_SUFFIX = ".out"          # <entry>.%j.out: stdout and stderr merged; sbatch replaces %j by the job id
 ARCHIVE_NAME = "source.tar.gz"
 BODY_NAME = "ci-runner-job.sh"  # the user's rendered script, written there by the job itself
@@ -39,7 +46,12 @@ class RunLayout:
 
     root: str        # <workdir>/<run_id>
     output_dir: str  # root/output: the jobs' working directory and output files
-    archive: str     # root/source.tar.gz: the uploaded `git archive` (checkout: upload)
+    archive: str     # root/source.tar.gz: the uploaded `git archive` (its parts add .partNNN)
+
+    @property
+    def sources(self) -> str:
+        """`<workdir>/sources`: the per-commit source cache shared by every run of the workdir."""
+        return f"{self.root.rsplit('/', 1)[0]}/{SOURCES_DIR}"
 
 
 def run_layout(workdir: str, run_id: str) -> RunLayout:
@@ -47,6 +59,8 @@ def run_layout(workdir: str, run_id: str) -> RunLayout:
     unusable `workdir`, UsageError for an unusable run id)."""
     base = check_remote_dir(workdir)
     _check_name(run_id, "run id", UsageError)
+    if run_id == SOURCES_DIR:
+        raise UsageError(f"run id {run_id!r}: reserved for the source cache directory")
     root = f"{base.rstrip('/')}/{run_id}"
     return RunLayout(root=root, output_dir=f"{root}/{OUTPUT_DIR}", archive=f"{root}/{ARCHIVE_NAME}")
 

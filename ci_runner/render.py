@@ -9,7 +9,11 @@ Layout of a generated script:
    `CI_RUNNER_*` variables (CI_RUNNER_OUTPUT: the job's own output file), then the checkout into
    `<root>/src` (the job creates its entry directory; layout.py): `clone` fetches exactly the CI's
    SHA (`git init`, `git fetch --depth 1 <url> <sha>`, `git checkout --detach FETCH_HEAD`, and
-   verifies HEAD); `upload` extracts the run's `source.tar.gz`; `none` only creates the directory.
+   verifies HEAD); `upload` takes the commit's archive from the cluster's source cache, after
+   joining the run's uploaded parts into it if it is not there yet (each part's sha256 checked,
+   the whole renamed into the cache only when complete and verified; transfer.py), checks it and
+   extracts it; `none` only creates the directory. Without a `SourcePlan` (`ci-runner render`
+   outside a run) `upload` extracts the run's `source.tar.gz`.
    A failing checkout prints `ci-runner: checkout failed: ...` and exits with CHECKOUT_FAILED.
 3. The user's rendered script, written by a quoted heredoc (delimiter derived from a hash of the
    body and checked absent from it) to `<root>/ci-runner-job.sh`. Then the `env:` variables are
@@ -18,7 +22,9 @@ Layout of a generated script:
    steps); its exit status becomes the job's exit status. The job's very last action prints
    `ci-runner: job script exited with status N` (JOB_END_LINE, on stderr, i.e. into the output file):
    the user sees how the script ended, and the runner, seeing it in the stream, checks the job
-   state at once instead of waiting for its next scheduled check.
+   state at once instead of waiting for its next scheduled check. Just before that line, with
+   `artifacts`/`junit` set, the job splits each matching file too large for one direct download
+   (and not over `max_artifact_size`) into parts for the runner (`_split_artifacts`, transfer.py).
 
 Quoting rules. Every value from the CI (sha, ref, URL, run id) and from `env:` is written through
 `shlex.quote`. In the template, every `{{ expression }}` is shell-quoted by default (a
@@ -59,6 +65,10 @@ from ci_runner.config import Config, Scalar
 from ci_runner.errors import ConfigError
 from ci_runner.layout import EntryLayout, entry_layout
 from ci_runner.matrix import Entry
+from ci_runner.stream import SERVER_OUTPUT_CAP
+from ci_runner.workspace import glob_tokens
+from ci_runner.transfer import ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, \
+    artifact_parts_dir, download_part_size
 
 CHECKOUT_FAILED = 199  # exit code of a failed checkout; above 128+64, so no signal death looks like it
 CHECKOUT_FAILED_LINE = "ci-runner: checkout failed: "  # printed by the job script before it exits CHECKOUT_FAILED
@@ -125,19 +135,24 @@ def job_name(run_id: str) -> str:
 
 
 def job_scripts(
-    config: Config, entries: Sequence[Entry], ci: CIContext, workdir: str, environ: Mapping[str, str]
+    config: Config, entries: Sequence[Entry], ci: CIContext, workdir: str, environ: Mapping[str, str],
+    *, source: SourcePlan | None = None, output_cap: int = SERVER_OUTPUT_CAP,
 ) -> list[JobSpec]:
-    """The job script of every entry, in order. Raises ConfigError (template, sbatch, env) or UsageError."""
+    """The job script of every entry, in order. Raises ConfigError (template, sbatch, env) or UsageError.
+
+    `source`: the run's archive and its parts (checkout: upload); `output_cap`: the system's
+    `max_ops_file_size`, which sizes the parts of large artifacts."""
     template = _Template.load(config)
     passed = pass_env(config, environ)
-    return [_job(config, entry, ci, workdir, passed, template) for entry in entries]
+    return [_job(config, entry, ci, workdir, passed, template, source, output_cap) for entry in entries]
 
 
 def job_script(
-    config: Config, entry: Entry, ci: CIContext, workdir: str, environ: Mapping[str, str]
+    config: Config, entry: Entry, ci: CIContext, workdir: str, environ: Mapping[str, str],
+    *, source: SourcePlan | None = None, output_cap: int = SERVER_OUTPUT_CAP,
 ) -> JobSpec:
     """The job script of one entry (see `job_scripts`)."""
-    return job_scripts(config, [entry], ci, workdir, environ)[0]
+    return job_scripts(config, [entry], ci, workdir, environ, source=source, output_cap=output_cap)[0]
 
 
 def pass_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
@@ -161,7 +176,8 @@ def pass_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _job(
-    config: Config, entry: Entry, ci: CIContext, workdir: str, passed: Mapping[str, str], template: _Template
+    config: Config, entry: Entry, ci: CIContext, workdir: str, passed: Mapping[str, str], template: _Template,
+    source: SourcePlan | None, output_cap: int,
 ) -> JobSpec:
     layout = entry_layout(workdir, ci.run_id, entry.name)
     context = _context(config, entry, ci, passed)
@@ -179,8 +195,8 @@ def _job(
             "#!/bin/bash\n",
             sbatch_header(config, entry, layout, job_name(ci.run_id)),
             _prologue(config, entry, ci, layout, ours),
-            _checkout(config.checkout, ci, layout),
-            _run_body(body, layout, _user_env(config)),
+            _checkout(config.checkout, ci, layout, source),
+            _run_body(body, layout, _user_env(config), _split_artifacts(config, layout, output_cap)),
         ]
     )
     submit_env = {"CI_RUNNER_ENTRY": entry.name, "CI_RUNNER_RUN_ID": ci.run_id}
@@ -234,6 +250,7 @@ def _prologue(
     lines.append(f"export CI_RUNNER_OUTPUT={shlex.quote(output_dir + '/' + before)}\"${{SLURM_JOB_ID:-}}\"{shlex.quote(after)}\n")
     lines.append(f"ci_runner_root={shlex.quote(layout.root)}\n")
     lines.append(f"ci_runner_src={shlex.quote(layout.src)}\n")
+    lines.append('ci_runner_path=$PATH\n')  # ours, before `env:` can change it
     return "".join(lines)
 
 
@@ -247,14 +264,16 @@ def _user_env(config: Config) -> str:
     return "".join(lines)
 
 
-def _checkout(mode: str, ci: CIContext, layout: EntryLayout) -> str:
+def _checkout(mode: str, ci: CIContext, layout: EntryLayout, source: SourcePlan | None = None) -> str:
     src = '"$ci_runner_src"'
     if mode == "none":
         return f"mkdir -p {src} || ci_runner_fail 'cannot create the source directory'\n"
     if mode == "upload":
+        archive = '"$ci_runner_archive"' if source is not None else shlex.quote(layout.archive)
         return (
-            f"rm -rf -- {src} && mkdir -p {src} || ci_runner_fail 'cannot create the source directory'\n"
-            f"tar -xzf {shlex.quote(layout.archive)} -C {src} || ci_runner_fail 'cannot extract the uploaded archive'\n"
+            (_cached_source(source) if source is not None else "")
+            + f"rm -rf -- {src} && mkdir -p {src} || ci_runner_fail 'cannot create the source directory'\n"
+            f"tar -xzf {archive} -C {src} || ci_runner_fail 'cannot extract the uploaded archive'\n"
         )
     if mode != "clone":
         raise ConfigError(f"checkout: unknown mode {mode!r}; use clone, upload or none")
@@ -272,12 +291,108 @@ def _checkout(mode: str, ci: CIContext, layout: EntryLayout) -> str:
     )
 
 
-def _run_body(body: str, layout: EntryLayout, exports: str) -> str:
+def _cached_source(source: SourcePlan) -> str:
+    """Shell: `$ci_runner_archive`, the commit's verified archive in the source cache, joined from the
+    run's uploaded parts first when it is not there (see transfer.py). Every failure names what failed
+    (the part, its sha256) and ends in `ci_runner_fail`. A job whose parts were joined and removed by
+    another job of the run in the meantime finds the archive in the cache instead. The jobs also apply
+    the cache's retention: files of the cache unused for CACHE_RETENTION_DAYS days are removed."""
+    joins = "".join(f"    ci_runner_part \"$joined\" {shlex.quote(part.path)} {part.sha256} &&\n"
+                    for part in source.parts)
+    parts = " ".join(shlex.quote(part.path) for part in source.parts)
+    return (
+        f"ci_runner_archive={shlex.quote(source.cached)}\n"
+        f"ci_runner_sha256={source.sha256}\n"
+        "ci_runner_why='source archive not available'\n"
+        "ci_runner_sum() {  # file, what: its sha256 must be $2\n"
+        "  local sum\n"
+        '  sum=$(sha256sum < "$1") || { ci_runner_why="cannot read $3"; return 1; }\n'
+        '  sum=${sum%% *}\n'
+        '  [ "$sum" = "$2" ] || { ci_runner_why="$3 is corrupt: sha256 $sum, expected $2"; return 1; }\n'
+        "}\n"
+        "ci_runner_part() {  # joined file, part, its sha256: check the part and append it\n"
+        '  [ -f "$2" ] || { ci_runner_why="source part ${2##*/} is missing (not uploaded?)"; return 1; }\n'
+        '  ci_runner_sum "$2" "$3" "source part ${2##*/} of ' f'{len(source.parts)}' '" || return 1\n'
+        '  cat -- "$2" >> "$1" || { ci_runner_why="cannot append source part ${2##*/}"; return 1; }\n'
+        "}\n"
+        "ci_runner_join() {  # the run's parts -> the cache, renamed there only when complete and verified\n"
+        "  local joined status=0\n"
+        '  mkdir -p -- "${ci_runner_archive%/*}" || { ci_runner_why="cannot create ${ci_runner_archive%/*}"; return 1; }\n'
+        '  joined=$(mktemp -- "$ci_runner_archive.XXXXXX.tmp") || { ci_runner_why="cannot write in ${ci_runner_archive%/*}"; return 1; }\n'
+        "  {\n"
+        f"{joins}"
+        '    ci_runner_sum "$joined" "$ci_runner_sha256" "the joined source archive" &&\n'
+        '    printf \'%s  %s\\n\' "$ci_runner_sha256" "${ci_runner_archive##*/}" > "$joined.sha256" &&\n'
+        '    mv -f -- "$joined.sha256" "$ci_runner_archive.sha256" &&\n'
+        '    mv -f -- "$joined" "$ci_runner_archive"\n'
+        "  } || status=1\n"
+        '  rm -f -- "$joined" "$joined.sha256"\n'
+        f'  [ "$status" != 0 ] || rm -f -- {parts}\n'
+        '  return "$status"\n'
+        "}\n"
+        'if [ ! -f "$ci_runner_archive" ] && ! ci_runner_join && [ ! -f "$ci_runner_archive" ]; then\n'
+        '  ci_runner_fail "$ci_runner_why"\n'
+        "fi\n"
+        'ci_runner_sum "$ci_runner_archive" "$ci_runner_sha256" "the cached source archive $ci_runner_archive" '
+        '|| { rm -f -- "$ci_runner_archive"; ci_runner_fail "$ci_runner_why (removed from the cache)"; }\n'
+        'touch -c -- "$ci_runner_archive" "$ci_runner_archive.sha256"  # used: kept by the retention rule\n'
+        f'find "${{ci_runner_archive%/*}}" -maxdepth 1 -type f -mtime +{CACHE_RETENTION_DAYS} -delete 2>/dev/null\n'
+    )
+
+
+def _split_artifacts(config: Config, layout: EntryLayout, output_cap: int) -> str:
+    """Shell run after the user's script (never changing its status): every file of the checkout that
+    an artifact or JUnit glob may match (a superset: `*` also crosses `/` in `case`), over one direct
+    download and at most `max_artifact_size`, split into parts with its sha256 (transfer.py names)."""
+    patterns = [_case_pattern(glob) for glob in (*config.artifacts, *config.junit)]
+    if not patterns:
+        return ""
+    part = download_part_size(output_cap)
+    parts_dir = artifact_parts_dir(layout)
+    return (
+        f"ci_runner_parts={shlex.quote(parts_dir)}\n"
+        "ci_runner_split() {  # large artifacts -> parts of one download each, for the runner\n"
+        "  local file rel size\n"
+        '  rm -rf -- "$ci_runner_parts"\n'
+        "  while IFS= read -r -d '' file; do\n"
+        '    rel=${file#"$ci_runner_src"/}\n'
+        f'    case $rel in {"|".join(patterns)}) ;; *) continue ;; esac\n'
+        '    [ -f "$file" ] && size=$(stat -L -c %s -- "$file") || continue\n'
+        f'    [ "$size" -gt {part} ] && [ "$size" -le {config.max_artifact_size} ] || continue\n'
+        '    mkdir -p -- "$(dirname -- "$ci_runner_parts/$rel")" &&\n'
+        f'    split -d -a {ARTIFACT_PART_DIGITS} -b {part} -- "$file" "$ci_runner_parts/$rel{PART_SUFFIX}" &&\n'
+        '    sha256sum < "$file" > "$ci_runner_parts/$rel.sha256" ||\n'
+        "      printf 'ci-runner: cannot split artifact %s into parts for its download\\n' \"$rel\" >&2\n"
+        '  done < <(find "$ci_runner_src" \\( -type f -o -type l \\) -print0 2>/dev/null)\n'
+        "}\n"
+    )
+
+
+def _case_pattern(glob: str) -> str:
+    """A `case` pattern matching at least every path `workspace.glob_regex(glob)` matches (the same
+    tokens): `*`, `**` and `**/` become `*` (which crosses `/` in `case`), `?` and a `[...]` class `?`,
+    literal ASCII is escaped one character at a time and anything else widened to `*`. Never shell
+    syntax, whatever `glob` holds."""
+    out: list[str] = []
+    for kind, text in glob_tokens(glob.removeprefix("./")):
+        if kind:
+            out.append("?" if kind in "?[" else "*")
+        elif text.isascii() and text.isalnum():
+            out.append(text)
+        elif text.isascii() and text.isprintable():
+            out.append("\\" + text)
+        else:
+            out.append("*")
+    return "".join(out) or "''"
+
+
+def _run_body(body: str, layout: EntryLayout, exports: str, split_step: str = "") -> str:
     if "\0" in body:
         raise ConfigError("the rendered script contains a NUL byte")
     if body and not body.endswith("\n"):
         body += "\n"
     delimiter = heredoc_delimiter(body)
+    split = f"{split_step}(PATH=$ci_runner_path; ci_runner_split)\n" if split_step else ""  # our PATH, not env:'s
     return (
         f"ci_runner_body={shlex.quote(layout.body)}\n"
         f"cat > \"$ci_runner_body\" <<'{delimiter}' || ci_runner_fail 'cannot write the job script'\n"
@@ -286,6 +401,7 @@ def _run_body(body: str, layout: EntryLayout, exports: str) -> str:
         'cd "$ci_runner_src" || ci_runner_fail \'cannot enter the source directory\'\n'
         '"${BASH:-/bin/bash}" -eo pipefail "$ci_runner_body"\n'
         "ci_runner_status=$?\n"
+        f"{split}"
         f"printf '{JOB_END_LINE}%s\\n' \"$ci_runner_status\" >&2\n"
         'exit "$ci_runner_status"\n'
     )

@@ -161,7 +161,8 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
 
 async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
                reporter: Reporter) -> int:
-    from ci_runner import render, runner, workspace
+    from ci_runner import render, runner, transfer, workspace
+    from ci_runner.layout import run_layout
 
     config, ci, recorded = plan.config, plan.ci, plan.recorded
     loop = asyncio.get_running_loop()
@@ -180,11 +181,11 @@ async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapp
             workdir = recorded.workdir
         else:
             workdir = config.workdir or plan.default_workdir or site_workdir(info)
-        specs = render.job_scripts(config, entries, ci, workdir, environ)
-        source = None
-        if config.checkout == "upload" and recorded is None:
-            source = workspace.source_archive(plan.cwd, ci.sha)
-            workspace.check_uploadable(source, info.output_cap)
+        source = None  # with --attach too: a resubmitted job needs the same archive (from the cache)
+        if config.checkout == "upload":
+            source = transfer.plan_source(workspace.source_archive(plan.cwd, ci.sha), run_layout(workdir, ci.run_id),
+                                          info.output_cap)
+        specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap)
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)

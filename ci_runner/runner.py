@@ -1,6 +1,6 @@
 """Orchestration of `ci-runner run`: prepare, submit, follow, decide, fetch back, report.
 
-The run is prepared once (one `mkdir` of its output directory, one upload of the source archive),
+The run is prepared once (one `mkdir` of its output directory, the source archive unless cached),
 then one asyncio task per entry submits and follows its job; all of them share the Cluster's single
 request budget, and the job states and output sizes come from the run's `RunObserver` (one job list
 and one directory listing per cycle for every entry), so an idle cycle costs two requests whatever
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ci_runner import statefile, states, workspace
-from ci_runner.config import DEFAULT_MAX_OUTPUT, format_size
+from ci_runner import statefile, states, transfer, workspace
+from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
 from ci_runner.layout import output_prefix
 from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ci_runner.config import Config
     from ci_runner.render import JobSpec
     from ci_runner.reporters.base import Reporter
+    from ci_runner.transfer import SourcePlan
 
 TAIL_LINES = 20
 TAIL_LINE_CHARS = 4096        # a summary shows at most this much of one (very long) line
@@ -76,7 +77,7 @@ class RunOptions:
     workdir: str
     state_file: Path
     system: str = ""
-    source: workspace.SourceArchive | None = None  # checkout: upload
+    source: SourcePlan | None = None  # checkout: upload
     queue_timeout: float | None = None
     max_concurrent_submits: int = 4
     resubmit: int = 0                # automatic resubmits on infrastructure states
@@ -88,6 +89,7 @@ class RunOptions:
     not_found_grace: float = 60.0    # "job not found" right after submit is normal this long
     cancel_deadline: float = 2.0     # SIGINT/SIGTERM: every cancel request must be sent within this
     max_output: int = DEFAULT_MAX_OUTPUT  # bytes printed per job before skipping to the tail of its output
+    max_artifact_size: int = DEFAULT_MAX_ARTIFACT_SIZE  # larger artifacts are skipped with a warning
     tail_bytes: int = DEFAULT_TAIL_BYTES  # most bytes of the tail printed after a job went over max_output
     output_cap: int = SERVER_OUTPUT_CAP  # the system's max_ops_file_size: reads stay under it
 
@@ -102,6 +104,7 @@ class RunOptions:
             "junit": tuple(config.junit),
             "cleanup": config.cleanup,
             "max_output": config.max_output,
+            "max_artifact_size": config.max_artifact_size,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -163,7 +166,7 @@ class _Run:
             self.reporter.warning(
                 f"the working tree has uncommitted changes; uploading commit {self.options.source.sha[:12]} without them")
         if not self.options.attach:
-            await workspace.prepare_run(self.cluster, self.run_layout, self.options.source)
+            await workspace.prepare_run(self.cluster, self.run_layout, self.options.source, self.reporter.info)
         tasks = {name: asyncio.create_task(self._entry(entry), name=f"entry {name}")
                  for name, entry in self.entries.items()}
         stopper = asyncio.create_task(self.stop.wait())
@@ -555,7 +558,10 @@ class _Run:
         destination = self.options.artifacts_dir / entry.name
         try:
             files = await fetch_artifacts(self.cluster, entry.spec.layout.src, self.options.artifacts, destination,
-                                          warn=lambda message: self.reporter.warning(message, entry.name))
+                                          warn=lambda message: self.reporter.warning(message, entry.name),
+                                          parts_dir=transfer.artifact_parts_dir(entry.spec.layout),
+                                          output_cap=self.options.output_cap,
+                                          max_size=self.options.max_artifact_size)
         except CIRunnerError as error:
             self.reporter.warning(f"could not fetch artifacts: {error}", entry.name)
             return None, ()
@@ -614,25 +620,41 @@ def has_end_marker(before: str, text: str) -> bool:
 
 
 async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], destination: Path,
-                          warn: Callable[[str], None] | None = None) -> list[str]:
+                          warn: Callable[[str], None] | None = None, *, parts_dir: str | None = None,
+                          output_cap: int = SERVER_OUTPUT_CAP,
+                          max_size: int = DEFAULT_MAX_ARTIFACT_SIZE) -> list[str]:
     """List `src` recursively, download the files matching `patterns` into `destination`; their relative paths.
 
-    Links leaving `src`, non-regular and oversized files are refused (reported through `warn`).
+    Links leaving `src`, non-regular files and files over `max_size` are refused (reported through
+    `warn`). A file too large for one direct download on a system with `output_cap` is joined from
+    the parts its job wrote into `parts_dir` and kept only when its size and sha256 match
+    (transfer.py); when that fails it is reported and skipped.
     """
     list_files = getattr(cluster, "list_files", None)
     if list_files is None:  # until cluster.py offers `ls` (see the runner helper's report)
         raise InfraError("this version cannot list remote files (Cluster.list_files is missing)")
     listing = workspace.remote_files(await list_files(src, recursive=True))
-    plan = workspace.plan_artifacts(src, listing, patterns)
+    plan = workspace.plan_artifacts(src, listing, patterns, max_size)
+    say = warn or (lambda message: None)
     for path, why in plan.refused:
-        if warn is not None:
-            warn(f"artifact {path} not fetched: {why}")
+        say(f"artifact {path} not fetched: {why}")
+    part_size = transfer.download_part_size(output_cap)
     fetched: list[str] = []
     for relative in plan.files:
         target = workspace.local_destination(destination, relative)
-        data = await cluster.download(f"{src}/{relative}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        size = plan.sizes.get(relative, 0)
+        if size <= part_size:
+            target.write_bytes(await cluster.download(f"{src}/{relative}"))
+        elif parts_dir is None:
+            say(f"artifact {relative} not fetched: {size} bytes, over one direct download ({part_size} bytes)")
+            continue
+        else:
+            try:
+                await transfer.fetch_in_parts(cluster, parts_dir, relative, size, part_size, target)
+            except CIRunnerError as error:
+                say(f"artifact {relative} not fetched: {error}")
+                continue
         fetched.append(relative)
     return fetched
 

@@ -1,13 +1,15 @@
 """The remote work directory of each entry, and the source that goes into it.
 
-Layout (layout.py): `<workdir>/<run-id>/` with `output/` (every job's output file), `source.tar.gz`
-(checkout: upload, one per run) and `<entry>/src/` (the checkout, made by the job; the user's script
-runs there).
+Layout (layout.py): `<workdir>/<run-id>/` with `output/` (every job's output file), the parts of
+the source archive (checkout: upload, on a cache miss) and `<entry>/src/` (the checkout, made by the
+job; the user's script runs there); `<workdir>/sources/` caches one archive per commit.
 
 - `checkout: clone`: nothing to send; the job script (render.py) clones the exact SHA on the cluster.
   No credentials ever go into the script, so a private repository needs `checkout: upload`.
-- `checkout: upload`: `git archive` of the exact commit (never the working tree), uploaded once per
-  run; each entry's job script extracts it into its `src/`.
+- `checkout: upload`: `git archive` of the exact commit (never the working tree), kept once per commit
+  in the cluster's source cache (`<workdir>/sources/`): a run finds it there with one request, or
+  uploads it in parts that each fit one direct upload (transfer.py); each entry's job joins and
+  verifies the parts into the cache if needed and extracts the archive into its `src/`.
 - `checkout: none`: the script brings its own sources.
 """
 
@@ -16,25 +18,20 @@ from __future__ import annotations
 import posixpath
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
+from ci_runner import transfer
 from ci_runner.ci import git_argv
-from ci_runner.cluster import MAX_DIRECT_UPLOAD
-from ci_runner.config import format_size
+from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, format_size
 from ci_runner.errors import InfraError, UsageError
+from ci_runner.transfer import MAX_DIRECT_DOWNLOAD  # noqa: F401  (the largest file fetched with one request)
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster
     from ci_runner.layout import EntryLayout, RunLayout
-
-# Direct transfers only (no staged S3 transfers: they need an object store and a transfer job).
-# Upload: the server's ops/upload limit (max_ops_file_size, 5 MiB; pyfirecrest itself switches to staged
-# transfers at 1 MiB, we send the raw request). Download: ops/download is base64 over SSH inside the
-# same 5 MiB buffer, so about 3.75 MiB; stay below.
-MAX_DIRECT_DOWNLOAD = 3 * 1024 * 1024
-
+    from ci_runner.transfer import SourcePlan
 
 @dataclass(frozen=True)
 class SourceArchive:
@@ -72,33 +69,19 @@ def source_archive(repo: Path, sha: str) -> SourceArchive:
     return SourceArchive(sha=sha, data=result.stdout, dirty=bool(status.stdout.strip()))
 
 
-def check_uploadable(archive: SourceArchive, output_cap: int = MAX_DIRECT_UPLOAD + 1) -> None:
-    """Refuse archives the site will not take as a direct upload (below its `max_ops_file_size`,
-    `output_cap`; never more than 5 MiB) with a message that says what to do."""
-    size = len(archive.data)
-    limit = min(MAX_DIRECT_UPLOAD, output_cap - 1)
-    if size > limit:
-        raise UsageError(
-            f"checkout: upload: the source archive of {archive.sha[:12]} is {size / 1048576:.1f} MiB, but FirecREST "
-            f"uploads files directly only below {format_size(limit + 1)} on this system and ci-runner does not use "
-            f"staged (S3) transfers; use `checkout: clone`, or exclude large files from the archive with "
-            f"`export-ignore` in .gitattributes"
-        )
-
-
-async def prepare_run(cluster: Cluster, layout: RunLayout, archive: SourceArchive | None) -> None:
-    """Create the run's output directory (and the run's, with parents) and upload the archive when
-    there is one: two requests at most, whatever the number of entries (each job makes its own
-    entry directory and extracts the shared archive).
+async def prepare_run(cluster: Cluster, layout: RunLayout, source: SourcePlan | None,
+                      info: Callable[[str], None] | None = None) -> None:
+    """Create the run's output directory (and the run's, with parents) and, for `checkout: upload`,
+    make sure the commit's archive reaches the cluster: one `stat` of the source cache, and on a
+    miss one upload per part; whatever the number of entries (each job makes its own entry
+    directory and takes the shared archive). `info` hears how many parts and bytes were sent.
 
     The output directory must exist before submit: it is every job's working directory, and Slurm
     cannot open the output file of a job whose directory is missing.
     """
     await cluster.mkdir(layout.output_dir)
-    if archive is not None:
-        check_uploadable(archive)
-        directory, filename = posixpath.split(layout.archive)
-        await cluster.upload(archive.data, directory, filename)
+    if source is not None:
+        await transfer.upload_source(cluster, source, info)
 
 
 async def cleanup(cluster: Cluster, layout: EntryLayout) -> None:
@@ -136,38 +119,36 @@ def remote_files(listing: Sequence[Mapping[str, object]]) -> list[RemoteFile]:
     return files
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a path glob: `*` and `?` stay inside one path segment, `**/` spans directories, `[...]` classes."""
-    out: list[str] = []
+def glob_tokens(pattern: str) -> Iterator[tuple[str, str]]:
+    """A path glob as (kind, text) tokens: kind "**/" (any directories), "**" (anything), "*", "?",
+    "[" (a character class; text = its body, a leading `!` kept) or "" (the literal character text)."""
     i = 0
     while i < len(pattern):
         char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]+/)*")
-            i += 3
+        if pattern.startswith("**/", i) or pattern.startswith("**", i):
+            kind = "**/" if pattern.startswith("**/", i) else "**"
+            yield kind, kind
+            i += len(kind)
             continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
+        if char == "[":
             end = pattern.find("]", i + 2 if pattern.startswith("[!", i) or pattern.startswith("[]", i) else i + 1)
-            if end == -1:
-                out.append(re.escape(char))
-            else:
-                body = pattern[i + 1:end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+            if end != -1:
+                yield "[", pattern[i + 1:end]
                 i = end + 1
                 continue
-        else:
-            out.append(re.escape(char))
+        yield (char if char in "*?" else ""), char
         i += 1
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a path glob: `*` and `?` stay inside one path segment, `**/` spans directories, `[...]` classes."""
+    out: list[str] = []
+    for kind, text in glob_tokens(pattern):
+        if kind == "[":
+            body = "^" + text[1:] if text.startswith("!") else text
+            out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+        else:
+            out.append({"**/": "(?:[^/]+/)*", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(kind) or re.escape(text))
     return re.compile("".join(out))
 
 
@@ -187,16 +168,18 @@ def _resolve_link(root: str, path: str, by_path: Mapping[str, RemoteFile], depth
 
 @dataclass(frozen=True)
 class ArtifactPlan:
-    """Which files to download (relative paths under `src/`) and which were refused, with why."""
+    """Which files to download (relative paths under `src/`, with their sizes) and which were refused, with why."""
 
     files: tuple[str, ...]
     refused: tuple[tuple[str, str], ...]
+    sizes: Mapping[str, int] = field(default_factory=dict)  # of every file in `files` (its link's target)
 
 
 def plan_artifacts(
-    root: str, listing: Sequence[RemoteFile], patterns: Sequence[str], max_size: int = MAX_DIRECT_DOWNLOAD
+    root: str, listing: Sequence[RemoteFile], patterns: Sequence[str], max_size: int = DEFAULT_MAX_ARTIFACT_SIZE
 ) -> ArtifactPlan:
-    """Match `patterns` against the listing of `root`; refuse links leaving `root`, and oversized files.
+    """Match `patterns` against the listing of `root`; refuse links leaving `root`, and files over
+    `max_size` (`max_artifact_size`).
 
     Pure. `root` is the absolute remote checkout (`layout.src`); a symlink counts as the file it points to,
     only while every hop stays inside `root`.
@@ -204,6 +187,7 @@ def plan_artifacts(
     regexes = [glob_regex(pattern.removeprefix("./")) for pattern in patterns]
     by_path = {entry.path: entry for entry in listing}
     files: list[str] = []
+    sizes: dict[str, int] = {}
     refused: list[tuple[str, str]] = []
     for entry in sorted(listing, key=lambda e: e.path):
         if entry.kind == "dir" or not any(regex.fullmatch(entry.path) for regex in regexes):
@@ -218,10 +202,11 @@ def plan_artifacts(
         elif target.kind != "file":
             refused.append((entry.path, f"not a regular file ({target.kind})"))
         elif target.size > max_size:
-            refused.append((entry.path, f"{target.size} bytes; direct downloads are limited to {max_size} bytes"))
+            refused.append((entry.path, f"{target.size} bytes, over max_artifact_size ({format_size(max_size)})"))
         else:
             files.append(entry.path)
-    return ArtifactPlan(files=tuple(files), refused=tuple(refused))
+            sizes[entry.path] = target.size
+    return ArtifactPlan(files=tuple(files), refused=tuple(refused), sizes=sizes)
 
 
 def local_destination(base: Path, relative: str) -> Path:

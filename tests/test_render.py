@@ -262,6 +262,141 @@ def test_upload_without_archive_fails_as_checkout(tmp_path: Path) -> None:
     assert b"cannot extract the uploaded archive" in done.stderr
 
 
+def _tar_gz(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _upload_plan(tmp_path: Path, files: Mapping[str, bytes], cap: int = 400) -> tuple[Config, Any]:
+    """A config with `checkout: upload` and the run's source plan, its parts written where the runner uploads them."""
+    from ci_runner.layout import run_layout
+    from ci_runner.transfer import plan_source
+    from ci_runner.workspace import SourceArchive
+
+    data = _tar_gz(files)
+    plan = plan_source(SourceArchive(SHA, data, False), run_layout(str(tmp_path / "w"), "run-1"), cap)
+    Path(plan.parts[0].path).parent.mkdir(parents=True, exist_ok=True)
+    for part in plan.parts:
+        Path(part.path).write_bytes(data[part.offset:part.offset + part.size])
+    return make_config(tmp_path, checkout="upload", script="cat data/a.bin | sha256sum\n"), plan
+
+
+def test_upload_joins_the_parts_into_the_cache_and_the_next_job_uses_the_cache(tmp_path: Path) -> None:
+    """The job checks and joins the run's parts into <workdir>/sources/ (complete, with its .sha256,
+    no temporary file left), removes the parts and extracts; a second job finds the cache alone."""
+    import hashlib
+
+    content = os.urandom(3000)  # incompressible: several parts of 399 bytes
+    config, plan = _upload_plan(tmp_path, {"data/a.bin": content})
+    assert len(plan.parts) > 5
+    first = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    expected = hashlib.sha256(content).hexdigest().encode() + b"  -\n"
+    assert (first.returncode, first.stdout) == (0, expected), first.stderr
+    cache = Path(plan.cached)
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name, cache.name + ".sha256"]
+    assert cache.with_name(cache.name + ".sha256").read_text() == f"{plan.sha256}  {cache.name}\n"
+    assert not any(Path(part.path).exists() for part in plan.parts)
+    second = run(job_script(config, make_entry(name="gcc-5"), make_ci(), str(tmp_path / "w"), {}, source=plan),
+                 tmp_path)
+    assert (second.returncode, second.stdout) == (0, expected), second.stderr
+
+
+def test_a_corrupt_part_fails_the_checkout_naming_the_part(tmp_path: Path) -> None:
+    config, plan = _upload_plan(tmp_path, {"data/a.bin": os.urandom(3000)})
+    bad = Path(plan.parts[2].path)
+    bad.write_bytes(b"X" + bad.read_bytes()[1:])
+    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    assert done.returncode == CHECKOUT_FAILED
+    line = done.stderr.decode().splitlines()[0]
+    assert line.startswith(f"ci-runner: checkout failed: source part source.tar.gz.part002 of {len(plan.parts)} "
+                           "is corrupt: sha256 "), line
+    assert not Path(plan.cached).exists() and list(Path(plan.cached).parent.iterdir()) == []  # no temp file left
+
+
+def test_a_corrupt_cached_archive_is_removed_and_fails_the_checkout(tmp_path: Path) -> None:
+    config, plan = _upload_plan(tmp_path, {"data/a.bin": b"x"})
+    Path(plan.cached).parent.mkdir(parents=True)
+    Path(plan.cached).write_bytes(b"not the archive")
+    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    assert done.returncode == CHECKOUT_FAILED
+    assert b"the cached source archive " + plan.cached.encode() + b" is corrupt" in done.stderr
+    assert not Path(plan.cached).exists()
+
+
+def test_cache_retention_removes_files_unused_for_a_week(tmp_path: Path) -> None:
+    from ci_runner.transfer import CACHE_RETENTION_DAYS
+
+    config, plan = _upload_plan(tmp_path, {"data/a.bin": b"x"})
+    sources = Path(plan.cached).parent
+    sources.mkdir(parents=True)
+    old, recent = sources / ("b" * 40 + "-0.tar.gz"), sources / ("c" * 40 + "-0.tar.gz")
+    old.write_bytes(b"old")
+    recent.write_bytes(b"recent")
+    week = time.time() - (CACHE_RETENTION_DAYS + 1) * 86400
+    os.utime(old, (week, week))
+    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not old.exists() and recent.exists() and Path(plan.cached).exists()
+
+
+def test_large_artifacts_are_split_into_parts_with_their_sha256(tmp_path: Path) -> None:
+    """After the user's script (its status kept), files matching an artifact or JUnit glob that are
+    over one download and within max_artifact_size are split into parts with the whole file's sha256."""
+    import hashlib
+
+    from ci_runner.transfer import artifact_checksum, artifact_part, artifact_parts_dir, download_part_size
+
+    cap = 1000
+    part = download_part_size(cap)
+    script = ("mkdir -p out/deep results\n"
+              f"head -c {3 * part + 5} /dev/urandom > out/deep/big.bin\n"
+              f"head -c {part} /dev/urandom > out/small.bin\n"      # one download: no parts
+              f"head -c {4 * part} /dev/urandom > out/huge.bin\n"   # over max_artifact_size
+              f"head -c {2 * part} /dev/urandom > other.bin\n"      # no glob matches
+              f"head -c {2 * part} /dev/urandom > results/r.xml\n"
+              "exit 3\n")
+    config = make_config(tmp_path, script=script, artifacts=("out/**/*.bin",), junit=("results/*.xml",),
+                         max_artifact_size=3 * part + 5)
+    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, output_cap=cap)
+    done = run(spec, tmp_path)
+    assert done.returncode == 3, done.stderr
+    parts = artifact_parts_dir(spec.layout)
+    src = Path(spec.layout.src)
+    for relative, count in (("out/deep/big.bin", 4), ("results/r.xml", 2)):
+        data = (src / relative).read_bytes()
+        pieces = [Path(artifact_part(parts, relative, i)).read_bytes() for i in range(count)]
+        assert b"".join(pieces) == data and all(len(piece) <= part for piece in pieces)
+        assert not Path(artifact_part(parts, relative, count)).exists()
+        assert Path(artifact_checksum(parts, relative)).read_text().split()[0] == hashlib.sha256(data).hexdigest()
+    made = sorted(str(p.relative_to(parts)) for p in Path(parts).rglob("*.sha256"))
+    assert made == ["out/deep/big.bin.sha256", "results/r.xml.sha256"]
+
+
+@pytest.mark.parametrize("glob", ["results/*.xml", "**/*.xml", "a b/[xy]?.txt", "./x/**", "weird$(id)'\"/*.log"])
+def test_case_patterns_match_at_least_what_the_glob_matches(glob: str, tmp_path: Path) -> None:
+    from ci_runner.render import _case_pattern
+    from ci_runner.workspace import glob_regex
+
+    paths = ["results/a.xml", "a.xml", "d/e/f.xml", "a b/xq.txt", "x/y/z", "weird$(id)'\"/1.log", "no.txt"]
+    matching = [p for p in paths if glob_regex(glob.removeprefix("./")).fullmatch(p)]
+    assert matching
+    pattern = _case_pattern(glob)
+    checks = "".join(f"case {_shell_word(p)} in {pattern}) echo yes ;; *) echo no ;; esac\n" for p in matching)
+    done = subprocess.run(["bash", "-c", checks], capture_output=True, text=True, timeout=10)
+    assert done.stdout.split() == ["yes"] * len(matching), (pattern, done.stderr)
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
 # ---------------------------------------------------------------- template context and errors
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ci_runner import workspace
+from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import InfraError, UsageError
 from ci_runner.workspace import RemoteFile, SourceArchive, plan_artifacts
 
@@ -57,15 +58,27 @@ def test_archive_of_an_unknown_commit_is_an_infrastructure_error(repo: Path) -> 
         workspace.source_archive(repo, "0" * 40)
 
 
-def test_oversized_archive_is_refused_with_advice() -> None:
-    big = SourceArchive(sha="a" * 40, data=b"x" * (workspace.MAX_DIRECT_UPLOAD + 1), dirty=False)
-    with pytest.raises(UsageError, match="checkout: clone"):
-        workspace.check_uploadable(big)
-    small = SourceArchive(sha="a" * 40, data=b"x" * 1000, dirty=False)
-    workspace.check_uploadable(small)
-    with pytest.raises(UsageError, match="only below 1000 bytes on this system"):
-        workspace.check_uploadable(small, output_cap=1000)  # a site with a smaller max_ops_file_size
-    workspace.check_uploadable(small, output_cap=1001)
+def test_archive_of_any_size_is_planned_in_parts_that_fit_one_upload() -> None:
+    """An archive over the cap (refused before issue 14) becomes parts of at most cap - 1 bytes whose
+    concatenation is the archive; the cache name carries the commit and the archive's sha256."""
+    import hashlib
+
+    from ci_runner.layout import run_layout
+    from ci_runner.transfer import plan_source
+
+    data = bytes(range(256)) * 40  # 10240 bytes
+    archive = SourceArchive(sha="a" * 40, data=data, dirty=False)
+    plan = plan_source(archive, run_layout("/w", "run-1"), output_cap=1000)
+    assert [part.size for part in plan.parts] == [999] * 10 + [250]
+    assert b"".join(data[p.offset:p.offset + p.size] for p in plan.parts) == data
+    assert [part.name for part in plan.parts][:2] == ["source.tar.gz.part000", "source.tar.gz.part001"]
+    assert all(p.sha256 == hashlib.sha256(data[p.offset:p.offset + p.size]).hexdigest() for p in plan.parts)
+    assert plan.cached == f"/w/sources/{'a' * 40}-{hashlib.sha256(data).hexdigest()[:16]}.tar.gz"
+    assert len(plan_source(archive, run_layout("/w", "run-1"), output_cap=5 * 1024 * 1024).parts) == 1
+    with pytest.raises(UsageError, match="checkout: clone"):  # more than 999 parts
+        plan_source(SourceArchive("a" * 40, b"x" * 10_000, False), run_layout("/w", "r"), output_cap=10)
+    with pytest.raises(UsageError, match="reserved for the source cache"):
+        run_layout("/w", "sources")
 
 
 @pytest.mark.parametrize(
@@ -100,16 +113,21 @@ def test_plan_refuses_links_out_of_the_checkout_and_follows_links_inside() -> No
         RemoteFile("results/escape-chain.xml", "link", link_target="passwd.xml"),
         RemoteFile("results/dangling.xml", "link", link_target="missing.xml"),
         RemoteFile("results/loop.xml", "link", link_target="loop.xml"),
-        RemoteFile("results/huge.xml", "file", workspace.MAX_DIRECT_DOWNLOAD + 1),
+        RemoteFile("results/big.xml", "file", workspace.MAX_DIRECT_DOWNLOAD + 1),  # fetched in parts
+        RemoteFile("results/huge.xml", "file", DEFAULT_MAX_ARTIFACT_SIZE + 1),
         RemoteFile("results/other.txt", "file", 1),
     ]
     plan = plan_artifacts(ROOT, listing, ["results/*.xml"])
-    assert plan.files == ("results/chain.xml", "results/inside.xml", "results/ok.xml")
+    assert plan.files == ("results/big.xml", "results/chain.xml", "results/inside.xml", "results/ok.xml")
+    assert plan.sizes == {"results/big.xml": workspace.MAX_DIRECT_DOWNLOAD + 1, "results/chain.xml": 10,
+                          "results/inside.xml": 10, "results/ok.xml": 10}
     refused = dict(plan.refused)
     assert set(refused) == {"results/passwd.xml", "results/up.xml", "results/escape-chain.xml",
                             "results/dangling.xml", "results/loop.xml", "results/huge.xml"}
     assert "outside the checkout" in refused["results/passwd.xml"]
-    assert "bytes" in refused["results/huge.xml"]
+    assert "over max_artifact_size (256 MiB)" in refused["results/huge.xml"]
+    assert "results/big.xml" in plan_artifacts(ROOT, listing, ["results/*.xml"], max_size=4 * 1024 * 1024).files
+    assert "results/big.xml" in dict(plan_artifacts(ROOT, listing, ["results/*.xml"], max_size=1024).refused)
 
 
 def test_plan_refuses_path_tricks_in_names() -> None:
@@ -142,30 +160,47 @@ def test_local_destination_stays_inside(tmp_path: Path) -> None:
         workspace.local_destination(base, "link/evil")
 
 
-def test_prepare_run_creates_the_output_dir_and_uploads_the_archive_once(repo: Path, tmp_path: Path) -> None:
-    """Over real HTTP: one mkdir of <run>/output, then one upload of the archive at the run's
-    layout.archive, whatever the number of entries; cleanup removes one entry's directory."""
+def test_prepare_run_creates_the_output_dir_and_uploads_the_parts_once(repo: Path, tmp_path: Path) -> None:
+    """Over real HTTP: one mkdir of <run>/output, one stat of the source cache, one upload per part
+    (the parts together are the archive), whatever the number of entries; once the archive is in the
+    cache the stat finds it and nothing is uploaded; cleanup removes one entry's directory."""
     from ci_runner.budget import RequestBudget
     from ci_runner.cluster import Cluster, Credentials
     from ci_runner.layout import entry_layout
     from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+    from ci_runner.transfer import plan_source
 
     root = tmp_path / "cluster"
     root.mkdir()
+    (repo / "noise.bin").write_bytes(__import__("os").urandom(5000))
+    _git(repo, "add", "noise.bin")
+    _git(repo, "commit", "-q", "-m", "noise")
     archive = workspace.source_archive(repo, _git(repo, "rev-parse", "HEAD"))
-    with start_sandbox(SandboxOptions(root=root, backend="local", port=0)) as sandbox:
+    with start_sandbox(SandboxOptions(root=root, backend="local", port=0, max_ops_size=2048)) as sandbox:
         layout = entry_layout(f"{root}/ci", "run-1", "gcc-1")
+        plan = plan_source(archive, layout.run, 2048)
+        assert len(plan.parts) >= 3
+        said: list[str] = []
+
+        def fs_counts() -> dict[str, int]:
+            return {k.rsplit("/", 1)[1]: v for k, v in sandbox.request_log.counts.items() if "/filesystem/" in k}
 
         async def go() -> None:
             async with Cluster(Credentials.from_env(sandbox.env()), budget=RequestBudget(600)) as cluster:
-                await workspace.prepare_run(cluster, layout.run, archive)
-                assert {k: v for k, v in sandbox.request_log.counts.items() if "/filesystem/" in k} == {
-                    "POST /filesystem/{system_name}/ops/mkdir": 1, "POST /filesystem/{system_name}/ops/upload": 1}
-                await workspace.prepare_run(cluster, layout.run, None)  # again: idempotent, nothing uploaded
+                await workspace.prepare_run(cluster, layout.run, plan, said.append)
+                assert fs_counts() == {"mkdir": 1, "stat": 1, "upload": len(plan.parts)}
+                assert f"{len(plan.parts)} parts" in said[-1] and f"{len(archive.data)} bytes" in said[-1]
+                joined = b"".join(Path(part.path).read_bytes() for part in plan.parts)
+                assert joined == archive.data
+                Path(plan.cached).parent.mkdir(parents=True)
+                Path(plan.cached).write_bytes(joined)  # what the first job does
+                sandbox.request_log.reset()
+                await workspace.prepare_run(cluster, layout.run, plan, said.append)
+                assert fs_counts() == {"mkdir": 1, "stat": 1}
+                assert "nothing uploaded" in said[-1]
                 Path(layout.src).mkdir(parents=True)  # what the job does
                 await workspace.cleanup(cluster, layout)
                 assert not Path(layout.root).exists()
 
         asyncio.run(go())
         assert Path(layout.working_dir).is_dir()
-        assert Path(layout.archive).read_bytes() == archive.data

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ci_runner.sandbox.auth import AuthError, Principal, TokenAuthority
 from ci_runner.sandbox.backends import Backend, BackendError
-from ci_runner.sandbox.faults import FaultInjector, Faults
+from ci_runner.sandbox.faults import FaultInjector, Faults, corrupted
 from ci_runner.sandbox.files import FsError, SandboxFiles, UnmappedError
 from ci_runner.sandbox.requestlog import RequestLog, RequestRecord
 
@@ -437,8 +437,9 @@ async def post_upload(request: Request, state: SandboxState) -> Response:
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise validation_error(FieldProblem("missing", "body", "file", "Field required"))
-    content = await upload.read()
-    await run_in_threadpool(state.files.upload, directory, upload.filename or "upload", content)
+    filename = upload.filename or "upload"
+    content = corrupted(state.faults, filename, await upload.read())
+    await run_in_threadpool(state.files.upload, directory, filename, content)
     return Response(status_code=204)
 
 

@@ -8,6 +8,7 @@ QOS are read by the routes, the token endpoint and the backend; latency is appli
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import random
 import threading
@@ -34,6 +35,8 @@ class Faults:
     reject_qos: local backend only: submits in these QOS (`--qos`; "normal" without one) fail as Slurm
         refuses a job over a QOS limit ("QOSMaxSubmitJobPerUserLimit"), which the server answers with 403.
     apply_to_token: also inject latency/errors/429/drops into the token endpoint (off by default).
+    corrupt_uploads: names (fnmatch patterns) of uploaded files whose first byte the sandbox flips
+        before storing them, as a transfer that damaged a file would; the upload itself succeeds.
     """
 
     latency: float = 0.0
@@ -50,6 +53,7 @@ class Faults:
     pending_delay: float = 0.0
     reject_qos: tuple[str, ...] = ()
     apply_to_token: bool = False
+    corrupt_uploads: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "drop_rate"):
@@ -66,6 +70,13 @@ class Faults:
             raise ValueError("token_ttl must be positive")
         if any(not 500 <= status <= 599 for status in self.error_statuses) or not self.error_statuses:
             raise ValueError("error_statuses must be 5xx codes")
+
+
+def corrupted(faults: Faults, filename: str, content: bytes) -> bytes:
+    """`content` as the sandbox stores upload `filename`: first byte flipped when `corrupt_uploads` names it."""
+    if content and any(fnmatch.fnmatchcase(filename, pattern) for pattern in faults.corrupt_uploads):
+        return bytes([content[0] ^ 0xFF]) + content[1:]
+    return content
 
 
 @dataclass(frozen=True)

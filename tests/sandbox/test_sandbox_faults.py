@@ -11,7 +11,7 @@ import pytest
 import requests
 from firecrest_clients import QUEUE_SLACK, auth_for, poll, running_sandbox, script, sync_client, wait_terminal
 
-from ci_runner.sandbox.faults import FaultInjector, Faults
+from ci_runner.sandbox.faults import FaultInjector, Faults, corrupted
 from ci_runner.sandbox.server import Sandbox
 
 SYSTEMS = "/status/systems"
@@ -149,3 +149,11 @@ def test_injector_decisions_are_pure_functions_of_time_and_seed() -> None:
         Faults(error_rate=1.5)
     with pytest.raises(ValueError):
         Faults(error_statuses=(404,))
+
+
+def test_corrupt_uploads_flip_the_first_byte_of_the_named_files_only() -> None:
+    faults = Faults(corrupt_uploads=("*.part003",))
+    assert corrupted(faults, "source.tar.gz.part003", b"\x00abc") == b"\xffabc"
+    assert corrupted(faults, "source.tar.gz.part004", b"\x00abc") == b"\x00abc"
+    assert corrupted(faults, "source.tar.gz.part003", b"") == b""
+    assert corrupted(Faults(), "source.tar.gz.part003", b"\x00abc") == b"\x00abc"
