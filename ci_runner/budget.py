@@ -7,12 +7,7 @@ connection, the network). So a request occupies its place in the window from its
 when, counting the requests still in flight, fewer than N were answered in that span: its arrival at
 the server is after its grant, every earlier request arrived before its answer, so no window of
 `window` seconds at the server ever holds more than N arrivals, however slow the requests are.
-Waiters are served first come, first served, except that a request that can wait (`urgent=False`:
-a submit) lets the urgent ones (reads that deliver output, state lists) go first for up to
-`yield_for` seconds: with N entries to submit at 10 requests a minute, the submits would otherwise
-take the whole first minute and the first line of output would wait for the second. After the bound
-it queues like any other, so a submit is delayed by seconds, never starved.
-After a 429 `backoff_until(t)` pauses everyone until `t`.
+Waiters are served first come, first served. After a 429 `backoff_until(t)` pauses everyone until `t`.
 The clock and sleep are injectable so the logic is testable without waiting.
 
 The quota belongs to the application (client id), so runs that do not know each other (fan-out legs,
@@ -54,7 +49,6 @@ DEFAULT_REQUESTS_PER_MINUTE = 10  # the smallest site quota we know of
 DECREASE = 0.5  # after a 429 the rate is multiplied by this (at most once per window)
 FLOOR = 1.0  # requests per minute: the rate never goes below
 RECOVERY_MINUTES = 10.0  # the rate grows by limit / RECOVERY_MINUTES per minute (at least 1): half → full in 5
-YIELD_FOR = 15.0  # seconds a request that can wait lets urgent ones go first
 
 
 class RequestBudget:
@@ -71,7 +65,6 @@ class RequestBudget:
         decrease: float = DECREASE,
         increase_per_minute: float | None = None,
         floor: float = FLOOR,
-        yield_for: float = YIELD_FOR,
     ) -> None:
         if requests_per_minute < 1:
             raise ValueError("requests_per_minute must be at least 1")
@@ -96,9 +89,6 @@ class RequestBudget:
         self._lock: asyncio.Lock | None = None
         self._released: asyncio.Event | None = None
         self._waiting = 0
-        self.yield_for = yield_for
-        self._urgent_waiting = 0  # urgent callers inside `acquire()`
-        self._urgent_gone: asyncio.Event | None = None  # set whenever no urgent caller waits
 
     def rate(self, now: float | None = None) -> float:
         """The current rate in requests per minute (floor ≤ rate ≤ limit): the rate of the last decrease
@@ -178,64 +168,30 @@ class RequestBudget:
         """Grant nothing before clock time `when` (after a 429 with Retry-After). Never shortens a pause."""
         self._paused_until = max(self._paused_until, when)
 
-    async def acquire(self, urgent: bool = True) -> None:
+    async def acquire(self) -> None:
         """Wait until a request may be sent without exceeding the budget; it counts as in flight until
-        `release()`. `urgent=False`: let urgent requests go first, for up to `yield_for` seconds."""
+        `release()`."""
         if self._lock is None:
             self._lock = asyncio.Lock()
             self._released = asyncio.Event()
-            self._urgent_gone = asyncio.Event()
-            self._urgent_gone.set()
-        assert self._released is not None and self._urgent_gone is not None
+        assert self._released is not None
         self._waiting += 1
-        if urgent:
-            self._urgent_waiting += 1
-            self._urgent_gone.clear()
-        give_way_until = float("-inf") if urgent else self._clock() + self.yield_for
         try:
-            while True:
-                if self._urgent_waiting and self._clock() < give_way_until:
-                    await self._give_way(give_way_until)
-                    continue
-                async with self._lock:  # FIFO: asyncio.Lock wakes waiters in order
-                    if await self._grant(give_way_until):
+            async with self._lock:  # FIFO: asyncio.Lock wakes waiters in order
+                while True:
+                    now = self._clock()
+                    slot = self.next_slot(now)
+                    if slot is None:
+                        self._released.clear()
+                        await self._released.wait()
+                    elif slot <= now:
+                        self._in_flight += 1
+                        self._sent.append(now)
                         return
+                    else:
+                        await self._sleep(slot - now)
         finally:
             self._waiting -= 1
-            if urgent:
-                self._urgent_waiting -= 1
-                if not self._urgent_waiting:
-                    self._urgent_gone.set()
-
-    async def _give_way(self, until: float) -> None:
-        """Wait until no urgent request waits, or the clock reaches `until`."""
-        assert self._urgent_gone is not None
-        waits = {asyncio.ensure_future(self._urgent_gone.wait()),
-                 asyncio.ensure_future(self._sleep(max(0.0, until - self._clock())))}
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-
-    async def _grant(self, give_way_until: float) -> bool:
-        """Holding the lock: wait for a slot and take it (True), or step back (False) when urgent
-        requests arrived behind a request that lets them go first."""
-        assert self._released is not None
-        while True:
-            if self._urgent_waiting and self._clock() < give_way_until:
-                return False
-            now = self._clock()
-            slot = self.next_slot(now)
-            if slot is None:
-                self._released.clear()
-                await self._released.wait()
-            elif slot <= now:
-                self._in_flight += 1
-                self._sent.append(now)
-                return True
-            else:
-                await self._sleep(slot - now)
 
     def release(self) -> None:
         """The request granted by `acquire()` was answered (or failed): it ages out a window from now."""
@@ -247,9 +203,9 @@ class RequestBudget:
             self._released.set()
 
     @asynccontextmanager
-    async def request(self, urgent: bool = True) -> AsyncIterator[None]:
-        """`acquire(urgent)` on entry, `release()` on exit (also on errors and cancellation)."""
-        await self.acquire(urgent)
+    async def request(self) -> AsyncIterator[None]:
+        """`acquire()` on entry, `release()` on exit (also on errors and cancellation)."""
+        await self.acquire()
         try:
             yield
         finally:

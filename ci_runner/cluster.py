@@ -344,14 +344,12 @@ class Cluster:
         files: Any = None,
         retry: bool = True,
         final: frozenset[int] = frozenset(),
-        urgent: bool = True,
     ) -> Any:
         """Send one logical request; return the httpx response with the expected status.
 
         `retry=False`: 408/5xx/transport errors raise at once (`ApiError`, status None for transport).
         `final`: statuses that raise at once although they are otherwise retried. A Slurm command's
         own refusal raises `SlurmRefused` at once. 429 and one 401 re-try are always handled.
-        `urgent=False` (a submit): reads and state lists waiting for the budget go first (budget.py).
         """
         import httpx
 
@@ -364,7 +362,7 @@ class Cluster:
             pause: float | None = None
             try:
                 await self._auth.auth_headers()  # fetch a token before taking a budget slot
-                async with self.budget.request(urgent):
+                async with self.budget.request():
                     if method == "GET":
                         response = await self._client._get_request(endpoint=endpoint, params=params)
                     elif method == "POST":
@@ -452,7 +450,7 @@ class Cluster:
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
                 response = await self._request(what, "POST", f"/compute/{self._sys()}/jobs", 201,
-                                               json={"job": job}, retry=False, urgent=False)
+                                               json={"job": job}, retry=False)
                 return str(response.json()["jobId"])
             except SlurmRefused as e:
                 raise SubmitRejected(f"{what}: {sbatch_rejection(e.server_message).describe()}") from None
