@@ -38,8 +38,8 @@ def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) 
             assert "⚠" not in cell, f"{title}: a {tool} run did not pass: {cell}\n{done.stderr[-3000:]}"
     document = json.loads(report.read_text(encoding="utf-8"))
     assert document["smoke"] is True
-    assert set(document["results"]) == {"latency", "amplification", "completeness", "requests", "scale", "exit",
-                                        "rss", "coldstart"}
+    assert set(document["results"]) == {"latency", "amplification", "completeness", "requests", "scale", "economy",
+                                        "exit", "rss", "coldstart"}
 
 
 def _titles(rows: list[str]) -> list[str]:
