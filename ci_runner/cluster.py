@@ -343,13 +343,14 @@ class Cluster:
         json: Any = None,
         files: Any = None,
         retry: bool = True,
-        final: frozenset[int] = frozenset(),
+        too_large: frozenset[int] = frozenset(),
     ) -> Any:
         """Send one logical request; return the httpx response with the expected status.
 
         `retry=False`: 408/5xx/transport errors raise at once (`ApiError`, status None for transport).
-        `final`: statuses that raise at once although they are otherwise retried. A Slurm command's
-        own refusal raises `SlurmRefused` at once. 429 and one 401 re-try are always handled.
+        `too_large`: statuses that mean, for this read, "the answer was too large" (a timeout of an
+        unbounded read): `OutputTooLarge` at once, not retried. A Slurm command's own refusal raises
+        `SlurmRefused` at once. 429 and one 401 re-try are always handled.
         """
         import httpx
 
@@ -394,9 +395,9 @@ class Cluster:
                     pause = min(self.retry.max_retry_after, after if after is not None else 10.0)
                     self.budget.backoff_until(time.monotonic() + pause)
                     self.budget.throttled()  # the quota is shared: lower our own rate (AIMD, budget.py)
-                elif status not in RETRYABLE_STATUSES or not retry or status in final \
+                elif status not in RETRYABLE_STATUSES or not retry or status in too_large \
                         or is_slurm_answer(status, message):
-                    raise self._error(what, status, message)
+                    raise self._error(what, status, message, too_large=status in too_large)
             if pause is None:
                 failures += 1
             delay = pause if pause is not None else self.retry.delay(failures, self._rng)
@@ -407,11 +408,11 @@ class Cluster:
             await asyncio.sleep(delay)
 
     @staticmethod
-    def _error(what: str, status: int, message: str) -> ApiError:
+    def _error(what: str, status: int, message: str, *, too_large: bool = False) -> ApiError:
         text = f"{what}: HTTP {status}" + (f": {_first_line(message)}" if message else "")
         if status == 404 and "No such file or directory" in message:
             return RemoteFileMissing(text, status, message)
-        if status == 413:
+        if status == 413 or too_large:
             return OutputTooLarge(text, status, message)
         if is_slurm_answer(status, message):
             return SlurmRefused(text, status, message)
@@ -472,18 +473,18 @@ class Cluster:
         """Id of the user's newest job named `name` (GET /compute/{sys}/jobs) other than `exclude`, or
         None. Every job of a run has the run's name: with `output_prefix`, the job's output file (from
         its metadata, one request per candidate, newest first) must start with it."""
-        response = await self._request(f"looking up job {name!r} after a failed submit", "GET",
-                                       f"/compute/{self._sys()}/jobs", 200, params={"name": name})
-        ids = {str(j.get("jobId")) for j in response.json().get("jobs") or [] if j.get("name") == name}
+        listed = await self.jobs_named(name, f"looking up job {name!r} after a failed submit")
+        ids = {status.job_id for status in listed}
         for job_id in sorted(ids - set(exclude), key=lambda i: (len(i), i), reverse=True):
             if output_prefix is None or (await self.output_path(job_id) or "").startswith(output_prefix):
                 return job_id
         return None
 
-    async def jobs_named(self, name: str) -> list[JobStatus]:
-        """Every job of the user named `name` that Slurm still lists (one request for a whole run)."""
-        response = await self._request(f"listing the jobs named {name!r}", "GET", f"/compute/{self._sys()}/jobs",
-                                       200, params={"name": name})
+    async def jobs_named(self, name: str, what: str = "") -> list[JobStatus]:
+        """Every job of the user named `name` that Slurm still lists (one request for a whole run).
+        `what`: what the request is for, in an error message."""
+        response = await self._request(what or f"listing the jobs named {name!r}", "GET",
+                                       f"/compute/{self._sys()}/jobs", 200, params={"name": name})
         return [JobStatus.from_api(j) for j in response.json().get("jobs") or [] if j.get("name") == name]
 
     async def output_path(self, job_id: str) -> str | None:
@@ -533,14 +534,9 @@ class Cluster:
         Raises RemoteFileMissing (404) and OutputTooLarge: 413 (≥ the server's output cap), or 408/500
         at once, not retried: the real server's `tail` of a large rest blocks on its output buffer
         until the command timeout, so repeating the same read would only time out again."""
-        try:
-            response = await self._request(f"reading {path}", "GET", f"/filesystem/{self._sys()}/ops/tail", 200,
-                                           params={"path": path, "bytes": offset + 1, "skipHeading": True},
-                                           final=frozenset({408, 500}))
-        except ApiError as e:
-            if e.status in (408, 500) and not isinstance(e, OutputTooLarge):
-                raise OutputTooLarge(str(e), e.status, e.server_message) from None
-            raise
+        response = await self._request(f"reading {path}", "GET", f"/filesystem/{self._sys()}/ops/tail", 200,
+                                       params={"path": path, "bytes": offset + 1, "skipHeading": True},
+                                       too_large=frozenset({408, 500}))
         return str(response.json()["output"]["content"])
 
     async def view(self, path: str, offset: int, size: int) -> str:
@@ -548,15 +544,10 @@ class Cluster:
         decode(bytes[k·size, k·size + 2·size))[offset % size : offset % size + size] — a slice in
         *characters* (see stream.py for how offsets stay byte-exact). A timeout (408) raises
         OutputTooLarge at once: ask for a smaller size."""
-        try:
-            response = await self._request(f"reading {path} at byte {offset}", "GET",
-                                           f"/filesystem/{self._sys()}/ops/view", 200,
-                                           params={"path": path, "offset": offset, "size": size},
-                                           final=frozenset({408}))
-        except ApiError as e:
-            if e.status == 408:
-                raise OutputTooLarge(str(e), e.status, e.server_message) from None
-            raise
+        response = await self._request(f"reading {path} at byte {offset}", "GET",
+                                       f"/filesystem/{self._sys()}/ops/view", 200,
+                                       params={"path": path, "offset": offset, "size": size},
+                                       too_large=frozenset({408}))
         return str(response.json()["output"])
 
     async def list_files(self, path: str, *, recursive: bool = False) -> list[dict[str, Any]]:

@@ -447,8 +447,10 @@ class _Run:
             if reader.limited:
                 self._limit_reached(entry, reader)
             idle = not text
-            (self.flowing.add if text else self.flowing.discard)(name)
-            if text:
+            if not text:
+                self.flowing.discard(name)
+            else:
+                self.flowing.add(name)
                 found = has_end_marker(recent, text)
                 recent = (recent + text[-_MARKER_SPAN:])[-_MARKER_SPAN:]
                 if found and now - end_seen_at >= END_TRIGGER_EVERY:
