@@ -26,7 +26,6 @@ from ci_runner import transfer
 from ci_runner.ci import git_argv
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, format_size
 from ci_runner.errors import InfraError, UsageError
-from ci_runner.transfer import MAX_DIRECT_DOWNLOAD  # noqa: F401  (the largest file fetched with one request)
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster

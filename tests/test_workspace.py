@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_runner import workspace
+from ci_runner import transfer, workspace
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import InfraError, UsageError
 from ci_runner.workspace import RemoteFile, SourceArchive, plan_artifacts
@@ -113,13 +113,13 @@ def test_plan_refuses_links_out_of_the_checkout_and_follows_links_inside() -> No
         RemoteFile("results/escape-chain.xml", "link", link_target="passwd.xml"),
         RemoteFile("results/dangling.xml", "link", link_target="missing.xml"),
         RemoteFile("results/loop.xml", "link", link_target="loop.xml"),
-        RemoteFile("results/big.xml", "file", workspace.MAX_DIRECT_DOWNLOAD + 1),  # fetched in parts
+        RemoteFile("results/big.xml", "file", transfer.MAX_DIRECT_DOWNLOAD + 1),  # fetched in parts
         RemoteFile("results/huge.xml", "file", DEFAULT_MAX_ARTIFACT_SIZE + 1),
         RemoteFile("results/other.txt", "file", 1),
     ]
     plan = plan_artifacts(ROOT, listing, ["results/*.xml"])
     assert plan.files == ("results/big.xml", "results/chain.xml", "results/inside.xml", "results/ok.xml")
-    assert plan.sizes == {"results/big.xml": workspace.MAX_DIRECT_DOWNLOAD + 1, "results/chain.xml": 10,
+    assert plan.sizes == {"results/big.xml": transfer.MAX_DIRECT_DOWNLOAD + 1, "results/chain.xml": 10,
                           "results/inside.xml": 10, "results/ok.xml": 10}
     refused = dict(plan.refused)
     assert set(refused) == {"results/passwd.xml", "results/up.xml", "results/escape-chain.xml",
