@@ -127,7 +127,9 @@ def matrix_command(config_path: Path, output_format: str) -> None:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-@cli.command("render", help="Dry run: print each entry's job script (or write <DIR>/<entry>.sh); submits nothing.")
+@cli.command("render", help="Dry run: print each entry's job script (or write <DIR>/<entry>.sh); submits nothing. "
+                           "Entries with the same sbatch options are submitted as one job array: --arrays shows "
+                           "the scripts as submitted (<DIR>/array+<k>.sh for an array).")
 @_CONFIG_OPTION
 @click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Only this entry (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -135,7 +137,10 @@ def matrix_command(config_path: Path, output_format: str) -> None:
 @click.option("--workdir", metavar="DIR",
               help=f"Remote base directory (default: the config's `workdir`, else {RENDER_WORKDIR}; "
                    "`run` asks the system for its default).")
-def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Path | None, workdir: str | None) -> None:
+@click.option("--arrays", "as_submitted", is_flag=True,
+              help="The scripts as submitted: one per job array (task i runs entry i), one per other entry.")
+def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Path | None, workdir: str | None,
+                   as_submitted: bool) -> None:
     import os
 
     from ci_runner import ci, config, matrix, render
@@ -144,16 +149,33 @@ def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Pat
     entries = select_entries(matrix.expand(loaded), entry_names)
     specs = render.job_scripts(loaded, entries, ci.detect(os.environ, Path.cwd()),
                                workdir or loaded.workdir or RENDER_WORKDIR, os.environ)
-    if out_dir is None:
+    scripts = []  # (file name, title, script)
+    if as_submitted:
+        for submission in render.submissions(specs):
+            first = submission.specs[0]
+            if submission.is_array:
+                label = f"array+{first.layout.array[0]}"  # type: ignore[index]
+                names = ", ".join(spec.entry.name for spec in submission.specs)
+                title = f"job array {label}: entries {names} (system {first.entry.system})"
+            else:
+                label, title = first.entry.name, f"entry {first.entry.name} (system {first.entry.system})"
+            scripts.append((f"{label}.sh", title, submission.script))
+    else:
         for spec in specs:
-            click.echo(f"# {'=' * 20} entry {spec.entry.name} (system {spec.entry.system}) {'=' * 20}")
-            click.echo(spec.script, nl=not spec.script.endswith("\n"))
+            array = spec.layout.array
+            where = f", task {array[1]} of job array array+{array[0]} (--arrays)" if array is not None else ""
+            scripts.append((f"{spec.entry.name}.sh", f"entry {spec.entry.name} (system {spec.entry.system}{where})",
+                            spec.script))
+    if out_dir is None:
+        for _, title, script in scripts:
+            click.echo(f"# {'=' * 20} {title} {'=' * 20}")
+            click.echo(script, nl=not script.endswith("\n"))
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for spec in specs:
-            target = out_dir / f"{spec.entry.name}.sh"
-            target.write_text(spec.script, encoding="utf-8")
+        for file_name, _, script in scripts:
+            target = out_dir / file_name
+            target.write_text(script, encoding="utf-8")
             click.echo(f"wrote {target}")
     except OSError as error:
         raise UsageError(f"--out {out_dir}: cannot write: {error.strerror or error}") from None

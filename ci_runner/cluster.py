@@ -437,7 +437,7 @@ class Cluster:
 
     async def submit(
         self, script: str, working_dir: str, env: Mapping[str, str] | None = None, *, job_name: str | None = None,
-        output_prefix: str | None = None, exclude: Collection[str] = (),
+        output_prefix: str | None = None, exclude: Collection[str] = (), job_of: Callable[[str, str], str] | None = None,
     ) -> str:
         """Submit a batch script; return the job id. When a failed submit may nevertheless have queued
         the job, it is looked up (`find_job`) by `job_name` (default: from `#SBATCH --job-name`), its
@@ -461,7 +461,7 @@ class Cluster:
                 if name is None:
                     raise ApiError(f"{e} — the job may have been queued; no job name to look it up", e.status) from None
                 last = e
-            found = await self.find_job(name, output_prefix, exclude)
+            found = await self.find_job(name, output_prefix, exclude, job_of)
             if found is not None:
                 return found
             if attempt == self.retry.max_attempts or time.monotonic() - started > self.retry.max_total:
@@ -469,15 +469,21 @@ class Cluster:
             await asyncio.sleep(self.retry.delay(attempt, self._rng))
         raise ApiError(f"{last} (gave up after {attempt} submit attempts)", last.status)
 
-    async def find_job(self, name: str, output_prefix: str | None = None, exclude: Collection[str] = ()) -> str | None:
+    async def find_job(self, name: str, output_prefix: str | None = None, exclude: Collection[str] = (),
+                       job_of: Callable[[str, str], str] | None = None) -> str | None:
         """Id of the user's newest job named `name` (GET /compute/{sys}/jobs) other than `exclude`, or
         None. Every job of a run has the run's name: with `output_prefix`, the job's output file (from
-        its metadata, one request per candidate, newest first) must start with it."""
+        its metadata, one request per candidate, newest first) must start with it. `job_of(id, output
+        file)`: the id to return for that job (a job array's id for one of its tasks). A listed id
+        FirecREST cannot address (sacct's `A_1` or `A_[2-7]` for array tasks) is looked up as `A`."""
         listed = await self.jobs_named(name, f"looking up job {name!r} after a failed submit")
-        ids = {status.job_id for status in listed}
+        ids = {status.job_id.split("_", 1)[0] for status in listed}
         for job_id in sorted(ids - set(exclude), key=lambda i: (len(i), i), reverse=True):
-            if output_prefix is None or (await self.output_path(job_id) or "").startswith(output_prefix):
+            if output_prefix is None:
                 return job_id
+            path = await self.output_path(job_id) or ""
+            if path.startswith(output_prefix):
+                return job_of(job_id, path) if job_of is not None else job_id
         return None
 
     async def jobs_named(self, name: str, what: str = "") -> list[JobStatus]:

@@ -25,17 +25,21 @@ other shell metacharacters: the generated script still shell-quotes them, this r
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ci_runner.errors import ConfigError, UsageError
 
 _PATH_CHARS = re.compile(r"[A-Za-z0-9._+,@/-]+")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
-_JOB_ID = re.compile(r"[0-9]+")
+_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")  # a job, or task i of job array A as "A_i"
 
 OUTPUT_DIR = "output"
 SOURCES_DIR = "sources"         # <workdir>/sources: the per-commit source cache (so no run may be called that)
 OUTPUT_SUFFIX = ".out"          # <entry>.%j.out: stdout and stderr merged; sbatch replaces %j by the job id
+ARRAY_PREFIX = "array+"         # array+<k>.<A>_<i>.out: task i of the run's k-th job array (its entries in
+TASK_ID_SUFFIX = ".id"          # order; `+` is not allowed in entry names); array+<k>.<A>_<i>.<j>.id: made by
+                                # task i, whose own job id is j
 ARCHIVE_NAME = "source.tar.gz"
 BODY_NAME = "ci-runner-job.sh"  # the user's rendered script, written there by the job itself
 
@@ -73,6 +77,7 @@ class EntryLayout:
     root: str      # <workdir>/<run_id>/<entry>: made by the job
     src: str       # root/src: the checkout; the user's script runs here
     output: str    # <run>/output/<entry>.%j.out: stdout and stderr of the job
+    array: tuple[int, int] | None = None  # (k, i): task i of the run's k-th job array; %j is then "A_i"
 
     @property
     def archive(self) -> str:
@@ -87,6 +92,23 @@ class EntryLayout:
     def body(self) -> str:
         """Where the job writes the user's rendered script before running it (outside the checkout)."""
         return f"{self.root}/{BODY_NAME}"
+
+    @property
+    def output_prefix(self) -> str:
+        """The start of the output file name of every job of this entry (`<run>/output/<entry>.`,
+        for an array task `<run>/output/array+<k>.`): how a job found by the run's name is told
+        apart from the others after a lost submit answer."""
+        return self.output.split("%j", 1)[0]
+
+    def array_id_in(self, path: str) -> str | None:
+        """The job array id A in an output file path `<run>/output/array+<k>.<A>_<i>.out` of this
+        entry's array, None for any other path (or a plain job's layout)."""
+        return None if self.array is None else array_id_in(self.output_prefix, path)
+
+    @property
+    def slurm_output(self) -> str:
+        """`output` as an sbatch pattern: `%j` for a job, `%A_%a` for a task of a job array."""
+        return self.output.replace("%j", "%A_%a") if self.array is not None else self.output
 
     def output_path(self, job_id: str | int) -> str:
         """The output file of job `job_id` (`%j` expanded)."""
@@ -108,6 +130,52 @@ def entry_layout(workdir: str, run_id: str, entry_name: str) -> EntryLayout:
     root = f"{run.root}/{entry_name}"
     return EntryLayout(run=run, root=root, src=f"{root}/src",
                        output=f"{run.output_dir}/{entry_name}.%j{OUTPUT_SUFFIX}")
+
+
+def array_layout(layout: EntryLayout, array: int, task: int) -> EntryLayout:
+    """`layout` as task `task` of the run's job array number `array`: its output file is
+    `<run>/output/array+<k>.<A>_<i>.out`, named by the array and the task, not the entry (one sbatch
+    pattern serves every task of an array)."""
+    output = f"{layout.run.output_dir}/{ARRAY_PREFIX}{array}.%j{OUTPUT_SUFFIX}"
+    return EntryLayout(run=layout.run, root=layout.root, src=layout.src, output=output, array=(array, task))
+
+
+def is_array_output(pattern: str) -> bool:
+    """Whether an output file pattern (with `%j`) is a job array's (`<run>/output/array+<k>.%j.out`)."""
+    return pattern.rsplit("/", 1)[-1].startswith(ARRAY_PREFIX)
+
+
+def array_id_in(prefix: str, path: str) -> str | None:
+    """A in `<prefix><A>_<i>.out` (an array task's output file, `prefix` = `<run>/output/array+<k>.`), else None."""
+    if not path.startswith(prefix):
+        return None
+    head, underscore, _ = path[len(prefix):].partition("_")
+    return head if underscore and head.isdigit() else None
+
+
+def task_id(array_id: str, task: int) -> str:
+    """`A_i`: how Slurm (and ci-runner's log and state file) names task `task` of job array `array_id`."""
+    return f"{array_id}_{task}"
+
+
+def split_task_id(job_id: str) -> tuple[str, int] | None:
+    """(A, i) for a task id `A_i` as made by `task_id`, None for a plain job id."""
+    array_id, underscore, task = job_id.partition("_")
+    return (array_id, int(task)) if underscore and array_id.isdigit() and task.isdigit() else None
+
+
+_TASK_ID_FILE = re.compile(rf"{re.escape(ARRAY_PREFIX)}[0-9]+\.([0-9]+_[0-9]+)\.([0-9]+){re.escape(TASK_ID_SUFFIX)}")
+
+
+def task_job_ids(names: Iterable[str]) -> dict[str, str]:
+    """From the names in the output directory: task id `A_i` -> the task's own Slurm job id (which
+    FirecREST addresses it by, and which a Slurm without accounting lists it as)."""
+    found = {}
+    for name in names:
+        match = _TASK_ID_FILE.fullmatch(name)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
 
 
 def output_prefix(entry_root: str) -> str:

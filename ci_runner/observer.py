@@ -10,6 +10,14 @@ previous answer, so it always learns something new, and N followers polling at a
 cost one request of each kind per cycle, not N.
 
 Reads (`tail`/`view`) stay per entry: only an output that grew costs a request of its own.
+
+Tasks of a job array are asked for by their task id `A_i` (layout.task_id). The job list names a
+task either so (a Slurm with accounting: sacct's JobID) or by the task's own job id (a Slurm without
+accounting, where the array's id A stands for its tasks still pending, and the last task to start
+takes it over). Each task writes `array+<k>.<A>_<i>.<j>.id` into the output directory when it starts,
+so the same directory listing maps `A_i` to its own job id j (`addressable`): a task is found under
+`A_i`, else under j, else, while it has not started, it has the state of the array's pending record
+(`A` pending, or sacct's `A_[2-7]`); never by guessing from the numbers.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from ci_runner import states
 from ci_runner.cluster import JobStatus
 from ci_runner.errors import CIRunnerError
+from ci_runner.layout import split_task_id, task_job_ids
 
 T = TypeVar("T")
 
@@ -49,6 +59,16 @@ class SharedRequest(Generic[T]):
         self._latest: _Answer[T] | None = None
         self._flight: tuple[float, asyncio.Task[T]] | None = None
         self.requests = 0
+
+    @property
+    def latest(self) -> T | None:
+        """The latest answer, without asking again (None before the first)."""
+        return None if self._latest is None else self._latest.value
+
+    @property
+    def latest_sent(self) -> float | None:
+        """When the request of the latest answer was sent (None before the first)."""
+        return None if self._latest is None else self._latest.sent
 
     async def get(self, newer_than: float) -> T:
         """An answer to a request sent at or after `newer_than`. Raises what that request raised."""
@@ -105,8 +125,50 @@ class RunObserver:
 
     async def job(self, job_id: str, newer_than: float) -> JobStatus | None:
         """The job's state from a job list sent at or after `newer_than`; None when Slurm does not
-        list it (just submitted and not listed yet, or purged after it ended)."""
-        return (await self._jobs.get(newer_than)).get(job_id)
+        list it (just submitted and not listed yet, or purged after it ended). `job_id` may be an
+        array task's `A_i` (see the module docstring)."""
+        listed = await self._jobs.get(newer_than)
+        task = split_task_id(job_id)
+        if task is None:
+            return listed.get(job_id)
+        if job_id not in self._task_job_ids() and job_id not in listed:
+            # not known to have started: the same listing that gives the sizes says whether it has
+            await self._sizes.get(newer_than)
+        found = listed.get(job_id) or listed.get(self._task_job_ids().get(job_id, ""))
+        if found is not None or job_id in self._task_job_ids():
+            return found
+        array_id = task[0]
+        for status in listed.values():  # the array's record for its tasks still pending
+            if states.is_pending(status.state) and (
+                    status.job_id == array_id or status.job_id.startswith(f"{array_id}_[")):
+                return status
+        return None
+
+    @property
+    def states_sent(self) -> float | None:
+        """When the latest job list was sent: a job it shows final had written all its output by then,
+        so any directory listing sent since gives the output's final size (one listing for every
+        entry that ended, not one per entry)."""
+        return self._jobs.latest_sent
+
+    def addressable(self, job_id: str) -> str:
+        """The id FirecREST addresses the job by (its endpoints take a number): a task's own job id
+        once its id file was listed, else the array's id (which stands for every task of it)."""
+        task = split_task_id(job_id)
+        if task is None:
+            return job_id
+        return self._task_job_ids().get(job_id, task[0])
+
+    def array_started(self, job_id: str) -> bool:
+        """For a task `A_i` of a job array: whether any task of the array has started (written its id
+        file), so that the others may be waiting for the resources their siblings use."""
+        task = split_task_id(job_id)
+        return task is not None and any(split_task_id(other) is not None and split_task_id(other)[0] == task[0]  # type: ignore[index]
+                                        for other in self._task_job_ids())
+
+    def _task_job_ids(self) -> dict[str, str]:
+        latest = self._sizes.latest
+        return task_job_ids(latest) if latest is not None else {}
 
     async def size(self, path: str, newer_than: float) -> int | None:
         """The size of an output file of the run from a listing sent at or after `newer_than`; None

@@ -63,7 +63,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from ci_runner.ci import CIContext
 from ci_runner.config import Config, Scalar
 from ci_runner.errors import ConfigError
-from ci_runner.layout import EntryLayout, entry_layout
+from ci_runner.arrays import array_script, group_tasks
+from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout
 from ci_runner.matrix import Entry
 from ci_runner.stream import SERVER_OUTPUT_CAP
 from ci_runner.workspace import glob_tokens
@@ -99,18 +100,78 @@ class JobSpec:
     """One entry's batch script and where it lives on the cluster.
 
     `env` is for the submit call: only comma-free identifiers (FirecREST passes it through
-    `sbatch --export=ALL,K=V,...`); `config.env` is exported by the script itself.
+    `sbatch --export=ALL,K=V,...`); `config.env` is exported by the script itself. For a task of a
+    job array (`layout.array`), `header` is the array's and `commands` that task's branch.
     """
 
     entry: Entry
-    script: str
+    header: str    # the #SBATCH lines
+    commands: str  # what the job runs, after the header
     layout: EntryLayout
     env: Mapping[str, str]
+
+    @property
+    def script(self) -> str:
+        """The entry's batch script as a job of its own would run it."""
+        return "#!/bin/bash\n" + self.header + self.commands
 
     @property
     def job_name(self) -> str:
         """The Slurm job name in the header: the run's (one state list answers for every entry)."""
         return job_name(self.layout.run.root.rsplit("/", 1)[-1])
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One sbatch: the job of one entry, or a job array whose task i runs entry `specs[i]`
+    (`tasks`: which of them; all but for a resubmit)."""
+
+    specs: tuple[JobSpec, ...]
+    tasks: tuple[int, ...] = ()
+
+    @property
+    def is_array(self) -> bool:
+        return self.specs[0].layout.array is not None
+
+    @property
+    def script(self) -> str:
+        if not self.is_array:
+            return self.specs[0].script
+        first = self.specs[0]
+        array = first.layout.array
+        assert array is not None
+        names = ", ".join(spec.entry.name for spec in self.specs)
+        return array_script(first.header, [(spec.entry.name, spec.commands) for spec in self.specs],
+                            self.tasks or range(len(self.specs)),
+                            f"job array {array[0]} of run {first.layout.run.root.rsplit('/', 1)[-1]} "
+                            f"(entries {names})", CHECKOUT_FAILED)
+
+    @property
+    def working_dir(self) -> str:
+        return self.specs[0].layout.working_dir
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The submit environment: what every task's entry has in common."""
+        first = dict(self.specs[0].env)
+        return {k: v for k, v in first.items() if all(spec.env.get(k) == v for spec in self.specs)}
+
+
+def submissions(specs: Sequence[JobSpec]) -> list[Submission]:
+    """The submits of a run: one per job array (its tasks' specs in task order), one per other entry;
+    in the order of each one's first entry."""
+    result: list[Submission] = []
+    arrays: dict[int, list[JobSpec]] = {}
+    for spec in specs:
+        if spec.layout.array is None:
+            result.append(Submission((spec,)))
+        elif spec.layout.array[0] in arrays:
+            arrays[spec.layout.array[0]].append(spec)
+        else:
+            arrays[spec.layout.array[0]] = [spec]
+            result.append(Submission((spec,)))  # replaced below by the whole array
+    return [Submission(tuple(arrays[s.specs[0].layout.array[0]])) if s.is_array else s  # type: ignore[index]
+            for s in result]
 
 
 class _Quoted(str):
@@ -136,15 +197,25 @@ def job_name(run_id: str) -> str:
 
 def job_scripts(
     config: Config, entries: Sequence[Entry], ci: CIContext, workdir: str, environ: Mapping[str, str],
-    *, source: SourcePlan | None = None, output_cap: int = SERVER_OUTPUT_CAP,
+    *, source: SourcePlan | None = None, output_cap: int = SERVER_OUTPUT_CAP, arrays: bool = True,
 ) -> list[JobSpec]:
     """The job script of every entry, in order. Raises ConfigError (template, sbatch, env) or UsageError.
 
     `source`: the run's archive and its parts (checkout: upload); `output_cap`: the system's
-    `max_ops_file_size`, which sizes the parts of large artifacts."""
+    `max_ops_file_size`, which sizes the parts of large artifacts. `arrays`: entries with the same
+    system and sbatch options become the tasks of one job array (arrays.py); else one job each."""
     template = _Template.load(config)
     passed = pass_env(config, environ)
-    return [_job(config, entry, ci, workdir, passed, template, source, output_cap) for entry in entries]
+    options = [_option_lines(config, entry) for entry in entries]
+    keys = [(entry.system, lines) for entry, lines in zip(entries, options)]
+    placed = group_tasks(keys) if arrays else [None] * len(entries)
+    specs = []
+    for entry, lines, array in zip(entries, options, placed):
+        layout = entry_layout(workdir, ci.run_id, entry.name)
+        if array is not None:
+            layout = array_layout(layout, *array)
+        specs.append(_job(config, entry, ci, layout, lines, passed, template, source, output_cap))
+    return specs
 
 
 def job_script(
@@ -176,10 +247,9 @@ def pass_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _job(
-    config: Config, entry: Entry, ci: CIContext, workdir: str, passed: Mapping[str, str], template: _Template,
-    source: SourcePlan | None, output_cap: int,
+    config: Config, entry: Entry, ci: CIContext, layout: EntryLayout, option_lines: str, passed: Mapping[str, str],
+    template: _Template, source: SourcePlan | None, output_cap: int,
 ) -> JobSpec:
-    layout = entry_layout(workdir, ci.run_id, entry.name)
     context = _context(config, entry, ci, passed)
     body = template.render(context)
     ours = {
@@ -190,22 +260,33 @@ def _job(
         "CI_RUNNER_REF": ci.ref,
         "CI_RUNNER_REPO": ci.repo_url,
     }
-    script = "".join(
+    commands = "".join(
         [
-            "#!/bin/bash\n",
-            sbatch_header(config, entry, layout, job_name(ci.run_id)),
             _prologue(config, entry, ci, layout, ours),
             _checkout(config.checkout, ci, layout, source),
             _run_body(body, layout, _user_env(config), _split_artifacts(config, layout, output_cap)),
         ]
     )
     submit_env = {"CI_RUNNER_ENTRY": entry.name, "CI_RUNNER_RUN_ID": ci.run_id}
-    return JobSpec(entry=entry, script=script, layout=layout, env=submit_env)
+    header = _own_lines(layout, job_name(ci.run_id)) + option_lines
+    return JobSpec(entry=entry, header=header, commands=commands, layout=layout, env=submit_env)
 
 
 def sbatch_header(config: Config, entry: Entry, layout: EntryLayout, name: str) -> str:
     """The `#SBATCH` lines for `entry`. Raises ConfigError for an option sbatch could misread."""
-    options: dict[str, Scalar] = {"job-name": name, "output": layout.output, "error": layout.output}
+    return _own_lines(layout, name) + _option_lines(config, entry)
+
+
+def _own_lines(layout: EntryLayout, name: str) -> str:
+    """The #SBATCH lines ci-runner owns: the run's job name and the output file (stderr merged)."""
+    return "".join(f"#SBATCH --{option}={value}\n" for option, value in
+                   (("job-name", name), ("output", layout.slurm_output), ("error", layout.slurm_output)))
+
+
+def _option_lines(config: Config, entry: Entry) -> str:
+    """The #SBATCH lines of `account:` and the entry's `sbatch:` options (what tells two entries' jobs
+    apart besides their commands). Raises ConfigError for an option sbatch could misread."""
+    options: dict[str, Scalar] = {}
     if config.account and "account" not in entry.sbatch:
         options["account"] = config.account
     for name, value in entry.sbatch.items():
@@ -247,7 +328,12 @@ def _prologue(
         lines.append(f"export {name}={_value(config, name, value)}\n")
     output_dir, output_name = layout.output.rsplit("/", 1)
     before, after = output_name.split("%j", 1)
-    lines.append(f"export CI_RUNNER_OUTPUT={shlex.quote(output_dir + '/' + before)}\"${{SLURM_JOB_ID:-}}\"{shlex.quote(after)}\n")
+    job = '"${SLURM_JOB_ID:-}"'
+    if layout.array is not None:  # the task's id A_i, and the file that maps it to the task's own job id
+        job = '"${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}"'
+        lines.append(f": > {shlex.quote(output_dir + '/' + before)}{job}.\"${{SLURM_JOB_ID:-}}\""
+                     f"{TASK_ID_SUFFIX} 2>/dev/null\n")
+    lines.append(f"export CI_RUNNER_OUTPUT={shlex.quote(output_dir + '/' + before)}{job}{shlex.quote(after)}\n")
     lines.append(f"ci_runner_root={shlex.quote(layout.root)}\n")
     lines.append(f"ci_runner_src={shlex.quote(layout.src)}\n")
     lines.append('ci_runner_path=$PATH\n')  # ours, before `env:` can change it

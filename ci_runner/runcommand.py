@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from ci_runner.statefile import RunState
 
 PRE_SUBMIT_RETRY_LIMIT = 15.0  # seconds: before the first submit a wrong URL or credential fails fast
-SANDBOX_REQUESTS_PER_MINUTE = 600  # the embedded sandbox has no quota; --requests-per-minute still wins
 CANCEL_REQUESTS_PER_MINUTE = 60
 CANCEL_WAIT = 30.0  # `ci-runner cancel`: seconds to wait for the jobs to leave the queue
 
@@ -70,8 +69,10 @@ def run(request: RunRequest) -> int:
             from ci_runner.sandbox import server_module
 
             server = server_module()
+            # the site's quota, as the run's budget says: the sandbox tells the truth about a site
+            quota = server.Faults(quota_per_minute=plan.config.requests_per_minute)
             sandbox = server.start_sandbox(server.SandboxOptions(root=None, backend=request.sandbox_backend,
-                                                                 port=0))  # temp root, removed on stop
+                                                                 port=0, faults=quota))  # temp root, removed on stop
             environ.update(sandbox.env())
             plan = dataclasses.replace(plan, system=plan.system or sandbox.system,
                                        default_workdir=f"{sandbox.root}/ci-runner")
@@ -152,8 +153,6 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
             raise UsageError(f"--queue-timeout {request.queue_timeout!r}: {error}") from error
     if request.requests_per_minute:
         changes["requests_per_minute"] = request.requests_per_minute
-    elif request.sandbox:
-        changes["requests_per_minute"] = SANDBOX_REQUESTS_PER_MINUTE
     if request.workdir:
         changes["workdir"] = request.workdir
     return dataclasses.replace(config, **changes)

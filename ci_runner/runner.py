@@ -25,13 +25,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 from ci_runner import statefile, states, transfer, workspace
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
-from ci_runner.layout import output_prefix
-from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE
+from ci_runner.layout import array_id_in, is_array_output, output_prefix, split_task_id, task_id
+from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE, Submission, submissions
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.observer import RunObserver
@@ -155,6 +155,9 @@ class _Run:
         first = specs[0]
         self.run_layout = first.layout.run
         self.observer = RunObserver(cluster, first.job_name, self.run_layout.output_dir)
+        # Job arrays (arrays.py): the entries of array k share one submit, made by the first of them
+        self.arrays = {s.specs[0].layout.array[0]: s for s in submissions(specs) if s.is_array}  # type: ignore[index]
+        self.array_submits: dict[int, asyncio.Task[str]] = {}
         self.state: StateFile
 
     # -- the whole run -------------------------------------------------------------------------
@@ -209,9 +212,9 @@ class _Run:
 
     async def _cancel_run(self, tasks: dict[str, asyncio.Task[EntryResult]], report: bool = True) -> int:
         """Stop every follower, cancel every job (urgently, in parallel), report CANCELLED entries; 130."""
-        for task in tasks.values():
+        for task in (*tasks.values(), *self.array_submits.values()):
             task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks.values(), *self.array_submits.values(), return_exceptions=True)
         names = [name for name, entry in self.state.state.entries.items() if not entry.finished]
         if names:
             urgent = urgent_cluster(self.cluster, len(names), self.options.cancel_deadline)
@@ -242,11 +245,11 @@ class _Run:
         recorded = self.state.state.entries[name]
         job_id = recorded.job_id
         if job_id is None and recorded.state == statefile.SUBMITTING:
-            job_id = await find_job(urgent, recorded.job_name, recorded.remote_dir)
+            job_id = await self._find_entry_job(urgent, self.entries[name])
         if job_id is None:
             self.state.update(name, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
             return
-        await urgent.cancel(job_id)
+        await urgent.cancel(self.observer.addressable(job_id))  # an array task not started: the array
         self.state.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
 
     # -- one entry -----------------------------------------------------------------------------
@@ -274,9 +277,10 @@ class _Run:
         output is incomplete; any other job is cancelled rather than left unobserved, and the entry is
         an infrastructure failure."""
         status = entry.status
-        if entry.job_id is not None and (status is None or not states.is_terminal(status.state)):
+        addressable = self._own_job_id(entry.job_id)
+        if addressable is not None and (status is None or not states.is_terminal(status.state)):
             try:
-                status = await self.cluster.job(entry.job_id) or status
+                status = await self.cluster.job(addressable) or status
             except CIRunnerError:
                 pass  # the API is still failing: the cancel below will say whether it got through
         if entry.job_id is not None and status is not None and states.is_terminal(status.state):
@@ -286,10 +290,41 @@ class _Run:
             await self._abandon(entry.name, entry.job_id)
         return self._result(entry, None, _Attempt(None, Outcome.INFRA, str(error)))
 
+    def _own_job_id(self, job_id: str | None) -> str | None:
+        """The id FirecREST knows the entry's own job by: a task of a job array only once its own job id
+        is known (the array's id would stand for its other tasks too); None otherwise."""
+        if job_id is None:
+            return None
+        addressable = self.observer.addressable(job_id)
+        return None if split_task_id(job_id) is not None and addressable == split_task_id(job_id)[0] else addressable  # type: ignore[index]
+
+    def _cancel_target(self, job_id: str) -> str | None:
+        """What to cancel for the entry's job: the job itself, or for an array task not started yet the
+        array, but only while none of its tasks has started (it must not take the others with it)."""
+        own = self._own_job_id(job_id)
+        if own is not None:
+            return own
+        return None if self.observer.array_started(job_id) else self.observer.addressable(job_id)
+
+    async def _find_entry_job(self, cluster: Cluster, entry: _Entry) -> str | None:
+        """The entry's job after a lost submit answer: by the run's job name and the entry's output file
+        (for a job array: the task id A_i of the array found)."""
+        layout = entry.spec.layout
+        found = await cluster.find_job(entry.spec.job_name, layout.output_prefix,
+                                       job_of=lambda job_id, path: layout.array_id_in(path) or job_id)
+        if found is None or layout.array is None:
+            return found
+        return task_id(found, layout.array[1])
+
     async def _abandon(self, name: str, job_id: str) -> None:
         """Cancel a job that ci-runner can no longer follow rather than leave it unobserved."""
+        target = self._cancel_target(job_id)
+        if target is None:
+            self.reporter.warning(f"job {job_id} is left in the queue: it is a task of a job array whose other "
+                                  f"tasks run, and cannot be cancelled alone before it starts", name)
+            return
         try:
-            cancelled = await self.cluster.cancel(job_id)
+            cancelled = await self.cluster.cancel(target)
         except CIRunnerError as error:
             self.reporter.warning(f"could not cancel job {job_id} after losing track of it: {error}", name)
             return
@@ -315,7 +350,7 @@ class _Run:
             if recorded.finished:
                 return self._recorded_result(entry, recorded)
             if entry.job_id is None and recorded.state == statefile.SUBMITTING:
-                entry.job_id = await find_job(self.cluster, recorded.job_name, recorded.remote_dir)
+                entry.job_id = await self._find_entry_job(self.cluster, entry)
                 if entry.job_id is not None:
                     self.state.update(entry.name, job_id=entry.job_id,
                                       output_path=entry.spec.layout.output_path(entry.job_id))
@@ -341,26 +376,47 @@ class _Run:
                 self.reporter.warning(f"job {entry.job_id} ended {state} (cluster failure): resubmitting "
                                       f"({resubmits} resubmit(s) left)", entry.name)
                 async with self.submit_slots:
-                    await self._submit(entry)
+                    await self._submit(entry, resubmit=True)
                 offset = 0
                 continue
             break
         artifacts_dir, junit_files = await self._fetch_artifacts(entry, attempt)
         return self._result(entry, attempt.status, attempt, artifacts_dir, junit_files)
 
-    async def _submit(self, entry: _Entry) -> None:
+    async def _submit(self, entry: _Entry, resubmit: bool = False) -> None:
+        """Submit the entry's job: its own, or its task of the job array (the array submitted once for
+        all its entries; a resubmit submits the array with this task alone)."""
         name = entry.name
         spec = entry.spec
         entry.submitted_wall = time.time()
         earlier = (entry.job_id,) if entry.job_id else ()  # a resubmit: the failed attempt is not the new job
         entry.status = None
-        self.state.update(name, state=statefile.SUBMITTING, job_id=None, output_path=None, offset=0,
+        # the output file's pattern (`%j` not known yet) tells `ci-runner cancel` how to find the job
+        self.state.update(name, state=statefile.SUBMITTING, job_id=None, output_path=spec.layout.output, offset=0,
                           submitted_at=entry.submitted_wall)
-        job_id = await self.cluster.submit(spec.script, spec.layout.working_dir, dict(spec.env),
-                                           output_prefix=output_prefix(spec.layout.root), exclude=earlier)
+        if spec.layout.array is None:
+            job_id = await self.cluster.submit(spec.script, spec.layout.working_dir, dict(spec.env),
+                                               output_prefix=spec.layout.output_prefix, exclude=earlier)
+        else:
+            array, task = spec.layout.array
+            submission = self.arrays[array]
+            if resubmit:
+                shared = asyncio.create_task(self._submit_array(Submission(submission.specs, (task,)), earlier))
+            else:
+                shared = self.array_submits.get(array) or asyncio.create_task(self._submit_array(submission, ()))
+                self.array_submits[array] = shared
+            job_id = task_id(await asyncio.shield(shared), task)
         entry.job_id = job_id
         self.state.update(name, job_id=job_id, output_path=spec.layout.output_path(job_id), state="SUBMITTED")
         self.reporter.entry_submitted(name, job_id, spec.layout.root)
+
+    async def _submit_array(self, submission: Submission, earlier: tuple[str, ...]) -> str:
+        """Submit a job array; its id A (task i is `A_i`)."""
+        layout = submission.specs[0].layout
+        exclude = tuple((split_task_id(job_id) or (job_id,))[0] for job_id in earlier)
+        return await self.cluster.submit(submission.script, submission.working_dir, submission.env,
+                                         output_prefix=layout.output_prefix, exclude=exclude,
+                                         job_of=lambda job_id, path: layout.array_id_in(path) or job_id)
 
     async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
         """Poll the job's state and output until it is final; print the output as it arrives."""
@@ -415,13 +471,14 @@ class _Run:
                     if key != last_report or now - last_report_at >= PENDING_REPORT_EVERY:
                         self.reporter.entry_waiting(name, status.state, status.reason, waited)
                         last_report, last_report_at = key, now
-                    if states.hopeless_pending(status.reason):
-                        await self.cluster.cancel(job_id)
+                    waiting_for_siblings = self.observer.array_started(job_id)
+                    if states.hopeless_pending(status.reason) and not waiting_for_siblings:
+                        await self.cluster.cancel(self.observer.addressable(job_id))
                         return _Attempt(status, Outcome.INFRA, f"pending with reason "
                                         f"{states.describe_pending(status.reason)}; it can never start, job cancelled")
                     timeout = self.options.queue_timeout
-                    if timeout is not None and waited >= timeout:
-                        await self.cluster.cancel(job_id)
+                    if timeout is not None and waited >= timeout and not waiting_for_siblings:
+                        await self.cluster.cancel(self.observer.addressable(job_id))
                         return _Attempt(status, Outcome.INFRA, f"still {status.state} after "
                                         f"{format_duration(waited)} in the queue (queue_timeout "
                                         f"{format_duration(timeout)}); job cancelled", queue_seconds=waited)
@@ -437,7 +494,7 @@ class _Run:
                                            if waited is not None else f"{name}: {status.state}")
                 if states.is_terminal(status.state):
                     self.flowing.discard(name)
-                    return await self._finished(entry, reader, status, answered)
+                    return await self._finished(entry, reader, status, self.observer.states_sent or answered)
                 if end_checks:  # the job script has ended, Slurm does not know yet: the state only
                     await asyncio.sleep(END_RECHECK)
                     continue
@@ -669,23 +726,27 @@ class CancelReport:
     still_running: tuple[str, ...]
 
 
-async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30.0) -> CancelReport:
+async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30.0,
+                      arrays: Collection[str] = ()) -> CancelReport:
     """Cancel `job_ids` in parallel, then wait (bounded) until each is final or unknown to Slurm.
 
-    Idempotent: a finished, already cancelled or forgotten job is reported, not an error.
+    Idempotent: a finished, already cancelled or forgotten job is reported, not an error. The ids in
+    `arrays` stand for job arrays: they are cancelled whatever their own record says (on a Slurm
+    without accounting it is one of the tasks, perhaps finished while the others run).
     """
     lines: list[str] = []
 
     async def cancel_one(job_id: str) -> None:
         status = await cluster.job(job_id)
-        if status is None or states.is_terminal(status.state):
+        if job_id not in arrays and (status is None or states.is_terminal(status.state)):
             lines.append(f"job {job_id}: " + ("not known to Slurm (finished long ago?)" if status is None
                                                else f"already {status.state}"))
             return
+        what = f"job array {job_id}" if job_id in arrays else f"job {job_id}"
         if await cluster.cancel(job_id):
-            lines.append(f"job {job_id}: cancel requested (was {status.state})")
+            lines.append(f"{what}: cancel requested" + (f" (was {status.state})" if status is not None else ""))
         else:
-            lines.append(f"job {job_id}: had already ended")
+            lines.append(f"{what}: had already ended")
 
     await asyncio.gather(*(cancel_one(job_id) for job_id in job_ids))
     deadline = time.monotonic() + wait
@@ -701,21 +762,28 @@ async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30
 
 
 async def cancel_recorded(cluster: Cluster, handle: StateFile, wait: float = 30.0) -> CancelReport:
-    """Cancel every unfinished job of a state file, also those whose id was never recorded (by job name)."""
+    """Cancel every unfinished job of a state file, also those whose id was never recorded (by job name).
+    A task of a job array (`A_i`) is cancelled as its array A: every unfinished task of it goes."""
     lines: list[str] = []
     ids: dict[str, str] = {}
+    arrays: set[str] = set()
     for name, entry in handle.state.unfinished().items():
         job_id = entry.job_id
+        pattern = entry.output_path
         if job_id is None and entry.state == statefile.SUBMITTING:
-            job_id = await find_job(cluster, entry.job_name, entry.remote_dir)
+            job_id = await find_job(cluster, entry.job_name, entry.remote_dir, pattern)
+            if job_id is not None and pattern and is_array_output(pattern):
+                arrays.add(job_id)  # the array found by its output files: cancelled whole
         if job_id is None:
             lines.append(f"{name}: never submitted")
             handle.update(name, finished=True, state=statefile.NOT_SUBMITTED)
             continue
         ids[name] = job_id
-    report = await cancel_jobs(cluster, list(ids.values()), wait=wait)
+    targets = {name: (split_task_id(job_id) or (job_id,))[0] for name, job_id in ids.items()}
+    arrays |= {targets[name] for name, job_id in ids.items() if split_task_id(job_id) is not None}
+    report = await cancel_jobs(cluster, list(dict.fromkeys(targets.values())), wait=wait, arrays=arrays)
     for name, job_id in ids.items():
-        if job_id not in report.still_running:
+        if targets[name] not in report.still_running:
             handle.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
     if not ids and not lines:
         lines.append(f"nothing to cancel in {handle.path}")
@@ -735,10 +803,13 @@ def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
                         on_secret=cluster.on_secret)
 
 
-async def find_job(cluster: Cluster, name: str, entry_root: str) -> str | None:
+async def find_job(cluster: Cluster, name: str, entry_root: str, output_pattern: str | None = None) -> str | None:
     """Id of the job of the entry whose directory is `entry_root`, among this run's jobs named `name`
-    (a submit whose answer was lost), or None."""
-    return await cluster.find_job(name, output_prefix(entry_root))
+    (a submit whose answer was lost), or None. `output_pattern`: the entry's output file with `%j`
+    (recorded at the submit); for a task of a job array (`array+<k>.%j.out`) the id of the array."""
+    prefix = output_pattern.split("%j", 1)[0] if output_pattern and "%j" in output_pattern else (
+        output_prefix(entry_root))
+    return await cluster.find_job(name, prefix, job_of=lambda job_id, path: array_id_in(prefix, path) or job_id)
 
 
 async def run(specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter, options: RunOptions,

@@ -170,6 +170,20 @@ def test_render_prints_every_entry_with_a_header(repo: Path) -> None:
     assert "#SBATCH --partition=gpu" in done.stdout
 
 
+def test_render_arrays_shows_the_scripts_as_submitted(repo: Path, tmp_path: Path) -> None:
+    """Entries with the same sbatch options are one job array: --arrays prints (or writes) its script."""
+    write_config(repo, MATRIX)
+    done = ci_runner("render", "--arrays", cwd=repo)
+    assert done.returncode == 0, done.stderr
+    headers = [line for line in done.stdout.splitlines() if line.startswith("# ====")]
+    assert headers[0].startswith("# ==================== job array array+0: entries gcc-1, gcc-4, cray-1 "), headers
+    assert [h.split()[3] for h in headers[1:]] == ["nvhpc-2"]
+    assert done.stdout.count("#SBATCH --array=0-2\n") == 1 and done.stdout.count("#!/bin/bash") == 2
+    written = ci_runner("render", "--arrays", "--out", str(tmp_path / "out"), cwd=repo)
+    assert written.returncode == 0, written.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["array+0.sh", "nvhpc-2.sh"]
+
+
 def test_render_selected_entries_to_files(repo: Path, tmp_path: Path) -> None:
     write_config(repo, MATRIX)
     out = tmp_path / "scripts"

@@ -173,11 +173,21 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
 
 
 def recorded_jobs(state_file: Path) -> dict[str, str]:
-    """entry → job id from a state file (entries with an id only)."""
+    """entry → job id from a state file (entries with an id only). A task of a job array (`A_i`) is
+    given by its own Slurm job id (from the id file it wrote next to its output), or by the array's
+    id while it has not started."""
     if not state_file.exists():
         return {}
     entries = json.loads(state_file.read_text())["entries"]
-    return {name: e["job_id"] for name, e in entries.items() if e.get("job_id")}
+    return {name: _own_job_id(e["job_id"], e.get("output_path")) for name, e in entries.items() if e.get("job_id")}
+
+
+def _own_job_id(job_id: str, output_path: str | None) -> str:
+    array_id, underscore, _ = job_id.partition("_")
+    if not underscore or not output_path:
+        return job_id
+    id_files = sorted(Path(output_path).parent.glob(f"{Path(output_path).name.removesuffix('.out')}.*.id"))
+    return id_files[0].name.rsplit(".", 2)[-2] if id_files else array_id
 
 
 def cancel_jobs(sandbox: Any, job_ids: Sequence[str]) -> None:

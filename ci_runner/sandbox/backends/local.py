@@ -8,6 +8,10 @@ through FirecREST):
 - sbatch's refusals, worded like sbatch: an unknown option, a missing argument, a bad `--time`, a
   partition other than `debug` (the only one), and a QOS listed in `rejected_qos` (a sandbox fault:
   "QOSMaxSubmitJobPerUserLimit", which the server answers with 403; jobs without `--qos` get "normal").
+- Job arrays (`--array`, patterns %A %a) as Slurm without accounting shows them: the array's job id
+  stands for its tasks still pending; a task that starts gets the next job id of its own, except the
+  last one, which takes the array's id; SLURM_ARRAY_JOB_ID/SLURM_ARRAY_TASK_ID are set; cancelling
+  the array's id cancels every task of it.
 - A fixed number of slots: jobs queue FIFO, PENDING with reason "Resources" until a slot frees, and
   "BeginTime" while a `pending_delay` lasts.
 - RUNNING → COMPLETED (0:0) | FAILED (R:0, NonZeroExitCode) | TIMEOUT (0:15, TimeLimit: SIGTERM to the
@@ -86,6 +90,10 @@ class _Job:
     timed_out: bool = False
     cancelled_by: int | None = None
     files: list[IO[bytes]] = field(default_factory=list)
+    options: SbatchOptions | None = None  # a job array's: its tasks' file patterns
+    array_id: str | None = None  # a job array's id (its first job id), on the array and on each task
+    task: int | None = None  # the array task this job runs
+    array_rest: list[int] = field(default_factory=list)  # the array's tasks not started yet
 
     @property
     def live(self) -> bool:
@@ -163,24 +171,30 @@ class LocalBackend:
             return metadata_dict(job.job_id, job.script, job.stdin, job.stdout, job.stderr)
 
     def cancel(self, job_id: str, uid: int) -> None:
-        """Cancel a pending or running job (its whole process group); anything else fails like scancel."""
+        """Cancel a pending or running job (its whole process group), or every task of a job array
+        given by the array's id; anything else fails like scancel."""
         if not job_id.isdigit():
             raise slurm_command_error(1, f"scancel: error: Invalid job id {job_id}\n")
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.state not in ("PENDING", "RUNNING"):
+            targets = [] if job is None else [
+                j for j in self._jobs.values()
+                if (j is job or (job.array_id == job_id and j.array_id == job_id)) and j.state in ("PENDING", "RUNNING")]
+            if job is None or not targets:
                 reason = "Invalid job id specified" if job is None else "Job/step already completing or completed"
                 raise slurm_command_error(0, f"scancel: Terminating job {job_id}\n"
                                              f"scancel: error: Kill job error on job id {job_id}: {reason}\n")
             now = time.time()
-            if job.state == "PENDING":
-                job.state = cancelled_state(uid)
-                job.exit_code, job.signal = 0, 0
-                job.start = job.end = now
-                job.nodes = "None assigned"
-            else:
-                job.cancelled_by = uid
-                self._terminate(job, now)
+            for target in targets:
+                if target.state == "PENDING":
+                    target.state = cancelled_state(uid)
+                    target.exit_code, target.signal = 0, 0
+                    target.start = target.end = now
+                    target.nodes = "None assigned"
+                    target.array_rest = []
+                else:
+                    target.cancelled_by = uid
+                    self._terminate(target, now)
             self._lock.notify_all()
 
     def fail_node(self, job_id: str) -> bool:
@@ -278,11 +292,31 @@ class LocalBackend:
         for job in sorted(self._pending(), key=lambda j: int(j.job_id)):
             if job.begin > now:
                 job.reason = "BeginTime"
-            elif free > 0:
-                self._launch(job, now)
-                free -= job.live
-            else:
+                continue
+            while free > 0 and job.state == "PENDING":
+                started = self._next_task(job)
+                self._launch(started, now)
+                free -= started.live
+            if job.state == "PENDING":
                 job.reason = "Resources"
+
+    def _next_task(self, job: _Job) -> _Job:
+        """The job itself, or for a job array with several tasks left its first task as a new job."""
+        if not job.array_rest:
+            return job
+        task = job.array_rest.pop(0)
+        if not job.array_rest:
+            job.task = task
+            job.stdout, job.stderr, job.stdin = self._paths(job)
+            return job
+        job_id = str(self._next_id)
+        self._next_id += 1
+        started = _Job(job_id=job_id, script=job.script, working_dir=job.working_dir, env=job.env, name=job.name,
+                       stdout="", stderr="", stdin="", limit=job.limit, begin=job.begin, options=job.options,
+                       array_id=job.array_id, task=task)
+        started.stdout, started.stderr, started.stdin = self._paths(started)
+        self._jobs[job_id] = started
+        return started
 
     def _pending(self) -> list[_Job]:
         return [j for j in self._jobs.values() if j.state == "PENDING"]
@@ -301,25 +335,24 @@ class LocalBackend:
         options: SbatchOptions,
         pending_delay: float,
     ) -> _Job:
-        name = options.job_name or "sbatch"
+        job = _Job(job_id=job_id, script=script, working_dir=working_dir, env=dict(env),
+                   name=options.job_name or "sbatch", stdout="", stderr="", stdin="", limit=options.time_limit,
+                   begin=time.time() + max(0.0, pending_delay), options=options,
+                   array_id=job_id if options.array else None, array_rest=list(options.array or ()))
+        job.stdout, job.stderr, job.stdin = self._paths(job)
+        return job
+
+    def _paths(self, job: _Job) -> tuple[str, str, str]:
+        """stdout, stderr and stdin of the job, its file patterns expanded (for an array task, %A and %a)."""
+        options = job.options or SbatchOptions()
 
         def path(pattern: str) -> str:
-            expanded = expand_pattern(pattern, job_id, name, self._user)
-            return expanded if os.path.isabs(expanded) else os.path.join(working_dir, expanded)
+            expanded = expand_pattern(pattern, job.job_id, job.name, self._user, job.array_id, job.task)
+            return expanded if os.path.isabs(expanded) else os.path.join(job.working_dir, expanded)
 
         stdout = path(options.output or "slurm-%j.out")
-        return _Job(
-            job_id=job_id,
-            script=script,
-            working_dir=working_dir,
-            env=dict(env),
-            name=name,
-            stdout=stdout,
-            stderr=path(options.error) if options.error else stdout,
-            stdin=path(options.input) if options.input else "/dev/null",
-            limit=options.time_limit,
-            begin=time.time() + max(0.0, pending_delay),
-        )
+        return (stdout, path(options.error) if options.error else stdout,
+                path(options.input) if options.input else "/dev/null")
 
     def _launch(self, job: _Job, now: float) -> None:
         """Start the batch script like slurmstepd: own session, Slurm variables, output files opened first."""
@@ -376,6 +409,8 @@ class LocalBackend:
                 "SLURM_CLUSTER_NAME": "local",
             }
         )
+        if job.array_id is not None and job.task is not None:
+            env.update({"SLURM_ARRAY_JOB_ID": job.array_id, "SLURM_ARRAY_TASK_ID": str(job.task)})
         return env
 
     def _record(self, job: _Job, now: float) -> JobRecord:

@@ -62,6 +62,7 @@ class SbatchOptions:
     time_limit: int | None = None  # seconds; None = no limit
     partition: str = DEFAULT_PARTITION
     qos: str = DEFAULT_QOS
+    array: tuple[int, ...] | None = None  # --array: the task ids, sorted
 
 
 def sbatch_error(stderr: str, exit_status: int = 1) -> BackendError:
@@ -150,7 +151,28 @@ def parse_options(script: str) -> SbatchOptions:
         time_limit=None if time_text is None else parse_time_limit(time_text),
         partition=values.get("partition", DEFAULT_PARTITION),
         qos=values.get("qos", DEFAULT_QOS),
+        array=None if "array" not in values else parse_array(values["array"]),
     )
+
+
+MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task ids 0-1000
+
+
+def parse_array(text: str) -> tuple[int, ...]:
+    """The task ids of `--array=0-3`, `1,4-6`, `0-7:2` (a `%N` throttle is accepted and ignored);
+    sbatch's refusal for anything else or a task id at or over MaxArraySize."""
+    tasks: set[int] = set()
+    for part in text.split("%", 1)[0].split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+        if match is None:
+            raise sbatch_error("sbatch: error: Invalid job array specification\n")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        step = int(match.group(3) or 1)
+        if last < first or step < 1 or last >= MAX_ARRAY_SIZE:
+            raise sbatch_error("sbatch: error: Batch job submission failed: Invalid job array specification\n")
+        tasks.update(range(first, last + 1, step))
+    return tuple(sorted(tasks))
 
 
 def _long_option(word: str) -> tuple[str, str | None, bool]:
@@ -228,14 +250,20 @@ def parse_time_limit(text: str) -> int | None:
     raise sbatch_error("sbatch: error: Invalid --time specification\n", 255)
 
 
-def expand_pattern(pattern: str, job_id: str, job_name: str, user: str) -> str:
-    """Expand sbatch filename patterns %j, %J, %A, %x, %u and %% (others stay as they are)."""
-    replacements = {"j": job_id, "J": job_id, "A": job_id, "x": job_name, "u": user, "%": "%"}
-    return re.sub(r"%(\d*)([jJAxu%])", lambda m: _pad(replacements[m.group(2)], m.group(1), m.group(2)), pattern)
+NO_TASK = "4294967294"  # what %a expands to in a job that is not an array task (Slurm's NO_VAL)
+
+
+def expand_pattern(pattern: str, job_id: str, job_name: str, user: str,
+                   array_id: str | None = None, task: int | None = None) -> str:
+    """Expand sbatch filename patterns %j, %J, %A, %a, %x, %u and %% (others stay as they are).
+    For a task of a job array, %A is the array's job id and %a the task id; else %A is the job id."""
+    replacements = {"j": job_id, "J": job_id, "A": array_id or job_id, "a": NO_TASK if task is None else str(task),
+                    "x": job_name, "u": user, "%": "%"}
+    return re.sub(r"%(\d*)([jJAaxu%])", lambda m: _pad(replacements[m.group(2)], m.group(1), m.group(2)), pattern)
 
 
 def _pad(value: str, width: str, kind: str) -> str:
     """sbatch zero-pads numeric expansions like %5j."""
-    if width and kind in "jJA":
+    if width and kind in "jJAa":
         return value.zfill(int(width))
     return value
