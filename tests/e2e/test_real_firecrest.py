@@ -166,6 +166,30 @@ def test_sigterm_cancels_the_job_in_slurm_within_two_seconds(project: Project) -
     assert code == 130
 
 
+def test_sigterm_cancels_every_task_of_a_job_array_running_or_pending(project: Project) -> None:
+    """Three entries with the same options are one job array; two tasks run (2 CPUs), one waits. SIGTERM:
+    within 2 s Slurm shows every task of the array CANCELLED, the pending one included."""
+    run = project('echo "{{ n }} started"\nsleep 300', top="matrix:\n  n: [a, b, c]\n")
+    with ci_runner(run.args(), run.repo, run.env()) as process:
+        submitted = process.wait_for(r"submitted as Slurm job (\d+)_0 ", timeout=90)
+        array_id = submitted.group(1)
+        process.wait_for(r"^\[[abc]\] [abc] started$", timeout=90)
+        process.send(signal.SIGTERM)
+
+        def array_states() -> list[str]:
+            shown = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=15)
+            return [word.removeprefix("JobState=") for line in shown.stdout.splitlines()
+                    if f"ArrayJobId={array_id} " in line for word in line.split() if word.startswith("JobState=")]
+
+        try:
+            wait_until(lambda: array_states() and all(s.startswith("CANCELLED") for s in array_states()), 2.0,
+                       "Slurm to show every task of the array CANCELLED")
+            code = process.finish(timeout=30)
+        finally:
+            scancel([array_id])
+    assert code == 130
+
+
 def test_attach_after_sigkill_loses_and_repeats_nothing(project: Project) -> None:
     run = project(f'for i in $(seq 1 30); do echo "line $i {MULTIBYTE}"; sleep 0.2; done')
     with ci_runner(run.args(), run.repo, run.env()) as first:
@@ -267,7 +291,9 @@ def test_unreadable_output_of_a_finished_job_keeps_its_exit_code_and_says_what_i
 
 def test_a_matrix_is_followed_with_the_run_s_job_list_and_output_listing(project: Project) -> None:
     """Every entry's state comes from one job list (the run's job name) and every size from one listing
-    of the run's output directory, as the real server answers them: no per-job state or stat request."""
+    of the run's output directory, as the real server answers them: no per-job state or stat request.
+    The four entries have the same options: one submit, a job array whose tasks Slurm runs two at a
+    time (2 CPUs), each task's lines on its own entry."""
     run = project(f'for i in 1 2 3; do echo "{{{{ n }}}}: line $i {MULTIBYTE}"; sleep 2; done',
                   top="matrix:\n  n: [a, b, c, d]\n")
     before = len(run.server.server_log_lines())
@@ -282,3 +308,11 @@ def test_a_matrix_is_followed_with_the_run_s_job_list_and_output_listing(project
     assert not [line for line in log if re.search(rf"GET /compute/{system}/jobs/\d+ ", line)]
     assert not [line for line in log if "/ops/stat" in line]
     assert [line for line in log if "/ops/ls?" in line]
+    submitted = [line for line in lines if "submitted as Slurm job" in line]
+    array_ids = {line.rsplit("Slurm job ", 1)[1].split("_")[0].split()[0] for line in submitted}
+    assert len(submitted) == 4 and len(array_ids) == 1, submitted
+    # In Slurm: four jobs of the run's name, all tasks of that one array (the server log is shared
+    # with other clients, Slurm's records tell which jobs are this run's).
+    shown = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=30).stdout
+    ours = [line for line in shown.splitlines() if f"ArrayJobId={next(iter(array_ids))} " in line]
+    assert len(ours) == 4, ours
