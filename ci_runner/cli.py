@@ -148,7 +148,7 @@ def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Pat
     loaded = config.load(config_path)
     entries = select_entries(matrix.expand(loaded), entry_names)
     specs = render.job_scripts(loaded, entries, ci.detect(os.environ, Path.cwd()),
-                               workdir or loaded.workdir or RENDER_WORKDIR, os.environ)
+                               workdir or loaded.workdir or RENDER_WORKDIR, os.environ, arrays=loaded.job_arrays)
     scripts = []  # (file name, title, script)
     if as_submitted:
         for submission in render.submissions(specs):

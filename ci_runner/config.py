@@ -90,6 +90,7 @@ class Config:
     api_retry_limit: float = DEFAULT_API_RETRY_LIMIT  # seconds one request is retried before giving up
     resubmit: int = 0                           # automatic resubmits on infrastructure states (NODE_FAIL, ...)
     cleanup: bool = False                       # remove the remote entry dir after success
+    job_arrays: bool = True                     # entries with equal options: one job array (arrays.py)
     max_output: int = DEFAULT_MAX_OUTPUT        # bytes of output printed per entry before skipping to its tail
     max_artifact_size: int = DEFAULT_MAX_ARTIFACT_SIZE  # larger artifacts are skipped with a warning
 
@@ -669,6 +670,7 @@ def _build_config(data: dict[str, Any], path: Path, where: Mapping[KeyPath, _Whe
                          else DEFAULT_API_RETRY_LIMIT),
         resubmit=int(data.get("resubmit", 0)),
         cleanup=bool(data.get("cleanup", False)),
+        job_arrays=bool(data.get("job_arrays", True)),
         max_output=parse_size(data["max_output"]) if "max_output" in data else DEFAULT_MAX_OUTPUT,
         max_artifact_size=(parse_size(data["max_artifact_size"]) if "max_artifact_size" in data
                            else DEFAULT_MAX_ARTIFACT_SIZE),

@@ -184,7 +184,8 @@ async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapp
         if config.checkout == "upload":
             source = transfer.plan_source(workspace.source_archive(plan.cwd, ci.sha), run_layout(workdir, ci.run_id),
                                           info.output_cap)
-        specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap)
+        specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap,
+                                   arrays=config.job_arrays)
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)

@@ -182,6 +182,10 @@ def test_render_arrays_shows_the_scripts_as_submitted(repo: Path, tmp_path: Path
     written = ci_runner("render", "--arrays", "--out", str(tmp_path / "out"), cwd=repo)
     assert written.returncode == 0, written.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["array+0.sh", "nvhpc-2.sh"]
+    write_config(repo, MATRIX + "job_arrays: false\n")  # a site that refuses job arrays: one job each
+    single = ci_runner("render", "--arrays", cwd=repo)
+    assert single.returncode == 0, single.stderr
+    assert single.stdout.count("#!/bin/bash") == 4 and "--array" not in single.stdout
 
 
 def test_render_selected_entries_to_files(repo: Path, tmp_path: Path) -> None:
