@@ -744,7 +744,8 @@ async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30
             return
         what = f"job array {job_id}" if job_id in arrays else f"job {job_id}"
         if await cluster.cancel(job_id):
-            lines.append(f"{what}: cancel requested" + (f" (was {status.state})" if status is not None else ""))
+            was = f" (was {status.state})" if status is not None and job_id not in arrays else ""  # one task's record
+            lines.append(f"{what}: cancel requested{was}")
         else:
             lines.append(f"{what}: had already ended")
 

@@ -6,6 +6,7 @@ CPUs, so two of the four tasks wait for the others inside the array's queue)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,25 @@ def test_attach_after_sigkill_resumes_every_task_without_loss_or_duplication(san
         assert entry_lines(before, kind) + entry_lines(after, kind) == _expected(kind), (kind, after[-20:])
     assert sandbox.request_log.counts.get(SUBMIT) == 1
     assert code == 1, after[-8:]
+
+
+def test_cancel_from_the_state_file_cancels_the_whole_array_after_the_runner_was_killed(
+        sandbox: Any, tmp_path: Path) -> None:
+    """`ci-runner cancel --state-file`: the recorded task ids `A_i` are cancelled as their array, so the
+    tasks still pending (which FirecREST cannot address alone) go too."""
+    repo, _, state_file, args = _setup(tmp_path, sandbox, gate_open=False)
+    env = runner_env(sandbox)
+    try:
+        with ci_runner(args, repo, env) as run:
+            run.wait_for(r"^\[(alpha|beta|gamma|delta)\] \1 line 2 ", timeout=120)
+            run.kill()  # SIGKILL: no chance to cancel anything
+        with ci_runner(["cancel", "--state-file", str(state_file)], repo, env) as cancel:
+            code = cancel.finish(timeout=60)
+            lines = cancel.lines()
+        assert code == 0, lines
+        assert any(re.fullmatch(r"ci-runner: job array \d+: cancel requested", line) for line in lines), lines
+        listed = _array_tasks(sandbox, state_file)
+        assert listed and all(job["status"]["state"].startswith("CANCELLED") for job in listed), listed
+        assert all(json.loads(state_file.read_text())["entries"][k]["finished"] for k in KINDS)
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
