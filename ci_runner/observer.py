@@ -34,6 +34,7 @@ from ci_runner.errors import CIRunnerError
 from ci_runner.layout import split_task_id, task_job_ids
 
 T = TypeVar("T")
+TASK_UNSEEN_GRACE = 60.0  # seconds an array task may be in neither the job list nor the listing
 
 
 class RunCluster(Protocol):
@@ -117,6 +118,7 @@ class RunObserver:
         self._jobs = SharedRequest(self._list_jobs, clock)
         self._sizes = SharedRequest(self._list_outputs, clock)
         self._cluster = cluster
+        self._tasks_seen: dict[str, tuple[float, JobStatus]] = {}  # array task id -> (clock, last state)
 
     @property
     def requests(self) -> int:
@@ -132,15 +134,33 @@ class RunObserver:
         if task is None:
             return listed.get(job_id)
         if job_id not in self._task_job_ids() and job_id not in listed:
-            # not known to have started: the same listing that gives the sizes says whether it has
-            await self._sizes.get(newer_than)
-        found = listed.get(job_id) or listed.get(self._task_job_ids().get(job_id, ""))
-        if found is not None or job_id in self._task_job_ids():
+            # Not known to have started: a listing sent after the job list says whether it had (a task
+            # writes its id file when it starts), so that the array's own record is not taken for it.
+            await self._sizes.get(max(newer_than, self._jobs.latest_sent or newer_than))
+        found = self._task_status(listed, job_id, task[0])
+        now = self.clock()
+        if found is not None:
+            self._tasks_seen[job_id] = (now, found)
             return found
-        array_id = task[0]
-        for status in listed.values():  # the array's record for its tasks still pending
-            if states.is_pending(status.state) and (
-                    status.job_id == array_id or status.job_id.startswith(f"{array_id}_[")):
+        # A task that started after the listing and before the job list (or the other way round) is
+        # in neither for a cycle: it keeps its last known state that long, never another task's.
+        seen = self._tasks_seen.get(job_id)
+        return seen[1] if seen is not None and now - seen[0] < TASK_UNSEEN_GRACE else None
+
+    def _task_status(self, listed: dict[str, JobStatus], job_id: str, array_id: str) -> JobStatus | None:
+        ids = self._task_job_ids()
+        if job_id in ids:
+            return listed.get(job_id) or listed.get(ids[job_id])
+        if job_id in listed:
+            return listed[job_id]
+        # Not started: the array's record for its tasks still pending (sacct: A_[2-7]), or the array's
+        # own id unless a task that started took it over (Slurm without accounting): pending, or
+        # final when the array was cancelled before this task started.
+        taken = set(ids.values())
+        for status in listed.values():
+            if status.job_id.startswith(f"{array_id}_[") or (status.job_id == array_id and array_id not in taken
+                                                             and (states.is_pending(status.state)
+                                                                  or states.is_terminal(status.state))):
                 return status
         return None
 

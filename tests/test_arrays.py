@@ -159,3 +159,24 @@ def test_a_plain_job_is_looked_up_as_before() -> None:
     observer, cluster = _observer([status("5")], {})
     assert asyncio.run(observer.job("5", 0.0)) is not None and asyncio.run(observer.job("6", 0.0)) is None
     assert "ls" not in cluster.calls and observer.addressable("5") == "5"
+
+
+def test_a_task_in_neither_list_for_a_cycle_keeps_its_last_state_never_another_task_s() -> None:
+    """Slurm without accounting: task 1 was pending under the array's record; then the last task took
+    the array's id (RUNNING) before task 1's id file was listed. Task 1 is not given the array's state."""
+    observer, cluster = _observer([status("870", "PENDING")], {})
+    assert asyncio.run(observer.job("870_1", 0.0)).state == "PENDING"
+    # 870 is now the last task, RUNNING but not yet at its first command (no id file yet)
+    cluster.jobs = [status("872"), status("870", "RUNNING")]
+    observer.clock.now += 5  # type: ignore[attr-defined]
+    again = asyncio.run(observer.job("870_1", observer.clock()))
+    assert again is not None and again.state == "PENDING"
+    observer.clock.now += 61  # type: ignore[attr-defined]
+    assert asyncio.run(observer.job("870_1", observer.clock())) is None  # then it is really not there
+
+
+def test_an_array_cancelled_before_a_task_started_gives_that_task_the_final_state() -> None:
+    observer, _ = _observer([status("871", "COMPLETED"), status("870", "CANCELLED by 0")],
+                            {"array+0.870_0.871.id": 0})
+    found = asyncio.run(observer.job("870_1", 0.0))
+    assert found is not None and found.state == "CANCELLED by 0"
