@@ -483,7 +483,8 @@ class _Run:
                                         f"{format_duration(waited)} in the queue (queue_timeout "
                                         f"{format_duration(timeout)}); job cancelled", queue_seconds=waited)
                     pause = pending_pause if timeout is None else min(pending_pause, max(0.5, timeout - waited))
-                    pause = max(pause, self._poll_floor(False))  # the budget's pace: a wait costs no requests
+                    if self.cluster.budget.available() < self.cluster.budget.requests_per_minute / 2:
+                        pause = max(pause, self._poll_floor(False))  # half the window spent: keep its pace
                     pending_pause = min(pending_pause * 1.5, PENDING_POLL_MAX)
                     await asyncio.sleep(pause)
                     continue
