@@ -260,6 +260,21 @@ def _server_message(response: Any) -> str:
     return text.strip()[:4000]
 
 
+def _unbind(response: Any) -> None:
+    """Break the reference cycle between a read response and its spent body stream.
+
+    httpx binds every response and its stream to each other (`BoundAsyncStream` holds the response),
+    so a response and its body are freed only by the cyclic garbage collector, whose full passes are
+    rare: while a large output streams, each `view` answer (2 MiB) stayed in memory for many more
+    reads (bench row 7: 116 MB peak for 1 GiB; 71 MB with this). Our requests are not streamed: the
+    body is read and the stream closed when the client returns it, so an empty stream in its place
+    changes nothing else; the body is then freed as soon as its caller drops the response."""
+    import httpx
+
+    if response.is_closed:
+        response.stream = httpx.ByteStream(b"")
+
+
 def _first_line(message: str) -> str:
     return message.splitlines()[0][:300] if message else ""
 
@@ -381,6 +396,7 @@ class Cluster:
                 if not retry:
                     raise ApiError(f"{what}: {detail}", None) from None
             else:
+                _unbind(response)
                 status = response.status_code
                 if status == expected:
                     return response
