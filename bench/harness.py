@@ -307,9 +307,10 @@ class ToolResult:
         return all(r.exit_code == 0 and not r.killed for r in self.runs)
 
     def end_to_exit(self) -> list[float]:
-        """Seconds from each job's last write to its tool process's exit (one process: its last job)."""
-        if len(self.runs) == 1 and self.job_ends:
-            return [self.runs[0].exited - max(self.job_ends)] if self.runs[0].exit_code is not None else []
+        """Seconds from the job's last write to its tool process's exit, for a run of one job in one
+        process (a matrix's exit waits for its last job, a different measure: none)."""
+        if len(self.runs) == 1 and len(self.job_ends) == 1:
+            return [self.runs[0].exited - self.job_ends[0]] if self.runs[0].exit_code is not None else []
         return []
 
     def failure(self) -> str:

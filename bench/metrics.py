@@ -155,6 +155,21 @@ def output_read_bytes(records: Iterable[Served]) -> int:
     return sum(r.bytes for r in records if any(part in r.route for part in OUTPUT_ENDPOINT_PARTS))
 
 
+def requests_between(records: Iterable[Served], start: float, end: float) -> int:
+    """FirecREST requests (token endpoint excluded) that arrived in [start, end]."""
+    return sum(1 for r in api_requests(records) if start <= r.time <= end)
+
+
+def common_window(job_ends: Sequence[float], seconds: float) -> tuple[float, float] | None:
+    """The stretch when every job of a run was inside its idle sleep: jobs that sleep `seconds` and
+    then write their end line at `job_ends` sleep over [end - seconds, end]; from the latest such
+    start to the earliest end. None without jobs or when the sleeps did not overlap."""
+    if not job_ends:
+        return None
+    start, end = max(job_ends) - seconds, min(job_ends)
+    return (start, end) if end > start else None
+
+
 def end_time(tail: bytes) -> float | None:
     """The job's last-write time from the `<END|t=...>` line near the end of an output file."""
     found = END_RE.findall(tail.decode("utf-8", errors="replace"))

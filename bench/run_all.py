@@ -27,7 +27,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BASELINE, CI_RUNNER, PYTHON, TOOLS, ToolResult, Workload, clean_environ, measure
-from bench.metrics import EntrySink, StreamSink, api_requests, expected_sized, output_read_bytes, percentile
+from bench.metrics import (
+    EntrySink, StreamSink, api_requests, common_window, expected_sized, output_read_bytes, percentile, requests_between,
+)
 from ci_runner.budget import max_in_window
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -46,6 +48,8 @@ class Params:
     sizes: tuple[int, ...] = (KIB, MIB, 100 * MIB)
     size_budget: int = 50
     idle_seconds: float = 120.0
+    requests_entries: tuple[int, ...] = (1, 8)  # row 4: idle runs of this many entries (all running at once)
+    requests_budget: int = 0  # row 4: ci-runner's --requests-per-minute (0: its default, 10/min)
     chatty_lines: int = 1200
     chatty_interval: float = 0.1
     scale_entries: tuple[int, ...] = (16, 64)
@@ -58,6 +62,10 @@ class Params:
     economy_latency: float = 0.2
     economy_lines: int = 6
     economy_interval: float = 1.0
+    economy_timeout: float = 1800.0  # per tool and entry count: stopped after this ("killed after N s")
+    exit_repeats: int = 5  # row 6: single-job runs of its own, at exit_quota with exit_latency per request
+    exit_quota: int = 10
+    exit_latency: float = 0.2
     rss_bytes: int = GIB
     rss_budget: int = 600
     coldstart_repeats: int = 10
@@ -71,10 +79,12 @@ class Params:
     @classmethod
     def smoke(cls) -> Params:
         return cls(baseline_interval=0.3, latency_budgets=(600,), latency_lines=3, latency_interval=0.1,
-                   sizes=(KIB, 64 * KIB), size_budget=600, idle_seconds=1.0, chatty_lines=5,
+                   sizes=(KIB, 64 * KIB), size_budget=600, idle_seconds=1.0, requests_entries=(1, 2), requests_budget=600,
+                   chatty_lines=5,
                    chatty_interval=0.1, scale_entries=(2,), scale_quota=600, scale_lines=2, scale_interval=0.1,
                    scale_timeout=60.0, economy_entries=(2,), economy_quota=600, economy_latency=0.0,
-                   economy_lines=2, economy_interval=0.1, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, run_timeout=60.0)
+                   economy_lines=2, economy_interval=0.1, economy_timeout=60.0, exit_repeats=1, exit_quota=600,
+                   exit_latency=0.0, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, run_timeout=60.0)
 
 
 def log(message: str) -> None:
@@ -152,23 +162,27 @@ class Bench:
 
     # -- 4. requests per job-minute -----------------------------------------------------------------
     def requests(self) -> None:
+        """Idle jobs (`requests_entries` of them at once, `idle_seconds` each): requests per minute of
+        the whole run and while every job sleeps (from the request log); a chatty job: the whole run."""
         p = self.params
-        jobs = {"idle": Workload(("idle", str(p.idle_seconds))),
-                "chatty": Workload(("stamped", str(p.chatty_lines), str(p.chatty_interval)))}
+        idle = Workload(("idle", str(p.idle_seconds)))
+        chatty = Workload(("stamped", str(p.chatty_lines), str(p.chatty_interval)))
+        budget = {"requests_per_minute": p.requests_budget or None}
         for tool in p.tools:
+            told = budget if tool == "ci-runner" else {}
             per_job = {}
-            for kind, workload in jobs.items():
-                r = self.run(tool, workload)
-                api = api_requests(r.served)
-                per_job[kind] = {"requests": len(api), "wall": r.wall, "per_minute": len(api) / (r.wall / 60),
-                                 "failure": r.failure()}
+            for entries in p.requests_entries:
+                r = self.run(tool, idle, entries=entries, slots=max(2, entries), **told)
+                per_job[f"idle-{entries}"] = _rates(r, common_window(r.job_ends, p.idle_seconds))
+            per_job["chatty"] = _rates(self.run(tool, chatty, **told), None)
             self.results.setdefault("requests", {})[tool] = per_job
 
     def _at_quota(self, tool: str, workload: Workload, entries: int, quota: int, **kwargs: Any) -> ToolResult:
-        """`tool` on `entries` copies of `workload` against a sandbox quota; ci-runner is told the budget."""
+        """`tool` on `entries` copies of `workload` against a sandbox quota; ci-runner is told the budget.
+        Stopped after `timeout` (default `scale_timeout`)."""
+        kwargs.setdefault("timeout", self.params.scale_timeout)
         return self.run(tool, workload, entries=entries, quota_per_minute=quota,
-                        requests_per_minute=quota if tool == "ci-runner" else None,
-                        timeout=self.params.scale_timeout, **kwargs)
+                        requests_per_minute=quota if tool == "ci-runner" else None, **kwargs)
 
     # -- 5. scale -------------------------------------------------------------------------------------
     def scale(self) -> None:
@@ -197,7 +211,7 @@ class Bench:
             per_n = {}
             for entries in p.economy_entries:
                 r = self._at_quota(tool, workload, entries, p.economy_quota, latency=p.economy_latency, slots=2,
-                                   sink_factory=EntrySink)
+                                   sink_factory=EntrySink, timeout=p.economy_timeout)
                 sinks = [run.sink for run in r.runs if isinstance(run.sink, EntrySink)]
                 latencies = [v for sink in sinks for v in sink.entry_latencies()]
                 first = min((sink.first_line_at_time() for sink in sinks), default=math.inf)
@@ -207,22 +221,28 @@ class Bench:
                     "max": max(latencies, default=math.inf), "wall": r.wall,
                     "requests": len(api_requests(r.served)), "429": _count_429(r),
                     "exactly_once": all(sink.exactly_once(expected) for sink in sinks) and len(sinks) == len(r.runs),
+                    "delivered": sum(len(sink.seen) for sink in sinks) / (p.economy_lines * entries),
+                    "finished": not any(run.killed for run in r.runs), "timeout": p.economy_timeout,
                     "failure": r.failure()}
             self.results.setdefault("economy", {})[tool] = per_n
 
     # -- 6. job end -> exit (from every single-job run above) ----------------------------------------
     def exit(self) -> None:
-        if not self.end_to_exit:
-            p = self.params
-            workload = Workload(("stamped", "3", str(p.latency_interval)))
-            for tool in p.tools:
-                for _ in range(3):
-                    self.run(tool, workload)
-        for tool in self.params.tools:
-            values = self.end_to_exit.get(tool, [])
+        """`exit_repeats` single-job runs of its own (3 stamped lines) at `exit_quota` with `exit_latency`
+        per request (ci-runner told the budget), beside every single-job run of the rows before it."""
+        p = self.params
+        earlier = {tool: list(values) for tool, values in self.end_to_exit.items()}
+        workload = Workload(("stamped", "3", str(p.latency_interval)))
+        for tool in p.tools:
+            values, failures = [], []
+            for _ in range(p.exit_repeats):
+                r = self.run(tool, workload, quota_per_minute=p.exit_quota, latency=p.exit_latency,
+                             requests_per_minute=p.exit_quota if tool == "ci-runner" else None)
+                values += r.end_to_exit()
+                failures += [r.failure()] if r.failure() else []
             self.results.setdefault("exit", {})[tool] = {
-                "p50": statistics.median(values) if values else math.nan,
-                "max": max(values) if values else math.nan, "n": len(values)}
+                **_spread(values), "quota": p.exit_quota, "latency": p.exit_latency,
+                "other_rows": _spread(earlier.get(tool, [])), "failure": failures[0] if failures else ""}
 
     # -- 7. peak RSS while streaming -----------------------------------------------------------------
     def rss(self) -> None:
@@ -271,6 +291,29 @@ def _count_429(result: ToolResult) -> int:
     return sum(1 for r in result.served if r.status == 429)
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"p50": statistics.median(values) if values else math.nan,
+            "max": max(values) if values else math.nan, "n": len(values)}
+
+
+def _rates(result: ToolResult, window: tuple[float, float] | None) -> dict[str, Any]:
+    """Requests per minute of the whole run (first process start to last exit) and, with a `window`
+    (every job idle), inside it; the token endpoint is not counted."""
+    api = api_requests(result.served)
+    rates: dict[str, Any] = {"requests": len(api), "wall": result.wall, "per_minute": len(api) / (result.wall / 60),
+                             "failure": result.failure()}
+    if window is not None:
+        start, end = window
+        inside = requests_between(result.served, start, end)
+        rates.update(idle_requests=inside, idle_seconds=end - start, idle_per_minute=inside / ((end - start) / 60))
+    return rates
+
+
+def _idle_rate(d: dict[str, Any]) -> float:
+    """The rate a target is about: while idle when measured, else the whole run's."""
+    return d.get("idle_per_minute", d["per_minute"])
+
+
 # --- table ------------------------------------------------------------------------------------------
 
 def _s(value: float) -> str:
@@ -310,7 +353,14 @@ def cells(metric: str, data: dict[str, Any]) -> str:
         dup = f", {_pct(data['duplicated'])} repeated" if data["duplicated"] else ""
         return f"{_pct(data['exactly_once'])} of {_size(data['size'])}{dup}{_failed(data)}"
     if metric == "requests":
-        return " · ".join(f"{k} {d['per_minute']:.1f}/min{_failed(d)}" for k, d in data.items())
+        parts = []
+        for kind, d in data.items():
+            if kind.startswith("idle-"):
+                idle = f"{d['idle_per_minute']:.1f}/min idle" if "idle_per_minute" in d else "idle n/a"
+                parts.append(f"idle ×{kind[5:]}: {idle}, {d['per_minute']:.1f}/min run{_failed(d)}")
+            else:
+                parts.append(f"{kind} {d['per_minute']:.1f}/min{_failed(d)}")
+        return " · ".join(parts)
     if metric == "scale":
         parts = []
         for n, d in data.items():
@@ -318,11 +368,20 @@ def cells(metric: str, data: dict[str, Any]) -> str:
             parts.append(f"{n}: {wall}, {d['429']}×429, max {d['max_60s']}/60 s{_failed(d)}")
         return "; ".join(parts)
     if metric == "economy":
-        return "; ".join(f"{n}: first {_s(d['first_line'])}, p50 {_s(d['p50'])}, wall {_s(d['wall'])}, "
-                         f"{d['requests']} req, {d['429']}×429" + ("" if d["exactly_once"] else ", NOT exactly once")
-                         + _failed(d) for n, d in data.items())
+        parts = []
+        for n, d in data.items():
+            killed = "" if d.get("finished", True) else \
+                f"killed after {d['timeout']:.0f} s with {_pct(d['delivered'])} of the lines, "
+            parts.append(f"{n}: {killed}first {_s(d['first_line'])}, p50 {_s(d['p50'])}, max {_s(d['max'])}, "
+                         f"wall {_s(d['wall'])}, {d['requests']} req, {d['429']}×429"
+                         + ("" if d["exactly_once"] else ", NOT exactly once") + _failed(d))
+        return "; ".join(parts)
     if metric == "exit":
-        return f"p50 {_s(data['p50'])}, max {_s(data['max'])} (n={data['n']})"
+        cell = (f"{data['quota']}/min + {data['latency']:g} s: p50 {_s(data['p50'])}, max {_s(data['max'])} "
+                f"(n={data['n']}){_failed(data)}")
+        other = data["other_rows"]
+        return cell + (f"; other rows' single-job runs: p50 {_s(other['p50'])}, max {_s(other['max'])} (n={other['n']})"
+                       if other["n"] else "")
     if metric == "rss":
         printed = f"{data['stdout_bytes'] / MIB:.3g} of {data['output_bytes'] / MIB:.0f} MiB printed"
         return f"peak {data['peak_mb']:.0f} MB (last {data['last_mb']:.0f} MB), {printed}{_failed(data)}"
@@ -335,9 +394,9 @@ TITLES = {
     "latency": "1 log latency (write → stdout)",
     "amplification": "2 transfer amplification (bytes served / output bytes)",
     "completeness": "3 completeness (bytes printed exactly once)",
-    "requests": "4 API requests per minute (idle · chatty job)",
+    "requests": "4 API requests per minute (idle job × entries: while idle, whole run · chatty job)",
     "scale": "5 scale at the quota (entries: wall, 429s, max req in 60 s)",
-    "economy": "5b economy at 10/min + 0.2 s (entries: first line, line p50, wall, requests)",
+    "economy": "5b economy at 10/min + 0.2 s (entries: first line, line p50 and max, wall, requests)",
     "exit": "6 job end → process exit",
     "rss": "7 peak RSS while streaming",
     "coldstart": "8 cold start",
@@ -346,13 +405,39 @@ TARGETS = {
     "latency": "p50 ≤ 3 s at 20/min",
     "amplification": "≤ 1.05",
     "completeness": "100 %",
-    "requests": "idle ≤ 3/min",
+    "requests": "idle ≤ 3/min (1 and 8 entries)",
     "scale": "0 × 429 at 64 entries, 10/min",
-    "economy": "8 entries: first ≤ 20 s, wall ≤ 100 s, ≤ 22 req, 0×429",
+    "economy": "1: first ≤ 5 s, wall ≤ 12 s; 4: ≤ 10 s, ≤ 70 s; 8: ≤ 20 s, ≤ 100 s, ≤ 22 req; 64: ≤ 120 req; "
+               "all: 0×429, exactly once",
     "exit": "p50 ≤ 2 s",
     "rss": "≤ 100 MB, flat",
     "coldstart": "--help ≤ 0.3 s",
 }
+
+
+# Issue 12's economy targets per entry count (seconds, requests); every counted entry also needs 0×429,
+# every line exactly once, and a run that finished.
+ECONOMY_TARGETS: dict[str, dict[str, float]] = {
+    "1": {"first_line": 5, "wall": 12}, "4": {"first_line": 10, "wall": 70},
+    "8": {"first_line": 20, "wall": 100, "requests": 22}, "64": {"requests": 120}}
+
+
+def economy_verdict(d: dict[str, Any]) -> str:
+    """'met', 'MISSED (8: wall, requests)' or 'n/a' (no entry count with a target was run)."""
+    missed = []
+    for n, limits in ECONOMY_TARGETS.items():
+        if n not in d:
+            continue
+        e = d[n]
+        names = [name.replace("_", " ") for name, limit in limits.items() if e[name] > limit]
+        names += ["429s"] if e["429"] else []
+        names += ["not exactly once"] if not e["exactly_once"] else []
+        names += ["killed"] if not e.get("finished", True) else []
+        if names:
+            missed.append(f"{n}: {', '.join(names)}")
+    if not any(n in d for n in ECONOMY_TARGETS):
+        return "n/a"
+    return f"MISSED ({'; '.join(missed)})" if missed else "met"
 
 
 def verdict(metric: str, d: dict[str, Any]) -> str:
@@ -367,15 +452,14 @@ def verdict(metric: str, d: dict[str, Any]) -> str:
         elif metric == "completeness":
             ok = d["exactly_once"] == 1.0
         elif metric == "requests":
-            ok = d["idle"]["per_minute"] <= 3.0
+            idle = [x for kind, x in d.items() if kind.startswith("idle-")]
+            ok = bool(idle) and all(_idle_rate(x) <= 3.0 for x in idle)
         elif metric == "scale":
             ok = d["64"]["429"] == 0 and d["64"]["finished"]
         elif metric == "economy":
-            e = d["8"]
-            ok = (e["first_line"] <= 20 and e["wall"] <= 100 and e["requests"] <= 22 and e["429"] == 0
-                  and e["exactly_once"] and not e["failure"])
+            return economy_verdict(d)
         elif metric == "exit":
-            ok = d["p50"] <= 2.0
+            ok = (d if d["n"] else d["other_rows"])["p50"] <= 2.0
         elif metric == "rss":
             ok = d["peak_mb"] <= 100 and not d["failure"] and d["stdout_bytes"] >= d["output_bytes"]
         elif metric == "coldstart":
@@ -400,7 +484,7 @@ def headline(metric: str, results: dict[str, Any]) -> str:
         if metric == "completeness":
             return f"{_pct(ours['exactly_once'])} vs {_pct(base['exactly_once'])}"
         if metric == "requests":
-            return " · ".join(f"{k} {_ratio(ours[k]['per_minute'], base[k]['per_minute'], 'x')}" for k in ours)
+            return " · ".join(f"{k} {_ratio(_idle_rate(ours[k]), _idle_rate(base[k]), 'x')}" for k in ours)
         if metric == "scale":
             return " · ".join(f"{n}: wall {_ratio(base[n]['wall'], ours[n]['wall'])}" + ("" if base[n]["finished"] else " (baseline killed)")
                               for n in ours)

@@ -22,8 +22,8 @@ truncated sequence 2-3), so:
   the cap. To continue at the confirmed offset O we ask for offset k·S + j, with k·S the aligned start
   below O and j = len(decode(bytes[k·S, O))) (stray continuation bytes at k·S count one each): the
   answer starts exactly at O (`consume_view`). We know those bytes: the reader keeps the last S bytes
-  it emitted as exact text (`_remember`, fed by tail and chunk reads; after a U+FFFD only what follows
-  it). Valid text is consumed whole, up to 2·S bytes per answer, so amplification (bytes fetched /
+  it emitted as exact text (`RecentBytes`, fed by tail and chunk reads; after a U+FFFD only what follows
+  it; an ASCII text as its length alone, so a plain log costs no copy). Valid text is consumed whole, up to 2·S bytes per answer, so amplification (bytes fetched /
   bytes produced) ≈ 1.0 whatever the characters; a trailing U+FFFD run (a character cut at the window
   end, or still being written at EOF) is withheld and read again by the next request. When the answer
   ends short of the window end we are at EOF: back to tail mode.
@@ -40,6 +40,10 @@ truncated sequence 2-3), so:
 
 A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
 (requeue): we warn and restart at 0.
+
+Memory: a reader holds no more than one answer at a time, and copies of it only while it is being
+consumed (a few times S for multi-byte text; none of a whole ASCII answer); reporters print a chunk in
+pieces (reporters/text.py, `LineBuffer.batches`). Bench row 7 measures the process.
 
 Request cost: after a poll that found nothing new, the next poll asks `stat` first (one request that
 answers "anything new?" and "shrunk?") and reads only when the file grew, so an idle job costs one
@@ -59,6 +63,7 @@ mode), so the count of skipped bytes may be off by a few bytes; the final offset
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -71,6 +76,7 @@ DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives 
 OVERLAP = 16  # bytes a tail read re-reads before the offset to notice a rewritten file (`_overlap`)
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
 MIN_BLOCK_SIZE = 64 * 1024  # a `view` that times out halves the block size down to this
+UTF8_PIECE = 64 * 1024  # characters `utf8_len` encodes at a time (memory stays small for any text)
 
 
 def block_size_for(output_cap: int) -> int:
@@ -99,8 +105,11 @@ def _missing_or_too_large() -> tuple[type[Exception], type[Exception]]:
 
 
 def utf8_len(text: str) -> int:
-    """Bytes of `text` in UTF-8."""
-    return len(text.encode("utf-8"))
+    """Bytes of `text` in UTF-8, without a copy of the whole text: an ASCII text's length (CPython
+    knows it is ASCII without a scan), else the encoded lengths of pieces of UTF8_PIECE characters."""
+    if text.isascii():
+        return len(text)
+    return sum(len(text[i:i + UTF8_PIECE].encode("utf-8")) for i in range(0, len(text), UTF8_PIECE))
 
 
 @dataclass(frozen=True)
@@ -186,13 +195,22 @@ def consume_block(text: str, block_start: int, block_size: int, skip_to: int, dr
 
     `drop`: leading stray continuation bytes (one U+FFFD each) of a character already emitted.
     `skip_to`: absolute offset already confirmed (≥ block_start); characters before it are not emitted.
-    Memory: a few copies of the block, never per-character objects (a block is 2 MiB).
+    Memory: a few copies of the block, never per-character objects (a block is 2 MiB); an ASCII block
+    is sliced without an encoded copy.
     """
     block_end = block_start + block_size
     i = min(drop, len(text))
     pos = block_start + i  # stray continuation bytes: one byte each
-    if REPLACEMENT in text[i:]:
+    if text.find(REPLACEMENT, i) >= 0:
         return _consume_block_per_character(text, i, pos, block_size, block_end, skip_to, drop)
+    if text.isascii():  # one byte per character: positions are indices, no encoding needed
+        lo = min(len(text), i + max(0, skip_to - pos))
+        hi = min(len(text), max(lo, i + block_end - pos))
+        end_pos = pos + hi - i
+        emitted = text[lo:hi]
+        if end_pos >= block_end:
+            return Block(emitted, end_pos, end_pos - block_end, False, 0)
+        return Block(emitted, max(end_pos, skip_to), 0, True, 0)
     # Valid UTF-8 only: byte positions come from the encoding itself.
     data = text[i:].encode("utf-8")
     lo = min(len(data), max(0, skip_to - pos))
@@ -263,6 +281,105 @@ def consume_view(text: str, offset: int, block_end: int, block_size: int) -> Blo
     return Block(body, end, 0, eof, 0)
 
 
+class RecentBytes:
+    """What a reader knows exactly about the bytes just before byte `end` of the file (the last
+    `limit` of them at most): enough to count the characters the server's decode sees from an
+    aligned block start (`chars_since`) and to re-read the last few (`overlap`), without a copy of
+    the text that was emitted.
+
+    The texts are kept as segments in file order: an ASCII text as its byte count alone (its bytes
+    are its characters), another text as its UTF-8 bytes. A log that is mostly ASCII keeps almost
+    nothing; no text keeps more than `limit` bytes. Segments meet at character boundaries (each is a
+    whole text), so decoding them one by one counts what decoding them joined would.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.end = -1  # the byte the known bytes end at (-1: nothing known)
+        self._segments: deque[tuple[int, bytes | None]] = deque()  # (byte count, bytes or None: ASCII)
+        self._size = 0  # bytes known, the sum of the segments' counts (≤ limit)
+        self._last = b""  # the last min(OVERLAP, limit) bytes known
+
+    def forget(self) -> None:
+        self.end, self._size, self._last = -1, 0, b""
+        self._segments.clear()
+
+    def add(self, text: str, start: int, end: int) -> None:
+        """`text` was emitted for the bytes [start, end): keep what it determines exactly, all of it
+        when it holds no U+FFFD (and its UTF-8 spans exactly those bytes), else what follows its last
+        U+FFFD. Bytes known before `start` stay known only when they end at `start`."""
+        if end == start and not text:
+            return
+        last = text.rfind(REPLACEMENT)
+        if last >= 0:
+            self.forget()
+            self._append(text[last + 1:])
+        else:
+            if utf8_len(text) != end - start:
+                self.forget()
+                return
+            if self.end != start:
+                self.forget()
+            self._append(text)
+        self.end = end
+
+    def keep(self, limit: int) -> None:
+        """Keep only the last `limit` bytes from now on (the reader's block size shrank)."""
+        self.limit = limit
+        self._trim()
+
+    def chars_since(self, offset: int, need: int) -> int | None:
+        """Characters the server's decode (`errors="replace"`: a stray continuation byte is one)
+        counts in the `need` bytes before `offset`; None when those bytes are not known exactly."""
+        if need == 0:
+            return 0
+        if self.end != offset or need > self._size:
+            return None
+        chars = 0
+        for count, data in reversed(self._segments):
+            take = min(count, need)
+            chars += take if data is None else len(data[count - take:].decode("utf-8", "replace"))
+            need -= take
+            if need == 0:
+                break
+        return chars
+
+    def overlap(self, offset: int) -> bytes:
+        """The last few bytes (≤ OVERLAP) before `offset`, from a character boundary, when known."""
+        if self.end != offset or not self._last:
+            return b""
+        start = next((i for i, byte in enumerate(self._last) if byte & 0xC0 != 0x80), len(self._last))
+        return self._last[start:]
+
+    def _append(self, text: str) -> None:
+        if not text:
+            return
+        if text.isascii():
+            count, data = min(len(text), self.limit), None
+            last = text[-OVERLAP:].encode("ascii")
+        else:  # the last `limit` characters hold at least the last `limit` bytes
+            data = text[-self.limit:].encode("utf-8")[-self.limit:]
+            count, last = len(data), data[-OVERLAP:]
+        self._segments.append((count, data))
+        self._size += count
+        self._last = (self._last + last)[-OVERLAP:]
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = self._size - self.limit
+        while excess > 0:
+            count, data = self._segments[0]
+            if count <= excess:
+                self._segments.popleft()
+                cut = count
+            else:
+                self._segments[0] = (count - excess, None if data is None else data[excess:])
+                cut = excess
+            self._size -= cut
+            excess -= cut
+        self._last = self._last[len(self._last) - min(len(self._last), self.limit):]
+
+
 class OutputReader:
     """Incremental reader of one remote output file. `poll()` while the job runs, `drain()` after."""
 
@@ -304,8 +421,7 @@ class OutputReader:
         self._on_warning = on_warning
         self._chunked = False
         self._carry = 0
-        self._recent = b""  # the exact bytes just before `_recent_end` (at most S; for `_chars_since`)
-        self._recent_end = -1
+        self._recent = RecentBytes(block_size)  # the exact bytes just before the offset (at most S)
         self._need_bracket = False
         self._polls_since_stat = 0
         self._warned_guess = False
@@ -476,11 +592,7 @@ class OutputReader:
         """The last few bytes before the offset, from a character boundary, when known exactly: a tail read
         starts that much earlier and must return them first. A file truncated and rewritten past our offset
         between two polls (its size alone cannot tell) shows up as a mismatch. Costs ≤ OVERLAP bytes a read."""
-        if self._recent_end != self.offset or not self._recent:
-            return b""
-        tail = self._recent[-OVERLAP:]
-        start = next((i for i, byte in enumerate(tail) if byte & 0xC0 != 0x80), len(tail))
-        return tail[start:]
+        return self._recent.overlap(self.offset)
 
     def _lost(self) -> None:
         """The file is missing: normal before the job writes; after bytes were read, it was removed."""
@@ -568,7 +680,7 @@ class OutputReader:
             if self.block_size <= MIN_BLOCK_SIZE:
                 raise
             self.block_size = max(MIN_BLOCK_SIZE, self.block_size // 2)  # block ends stay block ends
-            self._recent = self._recent[-self.block_size:]
+            self._recent.keep(self.block_size)
             return await self._read_block()
         self._answered_at = self._clock()
         self.bytes_read += utf8_len(text)
@@ -590,34 +702,16 @@ class OutputReader:
         return block.text
 
     def _forget(self) -> None:
-        self._recent, self._recent_end = b"", -1
+        self._recent.forget()
 
     def _remember(self, text: str, start: int, end: int) -> None:
-        """Keep the last S bytes before `end` that `text` (emitted for [start, end)) determines exactly:
-        all of it when it holds no U+FFFD, else what follows its last U+FFFD."""
-        if end == start and not text:
-            return
-        last = text.rfind(REPLACEMENT)
-        if last >= 0:
-            self._recent = text[last + 1:].encode("utf-8")[-self.block_size:]
-        else:
-            data = text.encode("utf-8")
-            if len(data) != end - start:
-                self._forget()
-                return
-            known = self._recent if self._recent_end == start else b""
-            self._recent = (known + data)[-self.block_size:]
-        self._recent_end = end
+        """Keep the last S bytes before `end` that `text` (emitted for [start, end)) determines exactly."""
+        self._recent.add(text, start, end)
 
     def _chars_since(self, aligned: int) -> int | None:
         """Characters the server's decode counts from byte `aligned` to the offset (stray continuation
         bytes one each), or None when those bytes are not known exactly."""
-        need = self.offset - aligned
-        if need == 0:
-            return 0
-        if self._recent_end != self.offset or need > len(self._recent):
-            return None
-        return len(self._recent[len(self._recent) - need:].decode("utf-8", "replace"))
+        return self._recent.chars_since(self.offset, self.offset - aligned)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,36 @@ def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) 
             assert "⚠" not in cell, f"{title}: a {tool} run did not pass: {cell}\n{done.stderr[-3000:]}"
     document = json.loads(report.read_text(encoding="utf-8"))
     assert document["smoke"] is True
-    assert set(document["results"]) == {"latency", "amplification", "completeness", "requests", "scale", "economy",
-                                        "exit", "rss", "coldstart"}
+    results = document["results"]
+    assert set(results) == {"latency", "amplification", "completeness", "requests", "scale", "economy",
+                            "exit", "rss", "coldstart"}
+    for tool in TOOL_COLUMNS:
+        idle = {kind: d for kind, d in results["requests"][tool].items() if kind.startswith("idle-")}
+        assert set(idle) == {"idle-1", "idle-2"}, results["requests"][tool]
+        assert all(d["idle_seconds"] > 0 and d["idle_per_minute"] >= 0 for d in idle.values())
+        assert results["exit"][tool]["n"] == 1 and results["exit"][tool]["other_rows"]["n"] >= 1
+        economy = results["economy"][tool]["2"]
+        assert economy["finished"] and economy["delivered"] == 1.0 and economy["max"] >= economy["p50"]
+
+
+def test_a_tool_stopped_at_the_economy_time_limit_is_reported_as_killed() -> None:
+    run_all = _run_all()
+    killed = {"first_line": 3.0, "p50": 50.0, "max": 300.0, "wall": 615.0, "requests": 60, "429": 0,
+              "exactly_once": False, "delivered": 0.25, "finished": False, "timeout": 600.0, "failure": "killed"}
+    cell = run_all.cells("economy", {"64": killed})
+    assert cell.startswith("64: killed after 600 s with 25.0 % of the lines, first 3.00 s") and "max 300 s" in cell
+    assert run_all.economy_verdict({"64": killed}) == "MISSED (64: not exactly once, killed)"
+    fine = dict(killed, exactly_once=True, delivered=1.0, finished=True, requests=100, failure="")
+    assert run_all.economy_verdict({"16": fine, "64": fine}) == "met"
+    assert run_all.economy_verdict({"16": fine}) == "n/a"  # issue 12 sets no target for 16 entries
+
+
+def _run_all():  # type: ignore[no-untyped-def]
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench import run_all
+
+    return run_all
 
 
 def _titles(rows: list[str]) -> list[str]:

@@ -162,7 +162,9 @@ class PlainReporter:
         self._message(f"{entry}: {state}{because}, waiting for {format_duration(waited)}")
 
     def entry_output(self, entry: str, text: str) -> None:
-        self._output_lines(entry, self._buffer(entry).feed(text))
+        buffer = self._buffer(entry)
+        for lines in buffer.batches(text):  # a large chunk is printed in pieces (memory: LINE_BATCH_CHARS)
+            self._output_lines(entry, lines)
 
     def entry_finished(self, result: EntryResult) -> None:
         self._output_lines(result.entry, self._buffer(result.entry).flush())

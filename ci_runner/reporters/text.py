@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from ci_runner.reporters.controls import SGR, log_line
+
+LINE_BATCH_CHARS = 64 * 1024  # about this many characters of job output are split and printed at a time
 
 # CSI sequences (ESC [ params final), OSC sequences (ESC ] ... BEL/ST) and two-character escapes.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -28,6 +31,22 @@ class LineBuffer:
         pieces = (self._partial + text).split("\n")
         self._partial = pieces.pop()
         return pieces
+
+    def batches(self, text: str, size: int = LINE_BATCH_CHARS) -> Iterator[list[str]]:
+        """`feed` in pieces: the complete lines in `text`, in lists of about `size` characters (a line
+        longer than that comes whole, in a list of its own). A chunk of megabytes is then printed
+        without its copy split into lines and joined again: memory stays a few times `size`."""
+        start = 0
+        while start < len(text):
+            stop = start + size
+            end = text.rfind("\n", start, stop) if stop < len(text) else len(text) - 1
+            if end < 0:
+                end = text.find("\n", stop)
+            piece = text[start:] if end < 0 else text[start:end + 1]
+            start += len(piece)
+            lines = self.feed(piece)
+            if lines:
+                yield lines
 
     def flush(self) -> list[str]:
         """The unfinished last line, if any (called when the entry ends)."""
