@@ -8,14 +8,8 @@ the number of entries; only an output that grew costs a read of its own. The sta
 records every job id (and every submit in flight) before the job is followed, and the printed output
 offset after every print, so `ci-runner cancel` and `ci-runner run --attach` work after the runner died.
 
-Cancellation (`stop` set by the CLI's SIGINT/SIGTERM handler): every follower is stopped and every
-known job is cancelled with parallel DELETE requests sent through a second `Cluster` with its own
-small budget and short retries (`urgent_cluster`), i.e. bypassing the run's pacing: a CI gives a
-cancelled job a few seconds before it kills the runner, so a cancel must not queue behind a minute
-of polling budget. One request per job (plus retries), once per run, is a deliberate exception to
-the budget: a leaked job on a shared cluster costs more than a brief excess over the quota (a 429
-would still be honoured). Entries whose submit was in flight are looked up by their unique job name.
-Then the run ends with 130.
+Cancellation (`stop` set by the CLI's SIGINT/SIGTERM handler): every follower is stopped, every
+unfinished entry's job is cancelled at once (`cancel.cancel_unfinished`), and the run ends with 130.
 """
 
 from __future__ import annotations
@@ -28,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, transfer, workspace
+from ci_runner.cancel import cancel_unfinished, find_job
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
 from ci_runner.layout import output_prefix
@@ -212,18 +207,10 @@ class _Run:
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-        names = [name for name, entry in self.state.state.entries.items() if not entry.finished]
-        if names:
-            urgent = urgent_cluster(self.cluster, len(names), self.options.cancel_deadline)
-            try:
-                cancels = [self._cancel_entry(urgent, name) for name in names]
-                done = await asyncio.gather(*cancels, return_exceptions=True)
-            finally:
-                await urgent.close()
-            for name, failure in zip(names, done):
-                if isinstance(failure, BaseException):
-                    self.reporter.error(f"could not cancel the job: {failure}; run `ci-runner cancel "
-                                        f"--state-file {self.state.path}`", name)
+        failures = await cancel_unfinished(self.cluster, self.state, self.options.cancel_deadline)
+        for name, failure in failures.items():
+            self.reporter.error(f"could not cancel the job: {failure}; run `ci-runner cancel "
+                                f"--state-file {self.state.path}`", name)
         if not report:
             return Outcome.CANCELLED.exit_code
         results = []
@@ -237,17 +224,6 @@ class _Run:
             results.append(result)
         self.reporter.run_finished(results, Outcome.CANCELLED.exit_code)
         return Outcome.CANCELLED.exit_code
-
-    async def _cancel_entry(self, urgent: Cluster, name: str) -> None:
-        recorded = self.state.state.entries[name]
-        job_id = recorded.job_id
-        if job_id is None and recorded.state == statefile.SUBMITTING:
-            job_id = await find_job(urgent, recorded.job_name, recorded.remote_dir)
-        if job_id is None:
-            self.state.update(name, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
-            return
-        await urgent.cancel(job_id)
-        self.state.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
 
     # -- one entry -----------------------------------------------------------------------------
 
@@ -659,86 +635,6 @@ async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], d
                 continue
         fetched.append(relative)
     return fetched
-
-
-@dataclass(frozen=True)
-class CancelReport:
-    """What `ci-runner cancel` did: lines for the log, and jobs still not final after the wait."""
-
-    lines: tuple[str, ...]
-    still_running: tuple[str, ...]
-
-
-async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30.0) -> CancelReport:
-    """Cancel `job_ids` in parallel, then wait (bounded) until each is final or unknown to Slurm.
-
-    Idempotent: a finished, already cancelled or forgotten job is reported, not an error.
-    """
-    lines: list[str] = []
-
-    async def cancel_one(job_id: str) -> None:
-        status = await cluster.job(job_id)
-        if status is None or states.is_terminal(status.state):
-            lines.append(f"job {job_id}: " + ("not known to Slurm (finished long ago?)" if status is None
-                                               else f"already {status.state}"))
-            return
-        if await cluster.cancel(job_id):
-            lines.append(f"job {job_id}: cancel requested (was {status.state})")
-        else:
-            lines.append(f"job {job_id}: had already ended")
-
-    await asyncio.gather(*(cancel_one(job_id) for job_id in job_ids))
-    deadline = time.monotonic() + wait
-    remaining = list(job_ids)
-    while remaining:
-        statuses = await asyncio.gather(*(cluster.job(job_id) for job_id in remaining))
-        remaining = [job_id for job_id, status in zip(remaining, statuses)
-                     if status is not None and not states.is_terminal(status.state)]
-        if not remaining or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(1.0)
-    return CancelReport(tuple(lines), tuple(remaining))
-
-
-async def cancel_recorded(cluster: Cluster, handle: StateFile, wait: float = 30.0) -> CancelReport:
-    """Cancel every unfinished job of a state file, also those whose id was never recorded (by job name)."""
-    lines: list[str] = []
-    ids: dict[str, str] = {}
-    for name, entry in handle.state.unfinished().items():
-        job_id = entry.job_id
-        if job_id is None and entry.state == statefile.SUBMITTING:
-            job_id = await find_job(cluster, entry.job_name, entry.remote_dir)
-        if job_id is None:
-            lines.append(f"{name}: never submitted")
-            handle.update(name, finished=True, state=statefile.NOT_SUBMITTED)
-            continue
-        ids[name] = job_id
-    report = await cancel_jobs(cluster, list(ids.values()), wait=wait)
-    for name, job_id in ids.items():
-        if job_id not in report.still_running:
-            handle.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
-    if not ids and not lines:
-        lines.append(f"nothing to cancel in {handle.path}")
-    return CancelReport(tuple(lines) + report.lines, report.still_running)
-
-
-def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
-    """A second client for cancelling `jobs` jobs now: its own budget (not paced behind the run's) and
-    retries that end within about `deadline` seconds."""
-    from ci_runner.budget import RequestBudget
-    from ci_runner.cluster import Cluster as ClusterClass
-    from ci_runner.cluster import RetryPolicy
-
-    policy = RetryPolicy(max_attempts=4, max_total=deadline, base_delay=0.1, max_delay=0.5,
-                         max_retry_after=deadline, request_timeout=deadline, token_timeout=deadline)
-    return ClusterClass(cluster.credentials, cluster.system, budget=RequestBudget(max(10, 4 * jobs)), retry=policy,
-                        on_secret=cluster.on_secret)
-
-
-async def find_job(cluster: Cluster, name: str, entry_root: str) -> str | None:
-    """Id of the job of the entry whose directory is `entry_root`, among this run's jobs named `name`
-    (a submit whose answer was lost), or None."""
-    return await cluster.find_job(name, output_prefix(entry_root))
 
 
 async def run(specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter, options: RunOptions,
