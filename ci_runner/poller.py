@@ -25,7 +25,9 @@ The policy, all in this module:
   `END_CHECKS_AT` after the line (0.5 s apart at first): a job whose final state Slurm reports a
   second later ends the run about 1.5 s after the line was read. User output can print the same
   text; that costs these few checks (at most once per `END_TRIGGER_EVERY`), never a wrong verdict.
-- A backlog read in blocks (`chunked`) is read on at once: the budget paces it.
+- A backlog read in blocks (`chunked`) is read on at once when the entry is followed alone (the
+  budget paces it), else at a flowing entry's share: the budget's window admits bursts, and one
+  entry's backlog read as fast as the window allows would leave the others nothing for a minute.
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ class RunPace:
             self.flowing.add(name)
         else:
             self.flowing.discard(name)
+
+    def backlog_pause(self) -> float:
+        """Seconds between two reads of a backlog (blocks of a large output, the drain after the job
+        ended): none for an entry followed alone (the budget paces it), else a flowing entry's share,
+        so that one backlog cannot take the budget's whole window while the others wait."""
+        return self.floor(flowing=True) if self.following > 1 else 0.0
 
     def floor(self, flowing: bool) -> float:
         """Seconds between one entry's polls so that the run stays within its budget."""
@@ -272,8 +280,8 @@ class Follower:
             if found and now - watch.end_seen_at >= END_TRIGGER_EVERY:
                 watch.phase, watch.end_seen_at, watch.end_checks = Phase.ENDING, now, 0
                 return Decision(Next(Ask.STATE, now))  # check the state right away
-        if chunked:
-            return Decision(Next(Ask.OUTPUT, now))  # a backlog over the output cap: the next block at once
+        if chunked:  # a backlog over the output cap: the next block at once, or at the entry's share
+            return Decision(Next(Ask.OUTPUT, now + self.pace.backlog_pause()))
         watch.delay = self.interval.next(watch.delay, flowing, self.pace.floor(flowing))
         watch.next_read = now + watch.delay
         if flowing:

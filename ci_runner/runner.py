@@ -383,6 +383,7 @@ class _Run:
         `final_since`: when the final state was known (a listing sent since gives the final size)."""
         async for text in reader.drain_chunks(final_since):
             self._emit(entry, reader, text)
+            await self._backlog_pause(reader)
         for _ in range(3):  # the tail; again only if the file was truncated and its head re-read
             if not reader.limited:
                 return
@@ -393,6 +394,14 @@ class _Run:
                                           f"{format_size(self.options.max_output)}), full output in {reader.path} ...\n")
             async for text in reader.drain_chunks():
                 self._emit(entry, reader, text)
+                await self._backlog_pause(reader)
+
+    async def _backlog_pause(self, reader: OutputReader) -> None:
+        """Between two reads of a drain (more to read): the entry's share of the budget while others
+        are followed (`RunPace.backlog_pause`)."""
+        pause = self.pace.backlog_pause()
+        if pause > 0 and not reader.limited and reader.known_size is not None and reader.offset < reader.known_size:
+            await self.clock.sleep(pause)
 
     async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus,
                         final_since: float | None = None) -> _Attempt:

@@ -317,6 +317,31 @@ def test_with_the_budget_exhausted_the_follower_asks_no_faster_than_it_is_given(
     assert max_in_window([r.sent for r in sim.cluster.log], 60.0) <= 2
 
 
+@pytest.mark.parametrize("flood_runs_on", [100.0, 0.0], ids=["read-while-running", "drained-after-the-end"])
+def test_one_entry_flooding_does_not_starve_the_trickling_ones(tmp_path: Path, flood_runs_on: float) -> None:
+    """A 2 MiB backlog read in blocks at 60 requests a minute takes over a minute, while its job runs
+    on or in the drain after it ended; meanwhile the other entries' lines (one every 3 s) keep
+    appearing within seconds: the budget's window admits a burst, and the backlog must not take it all."""
+    cap = 64 * 1024  # blocks of ~31 KiB: 66 reads for the backlog
+    sim = Sim(tmp_path, requests_per_minute=60, output_cap=cap)
+    flood = "x" * 99
+    sim.cluster.plans["flood"] = script("flood", [flood] * (2 * 1024 * 1024 // 100), every=0.0, start=2.0,
+                                        idle=flood_runs_on)
+    trickle = [f"trickle {i}" for i in range(20)]
+    for name in ("t1", "t2"):
+        sim.cluster.plans[name] = script(name, trickle, every=3.0, start=2.0)
+    assert sim.run(["flood", "t1", "t2"]) == 0
+    assert sim.reporter.output["flood"] == expected([flood] * (2 * 1024 * 1024 // 100))
+    flood_done = sim.reporter.printed_at("flood", JOB_END_LINE)
+    for name in ("t1", "t2"):
+        assert sim.reporter.output[name] == expected(trickle)
+        job = next(job for job in sim.cluster.jobs.values() if job.path.startswith(f"{OUT}/{name}."))
+        written = {text.decode().rstrip("\n"): at for at, text in job.writes}
+        late = [sim.reporter.printed_at(name, f"{line}\n") - written[line] for line in trickle]
+        assert max(late) <= 12.0, late
+        assert written[trickle[-1]] < flood_done  # the flood was still being read: they competed
+
+
 class EndsAfterTheListing(FakeCluster):
     """Between the listing that shows the file grew and the read that follows it, the job writes its
     last lines and ends: the read gets more than the listing said."""
