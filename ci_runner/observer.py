@@ -73,10 +73,14 @@ class SharedRequest(Generic[T]):
 
     async def get(self, newer_than: float) -> T:
         """An answer to a request sent at or after `newer_than`. Raises what that request raised."""
+        return (await self.answer(newer_than)).value
+
+    async def answer(self, newer_than: float) -> _Answer[T]:
+        """`get`, with the clock time its request was sent."""
         while True:
             latest = self._latest
             if latest is not None and latest.sent >= newer_than:
-                return latest.value
+                return latest
             if self._flight is None or self._flight[1].done():
                 self._start()
             assert self._flight is not None
@@ -88,7 +92,7 @@ class SharedRequest(Generic[T]):
                     raise
                 continue  # an older request failed: ours is still to be sent
             if sent >= newer_than:
-                return value
+                return _Answer(sent, value)
 
     def _start(self) -> None:
         sent = self._clock()
@@ -129,7 +133,15 @@ class RunObserver:
         """The job's state from a job list sent at or after `newer_than`; None when Slurm does not
         list it (just submitted and not listed yet, or purged after it ended). `job_id` may be an
         array task's `A_i` (see the module docstring)."""
-        listed = await self._jobs.get(newer_than)
+        return (await self.job_state(job_id, newer_than))[0]
+
+    async def job_state(self, job_id: str, newer_than: float) -> tuple[JobStatus | None, float]:
+        """`job`, and the clock time at which the job list that tells it was sent (what the state
+        is known as of: followers time their next question from it, so they ask together)."""
+        answer = await self._jobs.answer(newer_than)
+        return await self._resolve(job_id, answer.value, newer_than), answer.sent
+
+    async def _resolve(self, job_id: str, listed: dict[str, JobStatus], newer_than: float) -> JobStatus | None:
         task = split_task_id(job_id)
         if task is None:
             return listed.get(job_id)

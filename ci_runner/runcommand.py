@@ -285,8 +285,8 @@ def select_entries(entries: Sequence[Entry], names: Sequence[str], recorded: Run
 
 def cancel(job_ids: Sequence[str], state_file: str | None, system: str | None) -> int:
     """`ci-runner cancel`: cancel ids, or every unfinished job of a state file; 0 once none is left running."""
+    from ci_runner import cancel as cancel_module
     from ci_runner import ci as ci_module
-    from ci_runner import runner
 
     environ = dict(os.environ)
     handle = None
@@ -305,12 +305,12 @@ def cancel(job_ids: Sequence[str], state_file: str | None, system: str | None) -
     if not system:
         raise UsageError("no system: pass --system or set FIRECREST_SYSTEM")
 
-    async def cancel_all() -> runner.CancelReport:
+    async def cancel_all() -> cancel_module.CancelReport:
         cluster = open_cluster(environ, system, CANCEL_REQUESTS_PER_MINUTE)
         try:
             if handle is not None:
-                return await runner.cancel_recorded(cluster, handle, wait=CANCEL_WAIT)
-            return await runner.cancel_jobs(cluster, list(job_ids), wait=CANCEL_WAIT)
+                return await cancel_module.cancel_recorded(cluster, handle, wait=CANCEL_WAIT)
+            return await cancel_module.cancel_jobs(cluster, list(job_ids), wait=CANCEL_WAIT)
         finally:
             await cluster.close()
 

@@ -4,18 +4,14 @@ The run is prepared once (one `mkdir` of its output directory, the source archiv
 then one asyncio task per entry submits and follows its job; all of them share the Cluster's single
 request budget, and the job states and output sizes come from the run's `RunObserver` (one job list
 and one directory listing per cycle for every entry), so an idle cycle costs two requests whatever
-the number of entries; only an output that grew costs a read of its own. The state file
-records every job id (and every submit in flight) before the job is followed, and the printed output
-offset after every print, so `ci-runner cancel` and `ci-runner run --attach` work after the runner died.
+the number of entries; only an output that grew costs a read of its own. What to ask next, and
+when, is decided by each job's `poller.Follower`; this module does what it says (the I/O). The state
+file records every job id (and every submit in flight) before the job is followed, and the printed
+output offset after every print, so `ci-runner cancel` and `ci-runner run --attach` work after the
+runner died.
 
-Cancellation (`stop` set by the CLI's SIGINT/SIGTERM handler): every follower is stopped and every
-known job is cancelled with parallel DELETE requests sent through a second `Cluster` with its own
-small budget and short retries (`urgent_cluster`), i.e. bypassing the run's pacing: a CI gives a
-cancelled job a few seconds before it kills the runner, so a cancel must not queue behind a minute
-of polling budget. One request per job (plus retries), once per run, is a deliberate exception to
-the budget: a leaked job on a shared cluster costs more than a brief excess over the quota (a 429
-would still be honoured). Entries whose submit was in flight are looked up by their unique job name.
-Then the run ends with 130.
+Cancellation (`stop` set by the CLI's SIGINT/SIGTERM handler): every follower is stopped, every
+unfinished entry's job is cancelled at once (`cancel.cancel_unfinished`), and the run ends with 130.
 """
 
 from __future__ import annotations
@@ -25,19 +21,22 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, transfer, workspace
+from ci_runner.cancel import cancel_unfinished
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
-from ci_runner.layout import array_id_in, is_array_output, output_prefix, split_task_id, task_id
-from ci_runner.render import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE, Submission, submissions
+from ci_runner.layout import split_task_id, task_id
+from ci_runner.observer import RunObserver
+from ci_runner.poller import (Ask, Clock, Decision, Ending, Finish, FollowLimits, Follower, Next, RunPace, Started,
+                              Step, Waiting, queue_seconds)
+from ci_runner.render import CHECKOUT_FAILED, Submission, submissions
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
-from ci_runner.observer import RunObserver
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, PollInterval
+from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster, JobStatus
@@ -48,25 +47,6 @@ if TYPE_CHECKING:
 
 TAIL_LINES = 20
 TAIL_LINE_CHARS = 4096        # a summary shows at most this much of one (very long) line
-# Job-state checks while output keeps flowing: a job that ends normally says so in its output (below),
-# and one that is killed stops writing, so the next (idle) poll checks the state; this is only a backstop.
-STATE_CHECK_EVERY = 60.0
-# Requests per poll for the budget share (`_poll_floor`): an idle cycle is the run's job list and
-# output listing, shared by every idle entry; while output flows an entry's poll is one read of its
-# own, plus a share for the rare state checks and the job-end checks.
-IDLE_REQUESTS_PER_CYCLE = 2.0
-FLOWING_REQUESTS_PER_POLL = 1.25
-# The job script's last output line (render.JOB_END_LINE) or a checkout failure: check the state at
-# once, then every END_RECHECK seconds, END_CHECKS times in all, until Slurm reports the job final.
-# User output can print the same text; that only costs these few early checks (at most once per
-# END_TRIGGER_EVERY), never a wrong verdict: the verdict always comes from the job state.
-END_MARKERS = (JOB_END_LINE, CHECKOUT_FAILED_LINE)
-END_CHECKS = 6
-END_RECHECK = 1.0
-END_TRIGGER_EVERY = 15.0
-PENDING_POLL_MAX = 30.0       # slowest job-state poll while queued
-PENDING_REPORT_EVERY = 60.0   # repeat the queue state in the log at least this often
-NOT_FOUND_POLL = 3.0
 
 
 @dataclass(frozen=True)
@@ -143,18 +123,19 @@ class _Entry:
 
 class _Run:
     def __init__(self, specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter,
-                 options: RunOptions, stop: asyncio.Event) -> None:
+                 options: RunOptions, stop: asyncio.Event, clock: Clock) -> None:
         self.cluster = cluster
         self.reporter = reporter
         self.options = options
         self.stop = stop
+        self.clock = clock
         self.entries = {spec.entry.name: _Entry(spec) for spec in specs}
         self.submit_slots = asyncio.Semaphore(max(1, options.max_concurrent_submits))
-        self.following = 0  # entries currently being followed (they share the request budget)
-        self.flowing: set[str] = set()  # followed entries whose last poll printed output
+        self.pace = RunPace(lambda: cluster.budget.requests_per_minute)  # the followers' share of the budget
+        self.limits = FollowLimits(not_found_grace=options.not_found_grace, queue_timeout=options.queue_timeout)
         first = specs[0]
         self.run_layout = first.layout.run
-        self.observer = RunObserver(cluster, first.job_name, self.run_layout.output_dir)
+        self.observer = RunObserver(cluster, first.job_name, self.run_layout.output_dir, clock.monotonic)
         # Job arrays (arrays.py): the entries of array k share one submit, made by the first of them
         self.arrays = {s.specs[0].layout.array[0]: s for s in submissions(specs) if s.is_array}  # type: ignore[index]
         self.array_submits: dict[int, asyncio.Task[str]] = {}
@@ -215,18 +196,12 @@ class _Run:
         for task in (*tasks.values(), *self.array_submits.values()):
             task.cancel()
         await asyncio.gather(*tasks.values(), *self.array_submits.values(), return_exceptions=True)
-        names = [name for name, entry in self.state.state.entries.items() if not entry.finished]
-        if names:
-            urgent = urgent_cluster(self.cluster, len(names), self.options.cancel_deadline)
-            try:
-                cancels = [self._cancel_entry(urgent, name) for name in names]
-                done = await asyncio.gather(*cancels, return_exceptions=True)
-            finally:
-                await urgent.close()
-            for name, failure in zip(names, done):
-                if isinstance(failure, BaseException):
-                    self.reporter.error(f"could not cancel the job: {failure}; run `ci-runner cancel "
-                                        f"--state-file {self.state.path}`", name)
+        # an array task is cancelled by its own id once it started, else with its array
+        failures = await cancel_unfinished(self.cluster, self.state, self.options.cancel_deadline,
+                                           target=self.observer.addressable)
+        for name, failure in failures.items():
+            self.reporter.error(f"could not cancel the job: {failure}; run `ci-runner cancel "
+                                f"--state-file {self.state.path}`", name)
         if not report:
             return Outcome.CANCELLED.exit_code
         results = []
@@ -240,17 +215,6 @@ class _Run:
             results.append(result)
         self.reporter.run_finished(results, Outcome.CANCELLED.exit_code)
         return Outcome.CANCELLED.exit_code
-
-    async def _cancel_entry(self, urgent: Cluster, name: str) -> None:
-        recorded = self.state.state.entries[name]
-        job_id = recorded.job_id
-        if job_id is None and recorded.state == statefile.SUBMITTING:
-            job_id = await self._find_entry_job(urgent, self.entries[name])
-        if job_id is None:
-            self.state.update(name, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
-            return
-        await urgent.cancel(self.observer.addressable(job_id))  # an array task not started: the array
-        self.state.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
 
     # -- one entry -----------------------------------------------------------------------------
 
@@ -363,12 +327,7 @@ class _Run:
         resubmits = self.options.resubmit
         while True:
             assert entry.job_id is not None
-            self.following += 1
-            try:
-                attempt = await self._follow(entry, entry.job_id, offset)
-            finally:
-                self.following -= 1
-                self.flowing.discard(entry.name)
+            attempt = await self._follow(entry, entry.job_id, offset)
             state = attempt.status.state if attempt.status else ""
             if resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
                 resubmits -= 1
@@ -419,7 +378,8 @@ class _Run:
                                          job_of=lambda job_id, path: layout.array_id_in(path) or job_id)
 
     async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
-        """Poll the job's state and output until it is final; print the output as it arrives."""
+        """Follow the job until it is final, doing what its `Follower` decides: ask the run's observer
+        for the state, poll the output (printing it as it arrives), wait."""
         name = entry.name
         reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id), output_cap=self.options.output_cap,
                               on_warning=lambda message: self.reporter.warning(message, name),
@@ -428,108 +388,54 @@ class _Run:
         reader.offset = offset
         entry.reader = reader
         entry.limit_warned = False
-        interval = PollInterval()
-        delay: float | None = None
-        clock = time.monotonic
-        started = clock()
-        # Queue time counts from the recorded submit (also across an --attach).
-        wall_submitted = entry.submitted_wall or time.time()
-        queued_since = started - max(0.0, time.time() - wall_submitted)
-        status: JobStatus | None = None
-        seen = running = False
-        last_check = float("-inf")
-        last_report: tuple[str, str | None] | None = None
-        last_report_at = float("-inf")
-        pending_pause = 2.0
-        idle = True
-        end_checks = 0  # state checks left after the job-end line was seen
-        end_seen_at = float("-inf")
-        recent = ""  # the end of the output so far, to find an end marker split across two reads
+        clock = self.clock
+        submitted = entry.submitted_wall or clock.wall()  # queue time counts from the recorded submit
+        follower = Follower(job_id, name, self.pace, self.limits, now=clock.monotonic(),
+                            waited=max(0.0, clock.wall() - submitted), submitted_wall=submitted)
         answered = self.observer.clock()  # a job list sent after this knows the job (submitted before)
-        while True:
-            now = clock()
-            if not running or idle or end_checks or now - last_check >= STATE_CHECK_EVERY:
-                end_checks = max(0, end_checks - 1)
-                status = await self.observer.job(job_id, answered)
-                answered = self.observer.clock()
-                last_check = now = clock()
-                entry.status = status or entry.status
-                if status is None:
-                    # Unknown right after submit is normal; later (or when attaching late) the job was
-                    # purged (MinJobAge): print what its output file holds, but the verdict is unknown.
-                    if not seen and time.time() - wall_submitted < self.options.not_found_grace:
-                        await asyncio.sleep(NOT_FOUND_POLL)
-                        continue
-                    await self._drain(entry, reader, answered)
-                    why = "vanished from Slurm before a final state was seen" if seen else (
-                        "is not known to Slurm (purged after it ended, or never queued)")
-                    return _Attempt(None, Outcome.INFRA, f"job {job_id} {why}; its final state is unknown")
-                seen = True
-                if states.is_pending(status.state):
-                    waited = now - queued_since
-                    key = (states.base_state(status.state), status.reason)
-                    if key != last_report or now - last_report_at >= PENDING_REPORT_EVERY:
-                        self.reporter.entry_waiting(name, status.state, status.reason, waited)
-                        last_report, last_report_at = key, now
-                    waiting_for_siblings = self.observer.array_started(job_id)
-                    if states.hopeless_pending(status.reason) and not waiting_for_siblings:
-                        await self.cluster.cancel(self.observer.addressable(job_id))
-                        return _Attempt(status, Outcome.INFRA, f"pending with reason "
-                                        f"{states.describe_pending(status.reason)}; it can never start, job cancelled")
-                    timeout = self.options.queue_timeout
-                    if timeout is not None and waited >= timeout and not waiting_for_siblings:
-                        await self.cluster.cancel(self.observer.addressable(job_id))
-                        return _Attempt(status, Outcome.INFRA, f"still {status.state} after "
-                                        f"{format_duration(waited)} in the queue (queue_timeout "
-                                        f"{format_duration(timeout)}); job cancelled", queue_seconds=waited)
-                    pause = pending_pause if timeout is None else min(pending_pause, max(0.5, timeout - waited))
-                    if self.cluster.budget.available() < self.cluster.budget.requests_per_minute / 2:
-                        pause = max(pause, self._poll_floor(False))  # half the window spent: keep its pace
-                    pending_pause = min(pending_pause * 1.5, PENDING_POLL_MAX)
-                    await asyncio.sleep(pause)
-                    continue
-                if not running:
-                    running = True
-                    if last_report is not None:  # it was seen waiting: say that the wait is over
-                        waited = queue_seconds(status, wall_submitted)
-                        self.reporter.info(f"{name}: {status.state} after {format_duration(waited)} in the queue"
-                                           if waited is not None else f"{name}: {status.state}")
-                if states.is_terminal(status.state):
-                    self.flowing.discard(name)
-                    return await self._finished(entry, reader, status, self.observer.states_sent or answered)
-                if end_checks:  # the job script has ended, Slurm does not know yet: the state only
-                    await asyncio.sleep(END_RECHECK)
-                    continue
-            assert status is not None
-            text = await reader.poll()  # "" without a request once the output reached max_output
-            self._emit(entry, reader, text)
-            if reader.limited:
-                self._limit_reached(entry, reader)
-            idle = not text
-            if not text:
-                self.flowing.discard(name)
-            else:
-                self.flowing.add(name)
-                found = has_end_marker(recent, text)
-                recent = (recent + text[-_MARKER_SPAN:])[-_MARKER_SPAN:]
-                if found and now - end_seen_at >= END_TRIGGER_EVERY:
-                    end_seen_at, end_checks = now, END_CHECKS
-                    continue  # check the state right away
-            if reader.chunked:
-                continue  # a backlog over the API's output cap: read the next block right away (budget permitting)
-            delay = interval.next(delay, bool(text), self._poll_floor(bool(text)))
-            await asyncio.sleep(delay)
+        step: Step = follower.start()
+        with self.pace.follow(name):
+            while isinstance(step, Next):
+                pause = step.at - clock.monotonic()
+                if pause > 0:
+                    await clock.sleep(pause)
+                if step.ask is Ask.STATE:
+                    status, as_of = await self.observer.job_state(job_id, answered)
+                    answered = self.observer.clock()
+                    entry.status = status or entry.status
+                    decision = follower.state_seen(status, clock.monotonic(), as_of,
+                                                   behind_siblings=self.observer.array_started(job_id))
+                else:
+                    text = await reader.poll()  # "" without a request once the output reached max_output
+                    self._emit(entry, reader, text)
+                    if reader.limited:
+                        self._limit_reached(entry, reader)
+                    decision = follower.output_read(text, chunked=reader.chunked, limited=reader.limited,
+                                                    now=clock.monotonic())
+                self._tell(name, decision)
+                step = decision.step
+            # a listing sent after the job list that showed it final gives the final size
+            return await self._end(entry, reader, step, self.observer.states_sent or answered)
 
-    def _poll_floor(self, flowing: bool) -> float:
-        """Seconds between an entry's polls so that the run stays within its budget: the flowing
-        entries' reads share it (half of it while other entries idle), and the idle entries' shared
-        cycle (job list + listing) gets the other half."""
-        rpm = self.cluster.budget.requests_per_minute
-        idle_entries = self.following - len(self.flowing)
-        share = rpm / 2 if self.flowing and idle_entries > 0 else rpm
-        if flowing:
-            return 60.0 * FLOWING_REQUESTS_PER_POLL * max(1, len(self.flowing)) / share
-        return 60.0 * IDLE_REQUESTS_PER_CYCLE / share
+    def _tell(self, name: str, decision: Decision) -> None:
+        notice = decision.notice
+        if isinstance(notice, Waiting):
+            self.reporter.entry_waiting(name, notice.state, notice.reason, notice.waited)
+        elif isinstance(notice, Started):
+            self.reporter.info(f"{name}: {notice.state} after {format_duration(notice.waited)} in the queue"
+                               if notice.waited is not None else f"{name}: {notice.state}")
+
+    async def _end(self, entry: _Entry, reader: OutputReader, finish: Finish, final_since: float) -> _Attempt:
+        """What the follower's `Finish` asks for: drain and decide, or cancel the job that waits in vain."""
+        if finish.ending is Ending.FINAL:
+            assert finish.status is not None
+            return await self._finished(entry, reader, finish.status, final_since)
+        if finish.ending is Ending.GIVE_UP:
+            assert entry.job_id is not None
+            await self.cluster.cancel(self.observer.addressable(entry.job_id))  # an array task not started: the array
+            return _Attempt(finish.status, Outcome.INFRA, finish.message, queue_seconds=finish.queue_seconds)
+        await self._drain(entry, reader, final_since)  # unknown to Slurm: what the output file holds
+        return _Attempt(None, Outcome.INFRA, finish.message)
 
     async def _drain(self, entry: _Entry, reader: OutputReader, final_since: float | None = None) -> None:
         """Print the rest of the output file, chunk by chunk (never the whole rest in memory). Over
@@ -537,6 +443,7 @@ class _Run:
         `final_since`: when the final state was known (a listing sent since gives the final size)."""
         async for text in reader.drain_chunks(final_since):
             self._emit(entry, reader, text)
+            await self._backlog_pause(reader)
         for _ in range(3):  # the tail; again only if the file was truncated and its head re-read
             if not reader.limited:
                 return
@@ -547,6 +454,14 @@ class _Run:
                                           f"{format_size(self.options.max_output)}), full output in {reader.path} ...\n")
             async for text in reader.drain_chunks():
                 self._emit(entry, reader, text)
+                await self._backlog_pause(reader)
+
+    async def _backlog_pause(self, reader: OutputReader) -> None:
+        """Between two reads of a drain (more to read): the entry's share of the budget while others
+        are followed (`RunPace.backlog_pause`)."""
+        pause = self.pace.backlog_pause()
+        if pause > 0 and not reader.limited and reader.known_size is not None and reader.offset < reader.known_size:
+            await self.clock.sleep(pause)
 
     async def _finished(self, entry: _Entry, reader: OutputReader, status: JobStatus,
                         final_since: float | None = None) -> _Attempt:
@@ -662,24 +577,6 @@ class _Run:
         )
 
 
-_MARKER_SPAN = max(len(marker) for marker in END_MARKERS)
-
-
-def queue_seconds(status: JobStatus, submitted_wall: float | None) -> float | None:
-    """Time in the queue: from the submit to Slurm's start time (never to when ci-runner first saw
-    the job running, which depends on its polling). None while Slurm has no start time (a pending
-    job's `start` may be an estimate) or when the submit time is unknown."""
-    if status.start is None or submitted_wall is None or states.is_pending(status.state):
-        return None
-    return max(0.0, status.start - submitted_wall)
-
-
-def has_end_marker(before: str, text: str) -> bool:
-    """An END_MARKERS line start in `text`, or across `before` (the end of the previous text) and `text`."""
-    joint = before[-_MARKER_SPAN:] + text[:_MARKER_SPAN]
-    return any(marker in joint or marker in text for marker in END_MARKERS)
-
-
 async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], destination: Path,
                           warn: Callable[[str], None] | None = None, *, parts_dir: str | None = None,
                           output_cap: int = SERVER_OUTPUT_CAP,
@@ -720,108 +617,14 @@ async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], d
     return fetched
 
 
-@dataclass(frozen=True)
-class CancelReport:
-    """What `ci-runner cancel` did: lines for the log, and jobs still not final after the wait."""
-
-    lines: tuple[str, ...]
-    still_running: tuple[str, ...]
-
-
-async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30.0,
-                      arrays: Collection[str] = ()) -> CancelReport:
-    """Cancel `job_ids` in parallel, then wait (bounded) until each is final or unknown to Slurm.
-
-    Idempotent: a finished, already cancelled or forgotten job is reported, not an error. The ids in
-    `arrays` stand for job arrays: they are cancelled whatever their own record says (on a Slurm
-    without accounting it is one of the tasks, perhaps finished while the others run).
-    """
-    lines: list[str] = []
-
-    async def cancel_one(job_id: str) -> None:
-        status = await cluster.job(job_id)
-        if job_id not in arrays and (status is None or states.is_terminal(status.state)):
-            lines.append(f"job {job_id}: " + ("not known to Slurm (finished long ago?)" if status is None
-                                               else f"already {status.state}"))
-            return
-        what = f"job array {job_id}" if job_id in arrays else f"job {job_id}"
-        if await cluster.cancel(job_id):
-            was = f" (was {status.state})" if status is not None and job_id not in arrays else ""  # one task's record
-            lines.append(f"{what}: cancel requested{was}")
-        else:
-            lines.append(f"{what}: had already ended")
-
-    await asyncio.gather(*(cancel_one(job_id) for job_id in job_ids))
-    deadline = time.monotonic() + wait
-    remaining = list(job_ids)
-    while remaining:
-        statuses = await asyncio.gather(*(cluster.job(job_id) for job_id in remaining))
-        remaining = [job_id for job_id, status in zip(remaining, statuses)
-                     if status is not None and not states.is_terminal(status.state)]
-        if not remaining or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(1.0)
-    return CancelReport(tuple(lines), tuple(remaining))
-
-
-async def cancel_recorded(cluster: Cluster, handle: StateFile, wait: float = 30.0) -> CancelReport:
-    """Cancel every unfinished job of a state file, also those whose id was never recorded (by job name).
-    A task of a job array (`A_i`) is cancelled as its array A: every unfinished task of it goes."""
-    lines: list[str] = []
-    ids: dict[str, str] = {}
-    arrays: set[str] = set()
-    for name, entry in handle.state.unfinished().items():
-        job_id = entry.job_id
-        pattern = entry.output_path
-        if job_id is None and entry.state == statefile.SUBMITTING:
-            job_id = await find_job(cluster, entry.job_name, entry.remote_dir, pattern)
-            if job_id is not None and pattern and is_array_output(pattern):
-                arrays.add(job_id)  # the array found by its output files: cancelled whole
-        if job_id is None:
-            lines.append(f"{name}: never submitted")
-            handle.update(name, finished=True, state=statefile.NOT_SUBMITTED)
-            continue
-        ids[name] = job_id
-    targets = {name: (split_task_id(job_id) or (job_id,))[0] for name, job_id in ids.items()}
-    arrays |= {targets[name] for name, job_id in ids.items() if split_task_id(job_id) is not None}
-    report = await cancel_jobs(cluster, list(dict.fromkeys(targets.values())), wait=wait, arrays=arrays)
-    for name, job_id in ids.items():
-        if targets[name] not in report.still_running:
-            handle.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
-    if not ids and not lines:
-        lines.append(f"nothing to cancel in {handle.path}")
-    return CancelReport(tuple(lines) + report.lines, report.still_running)
-
-
-def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
-    """A second client for cancelling `jobs` jobs now: its own budget (not paced behind the run's) and
-    retries that end within about `deadline` seconds."""
-    from ci_runner.budget import RequestBudget
-    from ci_runner.cluster import Cluster as ClusterClass
-    from ci_runner.cluster import RetryPolicy
-
-    policy = RetryPolicy(max_attempts=4, max_total=deadline, base_delay=0.1, max_delay=0.5,
-                         max_retry_after=deadline, request_timeout=deadline, token_timeout=deadline)
-    return ClusterClass(cluster.credentials, cluster.system, budget=RequestBudget(max(10, 4 * jobs)), retry=policy,
-                        on_secret=cluster.on_secret)
-
-
-async def find_job(cluster: Cluster, name: str, entry_root: str, output_pattern: str | None = None) -> str | None:
-    """Id of the job of the entry whose directory is `entry_root`, among this run's jobs named `name`
-    (a submit whose answer was lost), or None. `output_pattern`: the entry's output file with `%j`
-    (recorded at the submit); for a task of a job array (`array+<k>.%j.out`) the id of the array."""
-    prefix = output_pattern.split("%j", 1)[0] if output_pattern and "%j" in output_pattern else (
-        output_prefix(entry_root))
-    return await cluster.find_job(name, prefix, job_of=lambda job_id, path: array_id_in(prefix, path) or job_id)
-
-
 async def run(specs: Sequence[JobSpec], cluster: Cluster, reporter: Reporter, options: RunOptions,
-              stop: asyncio.Event | None = None) -> int:
+              stop: asyncio.Event | None = None, clock: Clock | None = None) -> int:
     """Run (or with `options.attach`, resume) the entries; the process exit code (worst outcome).
 
     `stop`: set it (from a SIGINT/SIGTERM handler) to cancel every job and end with 130.
+    `clock`: the followers' clocks and sleep (tests simulate time with it).
     Raises InfraError only for failures before any job exists (state file not writable, ...).
     """
     if not specs:
         raise UsageError("no entries to run")
-    return await _Run(specs, cluster, reporter, options, stop or asyncio.Event()).execute()
+    return await _Run(specs, cluster, reporter, options, stop or asyncio.Event(), clock or Clock()).execute()

@@ -712,29 +712,3 @@ class OutputReader:
         """Characters the server's decode counts from byte `aligned` to the offset (stray continuation
         bytes one each), or None when those bytes are not known exactly."""
         return self._recent.chars_since(self.offset, self.offset - aligned)
-
-
-@dataclass(frozen=True)
-class PollInterval:
-    """Delay before the next poll: `minimum` while output flows, ×`factor` per idle poll up to
-    `maximum`, and never below `floor` (the entry's share of the request budget, see `budget_floor`).
-
-    An idle cycle costs two requests (job state + `stat`), so `maximum` = 40 s keeps an idle job at
-    3 requests per minute; it is reached after about a minute of silence (1, 2, 4, ... 32, 40 s)."""
-
-    minimum: float = 1.0
-    maximum: float = 40.0
-    factor: float = 2.0
-
-    def next(self, previous: float | None, produced_output: bool, floor: float = 0.0) -> float:
-        if produced_output or previous is None:
-            delay = self.minimum
-        else:
-            delay = min(self.maximum, max(self.minimum, previous * self.factor))
-        return max(delay, floor)
-
-    @staticmethod
-    def budget_floor(requests_per_minute: float, active_entries: int, requests_per_poll: float = 2.0) -> float:
-        """Seconds between polls so that `active_entries` followers, each spending `requests_per_poll`
-        requests per poll (job state + output), stay within `requests_per_minute`."""
-        return 60.0 * max(1, active_entries) * requests_per_poll / requests_per_minute

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import selectors
 from collections import deque
-from typing import Any
 
 import pytest
+
+from virtual_time import VirtualTimeLoop
 
 from ci_runner.budget import RequestBudget, max_in_window
 
@@ -272,33 +272,6 @@ def test_rejects_bad_aimd_parameters() -> None:
 
 
 # -- two budgets sharing one quota ---------------------------------------------------------------
-
-class _InstantSelector(selectors.DefaultSelector):
-    """Waiting for the next timer advances the loop's virtual clock instead of the real one."""
-
-    loop: VirtualTimeLoop | None = None
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        assert self.loop is not None
-        if timeout is None:
-            raise RuntimeError("the simulation is deadlocked: nothing is scheduled")
-        self.loop.now += max(0.0, timeout)
-        return super().select(0)
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock only moves when every task waits: many independent sleepers (two
-    budgets, a server) share one consistent simulated time, and 30 minutes take a fraction of a second."""
-
-    def __init__(self) -> None:
-        selector = _InstantSelector()
-        super().__init__(selector)
-        selector.loop = self
-        self.now = 1000.0
-
-    def time(self) -> float:
-        return self.now
-
 
 def share_one_quota(aimd: bool, minutes: float = 30.0, clients: int = 2, quota: int = 10,
                     workers: int = 2) -> list[tuple[float, int, int]]:

@@ -19,7 +19,6 @@ from ci_runner.stream import (
     OVERLAP,
     REPLACEMENT,
     OutputReader,
-    PollInterval,
     _consume_block_per_character,
     consume_block,
     consume_view,
@@ -553,44 +552,6 @@ def test_idle_polls_cost_one_stat_each_and_read_only_when_the_file_grew() -> Non
 
     assert "".join(asyncio.run(main())) == "first\nsecond\n"
     assert remote.calls[-2:] == ["stat", "tail"]
-
-
-# -- poll interval -------------------------------------------------------------------------------
-
-def test_idle_back_off_reaches_forty_seconds_so_an_idle_job_costs_three_requests_a_minute() -> None:
-    policy = PollInterval()
-    delays: list[float] = []
-    d = None
-    for _ in range(12):
-        d = policy.next(d, produced_output=False)
-        delays.append(d)
-    assert delays[0] == policy.minimum == 1.0  # fast again as soon as output flows
-    assert delays[-1] == 40.0 and delays.index(40.0) <= 7  # reached within about a minute of silence
-    idle_cycle_requests = 2  # job state + stat
-    assert idle_cycle_requests * 60 / delays[-1] <= 3.0
-    assert policy.next(40.0, produced_output=True) == 1.0
-
-
-def test_poll_interval_fast_while_output_flows_backs_off_when_idle() -> None:
-    policy = PollInterval(minimum=1.0, maximum=20.0, factor=2.0)
-    assert policy.next(None, produced_output=False) == 1.0
-    delays = []
-    d = None
-    for _ in range(8):
-        d = policy.next(d, produced_output=False)
-        delays.append(d)
-    assert delays == sorted(delays) and delays[-1] == 20.0 and delays[1] > delays[0]
-    assert policy.next(20.0, produced_output=True) == 1.0
-
-
-def test_poll_interval_respects_the_budget_share() -> None:
-    policy = PollInterval(minimum=1.0, maximum=20.0)
-    floor = policy.budget_floor(requests_per_minute=10, active_entries=4, requests_per_poll=2)
-    assert floor == pytest.approx(48.0)
-    assert policy.next(None, produced_output=True, floor=floor) == pytest.approx(48.0)
-    assert policy.next(100.0, produced_output=False, floor=floor) == pytest.approx(48.0)
-    assert policy.budget_floor(600, 1) < 1.0
-    assert policy.next(None, produced_output=True, floor=policy.budget_floor(600, 1)) == 1.0
 
 
 # -- max_output: head up to the limit, skip, tail ----------------------------------------------------
