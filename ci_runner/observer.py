@@ -161,10 +161,11 @@ class RunObserver:
 
     def _task_status(self, listed: dict[str, JobStatus], job_id: str, array_id: str) -> JobStatus | None:
         ids = self._task_job_ids()
-        if job_id in ids:
-            return listed.get(job_id) or listed.get(ids[job_id])
-        if job_id in listed:
-            return listed[job_id]
+        found = listed.get(job_id) or (listed.get(ids[job_id]) if job_id in ids else None)
+        if found is not None:
+            return found
+        # Started after the job list was sent (its id file is newer), or not started: in that list
+        # it was still one of the array's pending tasks.
         # Not started: the array's record for its tasks still pending (sacct: A_[2-7]), or the array's
         # own id unless a task that started took it over (Slurm without accounting): pending, or
         # final when the array was cancelled before this task started.

@@ -180,3 +180,12 @@ def test_an_array_cancelled_before_a_task_started_gives_that_task_the_final_stat
                             {"array+0.870_0.871.id": 0})
     found = asyncio.run(observer.job("870_1", 0.0))
     assert found is not None and found.state == "CANCELLED by 0"
+
+
+def test_a_task_that_started_after_the_job_list_was_sent_is_still_pending_in_it() -> None:
+    """The listing (sent after the job list) has the task's id file, the job list does not have its
+    job yet: in that list the task was one of the array's pending ones."""
+    observer, _ = _observer([status("871"), status("870", "PENDING")],
+                            {"array+0.870_0.871.id": 0, "array+0.870_1.872.id": 0})
+    found = asyncio.run(observer.job("870_1", 0.0))
+    assert found is not None and found.state == "PENDING"
