@@ -225,10 +225,24 @@ def test_queue_timeout_cancels_a_job_that_stays_pending(project: Project) -> Non
 
 
 def test_queue_time_is_slurms_not_when_the_runner_saw_the_job(project: Project) -> None:
-    """At 6 requests a minute the runner sees the end of the wait only a minute after the submit; the
-    job waited about 10 s (its begin time): the log line and the summary say Slurm's figure."""
-    run = project("echo ran", sbatch="time: 5m\nbegin: now+8")
-    code, lines = finish(run, timeout=180, requests_per_minute=6)
+    """The job is submitted held and released once the runner saw it waiting; it then runs 5 s while
+    the runner is stopped (SIGSTOP: a runner starved of CPU or of its request budget looks late): the
+    runner sees the end of the wait only after the job ended; the log line says Slurm's figure. (A
+    release starts the job at once; a begin time waits for Slurm's next scheduling pass, up to 30 s.)"""
+    run = project("echo ran\nsleep 5", sbatch="time: 5m\nhold: true")
+    with ci_runner(run.args(), run.repo, run.env()) as process:
+        process.wait_for(r"default: PENDING \(JobHeldUser\), waiting for", timeout=90)
+        job_id = run.jobs()[0]
+        process.send(signal.SIGSTOP)
+        try:
+            released = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, timeout=30)
+            assert released.returncode == 0, released.stderr
+            wait_until(lambda: slurm_state(job_id) == "COMPLETED", 120, "the job to end while the runner is stopped",
+                       interval=0.5)
+        finally:
+            process.send(signal.SIGCONT)
+        code = process.finish(timeout=120)
+        lines = process.lines()
     assert code == 0, lines[-10:]
     shown = subprocess.run(["scontrol", "show", "job", run.jobs()[0], "-o"], capture_output=True, text=True).stdout
     times = dict(word.split("=", 1) for word in shown.split() if "=" in word)
