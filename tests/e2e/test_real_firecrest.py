@@ -140,6 +140,7 @@ def test_the_exit_code_follows_the_job(project: Project, status: int) -> None:
     assert code == status, lines[-10:]
 
 
+@pytest.mark.slow
 def test_time_limit_exits_4_and_tokens_are_renewed_on_a_long_run(project: Project) -> None:
     """The run passes its first token's renewal point (TTL 90 s here, renewed with < 60 s left) and
     keeps following the job with the new token until Slurm ends it at its time limit. Slurm's smallest

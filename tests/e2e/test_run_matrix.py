@@ -78,6 +78,7 @@ def _expected(kind: str) -> list[str]:
     return [f"{kind} line {i}" for i in range(1, LINES + 1)] + [f"{kind} waiting", f"{kind} released"] + end
 
 
+@pytest.mark.slow
 def test_matrix_streams_live_and_exits_with_the_worst_outcome(
     make_sandbox: Callable[..., Any], backend_name: str, tmp_path: Path
 ) -> None:
@@ -216,6 +217,7 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     assert views and set(views) == {200}, views  # the backlog was read in blocks, each under the cap
 
 
+@pytest.mark.slow
 def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -> None:
     """20 % 5xx, 429 bursts and 30 s tokens: same output and exit code as a clean run, and never more
     than the budget's requests in any 60 s window at the server (the run spans more than a minute)."""

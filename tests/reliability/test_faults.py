@@ -37,7 +37,7 @@ from reliability_harness import (
 from ci_runner.budget import max_in_window
 from ci_runner.render import job_name
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 BUDGET = 30          # --requests-per-minute of every run
 LINES, DELAY = 30, 0.2

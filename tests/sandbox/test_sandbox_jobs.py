@@ -13,6 +13,7 @@ from firecrest_clients import (
     QUEUE_SLACK, async_client, bearer, cancel_refused, poll, raw_client, running_sandbox, script, sync_client,
     wait_terminal,
 )
+from markers import SLOW_ON_SLURM
 from slurm_time_limit import time_out_at_next_check
 
 from ci_runner.sandbox.server import Sandbox
@@ -159,6 +160,7 @@ def test_async_client_lifecycle(sb: Sandbox) -> None:
     assert {"a.out", "b.out"} <= {entry["name"] for entry in listing}
 
 
+@SLOW_ON_SLURM
 def test_time_limit_gives_timeout(sb: Sandbox, backend_name: str) -> None:
     """A job over its `--time` ends TIMEOUT. The local backend scales `--time` so one minute ends after
     3 s; on Slurm (smallest limit one minute, checked every 30 s: 60-90 s) the running job's limit is
