@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 OUTPUT_BLOCK = re.compile(r"^([A-Za-z0-9_-]+)<<(\S+)\n(.*?)\n\2$", re.M | re.S)
 
+pytestmark = pytest.mark.slow  # the first test installs the action's venv (about 20 s)
+
 
 @pytest.fixture(scope="module")
 def runner_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:

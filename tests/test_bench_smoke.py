@@ -12,12 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 TOOL_COLUMNS = ("baseline-head", "baseline-tail", "ci-runner")
 ROWS = ("1 log latency", "2 transfer amplification", "3 completeness", "4 API requests", "5 scale", "5b economy",
         "6 job end", "7 peak RSS", "8 cold start")
 
 
+@pytest.mark.slow
 def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     done = subprocess.run(

@@ -126,6 +126,7 @@ def container(image: str) -> Iterator[str]:
         buildah("rm", name)
 
 
+@pytest.mark.slow
 def test_image_metadata(image: str) -> None:
     inspected = json.loads(buildah("inspect", "--type", "image", image).stdout)
     config = inspected["OCIv1"]["config"]
@@ -137,6 +138,7 @@ def test_image_metadata(image: str) -> None:
     assert labels["org.opencontainers.image.licenses"] == "BSD-3-Clause"
 
 
+@pytest.mark.slow
 def test_image_runs_ci_runner_as_its_user_on_a_checkout_of_another_uid(container: str, tmp_path: Path) -> None:
     helped = buildah("run", "--isolation", "chroot", container, "--", "ci-runner", "--help", timeout=120)
     assert helped.returncode == 0 and "Run CI tests as Slurm jobs" in helped.stdout, helped.stderr

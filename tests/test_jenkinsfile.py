@@ -80,6 +80,7 @@ def test_exit_codes_map_to_build_results() -> None:
     assert "sh(returnStatus: true, label: 'ci-runner run'" in JENKINSFILE
 
 
+@pytest.mark.slow
 def test_install_step_reuses_the_venv_of_the_previous_build(tmp_path: Path) -> None:
     venv = tmp_path / "workspace@tmp" / "ci-runner-venv"
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(tmp_path)),

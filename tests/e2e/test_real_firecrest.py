@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from real_firecrest import TOKEN_TTL, RealFirecrest, find_real_firecrest, scancel, slurm_state
 from run_process import ci_runner, git_repo, recorded_jobs, runner_env, wait_until
+from slurm_time_limit import time_out_at_next_check
 
 from ci_runner.budget import RequestBudget
 from ci_runner.cluster import Cluster, Credentials
@@ -139,18 +140,27 @@ def test_the_exit_code_follows_the_job(project: Project, status: int) -> None:
     assert code == status, lines[-10:]
 
 
+@pytest.mark.slow
 def test_time_limit_exits_4_and_tokens_are_renewed_on_a_long_run(project: Project) -> None:
-    """Slurm's one-minute minimum makes this run outlive the harness's 90 s tokens' renewal point twice."""
+    """The run passes its first token's renewal point (TTL 90 s here, renewed with < 60 s left) and
+    keeps following the job with the new token until Slurm ends it at its time limit. Slurm's smallest
+    limit is a minute, checked every 30 s (60-90 s); once the token was renewed the running job's limit
+    is lowered to zero, and Slurm's own check ends it with TIMEOUT within 30 s."""
     run = project("echo started\nsleep 600", sbatch="time: 1m")
     assert run.server.token_lifetime() <= TOKEN_TTL, "start fcv2-local with FCV2_TOKEN_TTL=90"
     tokens_before = run.server.token_requests()
-    started = time.monotonic()
-    code, lines = finish(run, timeout=300, requests_per_minute=20)
-    took = time.monotonic() - started
+    with ci_runner(run.args(requests_per_minute=20), run.repo, run.env()) as process:
+        process.wait_for(r"^started$", timeout=90)
+        wait_until(lambda: run.server.token_requests() - tokens_before >= 2, 90, "the run to renew its token",
+                   interval=0.5)
+        job_id = run.jobs()[0]
+        assert slurm_state(job_id) == "RUNNING"  # renewed while following the job, not after its end
+        time_out_at_next_check(job_id)
+        code = process.finish(timeout=120)
+        lines = process.lines()
     assert code == 4, lines[-10:]
     assert any(re.match(r"default\s+TIMEOUT\s", line) for line in lines), lines[-10:]
-    assert took > 60  # the run outlived the first token's renewal point (TTL 90 s, renewed with < 60 s left)
-    assert run.server.token_requests() - tokens_before >= 2
+    assert slurm_state(job_id) == "TIMEOUT"
 
 
 # -- cancel, attach, queue ------------------------------------------------------------------------------
@@ -216,10 +226,24 @@ def test_queue_timeout_cancels_a_job_that_stays_pending(project: Project) -> Non
 
 
 def test_queue_time_is_slurms_not_when_the_runner_saw_the_job(project: Project) -> None:
-    """At 6 requests a minute the runner sees the end of the wait only a minute after the submit; the
-    job waited about 10 s (its begin time): the log line and the summary say Slurm's figure."""
-    run = project("echo ran", sbatch="time: 5m\nbegin: now+8")
-    code, lines = finish(run, timeout=180, requests_per_minute=6)
+    """The job is submitted held and released once the runner saw it waiting; it then runs 5 s while
+    the runner is stopped (SIGSTOP: a runner starved of CPU or of its request budget looks late): the
+    runner sees the end of the wait only after the job ended; the log line says Slurm's figure. (A
+    release starts the job at once; a begin time waits for Slurm's next scheduling pass, up to 30 s.)"""
+    run = project("echo ran\nsleep 5", sbatch="time: 5m\nhold: true")
+    with ci_runner(run.args(), run.repo, run.env()) as process:
+        process.wait_for(r"default: PENDING \(JobHeldUser\), waiting for", timeout=90)
+        job_id = run.jobs()[0]
+        process.send(signal.SIGSTOP)
+        try:
+            released = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, timeout=30)
+            assert released.returncode == 0, released.stderr
+            wait_until(lambda: slurm_state(job_id) == "COMPLETED", 120, "the job to end while the runner is stopped",
+                       interval=0.5)
+        finally:
+            process.send(signal.SIGCONT)
+        code = process.finish(timeout=120)
+        lines = process.lines()
     assert code == 0, lines[-10:]
     shown = subprocess.run(["scontrol", "show", "job", run.jobs()[0], "-o"], capture_output=True, text=True).stdout
     times = dict(word.split("=", 1) for word in shown.split() if "=" in word)

@@ -7,12 +7,22 @@ completed", the job record's start time tells the queue time.
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from run_process import git_repo, run_to_end, runner_env
+from run_process import (
+    cancel_jobs,
+    ci_runner,
+    git_repo,
+    job_state,
+    recorded_jobs,
+    run_to_end,
+    runner_env,
+    wait_until,
+)
 
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
@@ -30,14 +40,19 @@ def fast_timeout_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         yield sandbox
 
 
-def _run(sandbox: Sandbox, tmp_path: Path, config: str, *extra: str, rpm: int = 600,
-         timeout: float = 120.0) -> tuple[int, list[str]]:
+def _project(sandbox: Sandbox, tmp_path: Path, config: str, *extra: str) -> tuple[Path, Path, list[str]]:
+    """A repo with `config` as ci.yml, its state file, and the `ci-runner run` arguments."""
     repo = git_repo(tmp_path / "repo")
     (repo / "ci.yml").write_text(config)
     state_file = tmp_path / "state.json"
-    args = ["run", "--config", "ci.yml", "--state-file", str(state_file), "--requests-per-minute", str(rpm),
+    args = ["run", "--config", "ci.yml", "--state-file", str(state_file), "--requests-per-minute", "600",
             "--workdir", f"{sandbox.root}/ci", *extra]
-    code, process = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=timeout)
+    return repo, state_file, args
+
+
+def _run(sandbox: Sandbox, tmp_path: Path, config: str, *extra: str) -> tuple[int, list[str]]:
+    repo, state_file, args = _project(sandbox, tmp_path, config, *extra)
+    code, process = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file)
     return code, process.lines()
 
 
@@ -108,14 +123,29 @@ script: |
 
 
 def test_the_queue_time_is_slurms_not_when_the_runner_saw_the_job(tmp_path: Path) -> None:
-    """At 6 requests a minute the runner sees the end of an 8 s queue wait only about a minute after the
-    submit; the log says the job record's figure."""
+    """The job waits 8 s in the queue, then runs 5 s while the runner is stopped (SIGSTOP: a runner
+    starved of CPU or of its request budget looks late): the runner sees the end of the wait only after
+    the job ended, 13 s or more after the submit; the log says the job record's figure."""
     root = tmp_path / "cluster"
     root.mkdir()
     options = SandboxOptions(root=root, backend="local", port=0, faults=Faults(pending_delay=8.0))
     with start_sandbox(options) as sandbox:
-        code, lines = _run(sandbox, tmp_path, "version: 1\nsystem: local\ncheckout: none\nscript: echo ran\n",
-                           rpm=6, timeout=180)
+        repo, state_file, args = _project(sandbox, tmp_path, "version: 1\nsystem: local\ncheckout: none\n"
+                                          "script: |\n  echo ran\n  sleep 5\n")
+        try:
+            with ci_runner(args, repo, runner_env(sandbox)) as run:
+                run.wait_for(r"default: PENDING\b.*waiting for", timeout=60)
+                job_id = recorded_jobs(state_file)["default"]
+                run.send(signal.SIGSTOP)
+                try:
+                    wait_until(lambda: (job_state(sandbox, job_id) or "").startswith("COMPLETED"), 60,
+                               "the job to end while the runner is stopped")
+                finally:
+                    run.send(signal.SIGCONT)
+                code = run.finish(timeout=60)
+                lines = run.lines()
+        finally:
+            cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
     assert code == 0, lines[-10:]
     line = next(line for line in lines if "in the queue" in line)
     match = re.search(r"after (?:(\d+)m )?(\d+)s in the queue", line)

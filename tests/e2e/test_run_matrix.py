@@ -21,6 +21,7 @@ from run_process import (
     runner_env,
     wait_until,
 )
+from slurm_time_limit import time_out_at_next_check
 
 from ci_runner.budget import max_in_window
 from ci_runner.render import JOB_END_LINE
@@ -77,12 +78,15 @@ def _expected(kind: str) -> list[str]:
     return [f"{kind} line {i}" for i in range(1, LINES + 1)] + [f"{kind} waiting", f"{kind} released"] + end
 
 
+@pytest.mark.slow
 def test_matrix_streams_live_and_exits_with_the_worst_outcome(
     make_sandbox: Callable[..., Any], backend_name: str, tmp_path: Path
 ) -> None:
     """pass / fail (exit 3) / slow (time limit): each entry's lines appear while its job runs (it waits
     for a gate file the test creates only after seeing the line), complete and in order; exit 4."""
-    # Local backend: the 1-minute limit is enforced after 15 s; real Slurm takes its real minute.
+    # Local backend: the 1-minute limit is enforced after 15 s. Real Slurm would take 60-90 s (its
+    # smallest limit, checked every 30 s): once the slow job has printed its last line its limit is
+    # lowered to zero, and Slurm's own check ends it with TIMEOUT within 30 s.
     sandbox = make_sandbox(slots=3, local_time_scale=0.25)
     repo = git_repo(tmp_path / "repo")
     gates = tmp_path / "gates"
@@ -103,6 +107,10 @@ def test_matrix_streams_live_and_exits_with_the_worst_outcome(
                 assert (job_state(sandbox, job_id) or "").startswith("RUNNING")
                 (gates / kind).touch()
                 released.add(kind)
+            if backend_name == "slurm":
+                run.wait_for(r"^\[slow\] slow released$", timeout=60)
+                # As recorded: "A_i" when the entries are one job array (the last task's own id is A itself)
+                time_out_at_next_check(json.loads(state_file.read_text())["entries"]["slow"]["job_id"])
             code = run.finish(timeout=240)
             lines = run.lines()
     finally:
@@ -209,6 +217,7 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     assert views and set(views) == {200}, views  # the backlog was read in blocks, each under the cap
 
 
+@pytest.mark.slow
 def test_faults_give_the_same_result_within_the_request_budget(tmp_path: Path) -> None:
     """20 % 5xx, 429 bursts and 30 s tokens: same output and exit code as a clean run, and never more
     than the budget's requests in any 60 s window at the server (the run spans more than a minute)."""

@@ -32,7 +32,7 @@ from reliability_harness import (
 from ci_runner.budget import max_in_window
 from ci_runner.render import job_name
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 BUDGET = 30
 KILL_AFTER = 2.5  # GitHub Actions: SIGINT/SIGTERM, then SIGKILL when the process is still alive

@@ -136,7 +136,8 @@ class StaticToken:
 
 
 def running_sandbox(tmp_path: Path, backend: str, **options: Any) -> Iterator[Sandbox]:
-    """Start a sandbox over `tmp_path/cluster`; on exit cancel every job still active, then stop it."""
+    """Start a sandbox over `tmp_path/cluster`; on exit cancel every job of this test still active, then
+    stop it."""
     root = tmp_path / "cluster"
     root.mkdir(parents=True, exist_ok=True)
     options.setdefault("local_time_scale", 0.05)  # local backend: --time=1 (minute) ends after 3 s
@@ -145,14 +146,18 @@ def running_sandbox(tmp_path: Path, backend: str, **options: Any) -> Iterator[Sa
         yield sb
     finally:
         try:
-            cancel_active(sb.backend)
+            cancel_active(sb.backend, tmp_path)
         finally:
             sb.stop()
 
 
-def cancel_active(backend: Backend) -> None:
-    """Cancel every job of `backend` still queued or running (one that ends meanwhile is left alone)."""
+def cancel_active(backend: Backend, under: Path) -> None:
+    """Cancel every job of `backend` still queued or running whose working directory is under `under`
+    (one that ends meanwhile is left alone). The slurm backend lists every job of the user, so without
+    `under` a test would cancel the jobs of another test session sharing this Slurm."""
     for job in backend.jobs():
+        if not Path(job["workingDirectory"] or "/").is_relative_to(under):
+            continue
         if not job["status"]["state"].startswith(TERMINAL):
             try:
                 backend.cancel(job["jobId"], os.getuid())

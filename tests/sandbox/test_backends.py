@@ -48,7 +48,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield chosen
     finally:
         try:
-            cancel_active(chosen)
+            cancel_active(chosen, tmp_path)
         finally:
             chosen.close()
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import requests
 from firecrest_clients import QUEUE_SLACK, auth_for, poll, running_sandbox, script, sync_client, wait_terminal
+from markers import SLOW_ON_SLURM
 
 from ci_runner.sandbox.faults import FaultInjector, Faults, corrupted
 from ci_runner.sandbox.server import Sandbox
@@ -129,6 +130,7 @@ def backend(backend_name: str) -> str:
     return backend_name
 
 
+@SLOW_ON_SLURM
 def test_pending_delay_holds_jobs_pending(tmp_path: Path, backend: str) -> None:
     for sb in start(tmp_path, Faults(pending_delay=4.0), backend=backend):
         client = sync_client(sb)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from firecrest_clients import QUEUE_SLACK, bearer, cancel_refused, poll, raw_client, running_sandbox, script
+from markers import SLOW_ON_SLURM
 
 from ci_runner.sandbox.files import CHANNEL_SLACK, CLOSED_SLACK
 from ci_runner.sandbox.server import Sandbox
@@ -199,6 +200,7 @@ def delayed_sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name, faults=Faults(pending_delay=2))
 
 
+@SLOW_ON_SLURM
 def test_job_times_show_the_true_start_after_a_pending_delay(delayed_sb: Sandbox) -> None:
     sb = delayed_sb
     with raw_client(sb) as raw:

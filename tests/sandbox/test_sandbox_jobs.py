@@ -13,6 +13,8 @@ from firecrest_clients import (
     QUEUE_SLACK, async_client, bearer, cancel_refused, poll, raw_client, running_sandbox, script, sync_client,
     wait_terminal,
 )
+from markers import SLOW_ON_SLURM
+from slurm_time_limit import time_out_at_next_check
 
 from ci_runner.sandbox.server import Sandbox
 
@@ -158,11 +160,17 @@ def test_async_client_lifecycle(sb: Sandbox) -> None:
     assert {"a.out", "b.out"} <= {entry["name"] for entry in listing}
 
 
-def test_time_limit_gives_timeout(sb: Sandbox) -> None:
-    """Slurm's smallest limit is one minute: on the slurm backend this takes ~65 s (the one slow test);
-    the local backend scales `--time` so it ends after 3 s."""
+@SLOW_ON_SLURM
+def test_time_limit_gives_timeout(sb: Sandbox, backend_name: str) -> None:
+    """A job over its `--time` ends TIMEOUT. The local backend scales `--time` so one minute ends after
+    3 s; on Slurm (smallest limit one minute, checked every 30 s: 60-90 s) the running job's limit is
+    lowered to zero, so Slurm's own time-limit check ends it within 30 s."""
     client = sync_client(sb)
     job_id = client.submit(sb.system, str(sb.root), script_str=script("#SBATCH --time=1", "#SBATCH -o to.out",
                                                                       "sleep 300"))["jobId"]
+    if backend_name == "slurm":
+        poll(lambda: client.job_info(sb.system, job_id)[0]["status"]["state"] == "RUNNING", QUEUE_SLACK, 0.2,
+             "the job to run")
+        time_out_at_next_check(job_id)
     job = wait_terminal(client, sb.system, job_id, timeout=QUEUE_SLACK + 120)
     assert job["status"] == {"state": "TIMEOUT", "stateReason": "TimeLimit", "exitCode": 0, "interruptSignal": 15}
