@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from run_process import CI_RUNNER, cancel_jobs, ci_runner, git_repo, recorded_jobs, runner_env
 
 from ci_runner.sandbox.faults import Faults
@@ -28,6 +29,7 @@ def _plain_env() -> dict[str, str]:
                                                             "JENKINS_URL", "BUILD_TAG")}
 
 
+@pytest.mark.slow
 def test_readme_command_runs_the_realistic_example_in_an_embedded_sandbox(tmp_path: Path) -> None:
     repo = tmp_path / "project"
     shutil.copytree(EXAMPLES, repo / "examples")
