@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from ci_runner import statefile, states
-from ci_runner.layout import array_id_in, is_array_output, output_prefix, split_task_id
+from ci_runner.layout import array_of, is_array_output, job_found, output_prefix, split_task_id
 from ci_runner.states import Outcome
 
 if TYPE_CHECKING:
@@ -104,13 +104,6 @@ async def cancel_recorded(cluster: Cluster, handle: StateFile, wait: float = 30.
     return CancelReport(tuple(lines) + report.lines, report.still_running)
 
 
-def array_of(job_id: str) -> str:
-    """What cancels the job `job_id` without the run's listing: the job, or for an array task `A_i` its
-    array A (FirecREST addresses jobs by number only; every task of the array goes)."""
-    task = split_task_id(job_id)
-    return job_id if task is None else task[0]
-
-
 async def cancel_unfinished(cluster: Cluster, handle: StateFile, deadline: float,
                             target: Callable[[str], str] = array_of) -> dict[str, BaseException]:
     """The run's cancel: the job of every unfinished entry of the state file, at once and in parallel
@@ -165,4 +158,4 @@ async def find_job(cluster: Cluster, name: str, entry_root: str, output_pattern:
     (recorded at the submit); for a task of a job array (`array+<k>.%j.out`) the id of the array."""
     prefix = output_pattern.split("%j", 1)[0] if output_pattern and "%j" in output_pattern else (
         output_prefix(entry_root))
-    return await cluster.find_job(name, prefix, job_of=lambda job_id, path: array_id_in(prefix, path) or job_id)
+    return await cluster.find_job(name, prefix, job_of=job_found(prefix))

@@ -144,6 +144,7 @@ def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Pat
     import os
 
     from ci_runner import ci, config, matrix, render
+    from ci_runner.layout import ARRAY_PREFIX
 
     loaded = config.load(config_path)
     entries = select_entries(matrix.expand(loaded), entry_names)
@@ -154,7 +155,7 @@ def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Pat
         for submission in render.submissions(specs):
             first = submission.specs[0]
             if submission.is_array:
-                label = f"array+{first.layout.array[0]}"  # type: ignore[index]
+                label = f"{ARRAY_PREFIX}{first.layout.array[0]}"  # type: ignore[index]
                 names = ", ".join(spec.entry.name for spec in submission.specs)
                 title = f"job array {label}: entries {names} (system {first.entry.system})"
             else:
@@ -163,7 +164,7 @@ def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Pat
     else:
         for spec in specs:
             array = spec.layout.array
-            where = f", task {array[1]} of job array array+{array[0]} (--arrays)" if array is not None else ""
+            where = f", task {array[1]} of job array {ARRAY_PREFIX}{array[0]} (--arrays)" if array is not None else ""
             scripts.append((f"{spec.entry.name}.sh", f"entry {spec.entry.name} (system {spec.entry.system}{where})",
                             spec.script))
     if out_dir is None:

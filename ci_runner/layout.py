@@ -25,7 +25,7 @@ other shell metacharacters: the generated script still shell-quotes them, this r
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ci_runner.errors import ConfigError, UsageError
@@ -100,11 +100,6 @@ class EntryLayout:
         apart from the others after a lost submit answer."""
         return self.output.split("%j", 1)[0]
 
-    def array_id_in(self, path: str) -> str | None:
-        """The job array id A in an output file path `<run>/output/array+<k>.<A>_<i>.out` of this
-        entry's array, None for any other path (or a plain job's layout)."""
-        return None if self.array is None else array_id_in(self.output_prefix, path)
-
     @property
     def slurm_output(self) -> str:
         """`output` as an sbatch pattern: `%j` for a job, `%A_%a` for a task of a job array."""
@@ -151,6 +146,19 @@ def array_id_in(prefix: str, path: str) -> str | None:
         return None
     head, underscore, _ = path[len(prefix):].partition("_")
     return head if underscore and head.isdigit() else None
+
+
+def array_of(job_id: str) -> str:
+    """What addresses job `job_id` when nothing more is known: the job, or for an array task `A_i` its
+    array A (FirecREST addresses jobs by number only; that cancels every task of the array)."""
+    task = split_task_id(job_id)
+    return job_id if task is None else task[0]
+
+
+def job_found(prefix: str) -> Callable[[str, str], str]:
+    """For a job found by name after a lost submit answer, given its id and output file (which starts
+    with `prefix`): the id to take, a job array's id (parsed from the file) for one of its tasks."""
+    return lambda job_id, path: array_id_in(prefix, path) or job_id
 
 
 def task_id(array_id: str, task: int) -> str:

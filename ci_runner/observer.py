@@ -31,7 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ci_runner import states
 from ci_runner.cluster import JobStatus
 from ci_runner.errors import CIRunnerError
-from ci_runner.layout import split_task_id, task_job_ids
+from ci_runner.layout import array_of, split_task_id, task_job_ids
 
 T = TypeVar("T")
 TASK_UNSEEN_GRACE = 60.0  # seconds an array task may be in neither the job list nor the listing
@@ -120,14 +120,14 @@ class RunObserver:
         self.output_dir = output_dir.rstrip("/")
         self.clock = clock
         self._jobs = SharedRequest(self._list_jobs, clock)
-        self._sizes = SharedRequest(self._list_outputs, clock)
+        self._outputs = SharedRequest(self._list_outputs, clock)
         self._cluster = cluster
         self._tasks_seen: dict[str, tuple[float, JobStatus]] = {}  # array task id -> (clock, last state)
 
     @property
     def requests(self) -> int:
         """Job lists and directory listings sent so far."""
-        return self._jobs.requests + self._sizes.requests
+        return self._jobs.requests + self._outputs.requests
 
     async def job(self, job_id: str, newer_than: float) -> JobStatus | None:
         """The job's state from a job list sent at or after `newer_than`; None when Slurm does not
@@ -148,7 +148,7 @@ class RunObserver:
         if job_id not in self._task_job_ids() and job_id not in listed:
             # Not known to have started: a listing sent after the job list says whether it had (a task
             # writes its id file when it starts), so that the array's own record is not taken for it.
-            await self._sizes.get(max(newer_than, self._jobs.latest_sent or newer_than))
+            await self._outputs.get(max(newer_than, self._jobs.latest_sent or newer_than))
         found = self._task_status(listed, job_id, task[0])
         now = self.clock()
         if found is not None:
@@ -164,11 +164,9 @@ class RunObserver:
         found = listed.get(job_id) or (listed.get(ids[job_id]) if job_id in ids else None)
         if found is not None:
             return found
-        # Started after the job list was sent (its id file is newer), or not started: in that list
-        # it was still one of the array's pending tasks.
-        # Not started: the array's record for its tasks still pending (sacct: A_[2-7]), or the array's
-        # own id unless a task that started took it over (Slurm without accounting): pending, or
-        # final when the array was cancelled before this task started.
+        # Not started when the job list was sent (its id file may be newer): the array's record for its
+        # tasks still pending (sacct: A_[2-7]), or the array's own id unless a task that started took
+        # it over (Slurm without accounting): pending, or final when the array was cancelled first.
         taken = set(ids.values())
         for status in listed.values():
             if status.job_id.startswith(f"{array_id}_[") or (status.job_id == array_id and array_id not in taken
@@ -184,24 +182,25 @@ class RunObserver:
         entry that ended, not one per entry)."""
         return self._jobs.latest_sent
 
+    def own_job_id(self, job_id: str) -> str | None:
+        """The job's own id as FirecREST addresses it (its endpoints take a number): `job_id` itself,
+        or for an array task `A_i` its own job id once its id file was listed (else None)."""
+        return job_id if split_task_id(job_id) is None else self._task_job_ids().get(job_id)
+
     def addressable(self, job_id: str) -> str:
-        """The id FirecREST addresses the job by (its endpoints take a number): a task's own job id
-        once its id file was listed, else the array's id (which stands for every task of it)."""
-        task = split_task_id(job_id)
-        if task is None:
-            return job_id
-        return self._task_job_ids().get(job_id, task[0])
+        """What to address for the job: its own id, or for an array task not known to have started the
+        array's id (which stands for every task of it)."""
+        return self.own_job_id(job_id) or array_of(job_id)
 
     def array_started(self, job_id: str) -> bool:
         """For a task `A_i` of a job array: whether any task of the array has started (written its id
         file), so that the others may be waiting for the resources their siblings use."""
         task = split_task_id(job_id)
-        return task is not None and any(split_task_id(other) is not None and split_task_id(other)[0] == task[0]  # type: ignore[index]
-                                        for other in self._task_job_ids())
+        return task is not None and any(other.startswith(f"{task[0]}_") for other in self._task_job_ids())
 
     def _task_job_ids(self) -> dict[str, str]:
-        latest = self._sizes.latest
-        return task_job_ids(latest) if latest is not None else {}
+        latest = self._outputs.latest
+        return latest.task_job_ids if latest is not None else {}
 
     async def size(self, path: str, newer_than: float) -> int | None:
         """The size of an output file of the run from a listing sent at or after `newer_than`; None
@@ -209,12 +208,12 @@ class RunObserver:
         directory, _, name = path.rpartition("/")
         if directory != self.output_dir:
             raise ValueError(f"{path} is not in the run's output directory {self.output_dir}")
-        return (await self._sizes.get(newer_than)).get(name)
+        return (await self._outputs.get(newer_than)).sizes.get(name)
 
     async def _list_jobs(self) -> dict[str, JobStatus]:
         return {status.job_id: status for status in await self._cluster.jobs_named(self.job_name)}
 
-    async def _list_outputs(self) -> dict[str, int]:
+    async def _list_outputs(self) -> _Outputs:
         sizes: dict[str, int] = {}
         for item in await self._cluster.list_files(self.output_dir):
             if item.get("type") == "-":
@@ -222,4 +221,13 @@ class RunObserver:
                     sizes[str(item["name"]).rsplit("/", 1)[-1]] = int(item["size"])  # the server gives a string
                 except (KeyError, TypeError, ValueError):
                     continue
-        return sizes
+        return _Outputs(sizes, task_job_ids(sizes))
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """One listing of the output directory: file sizes by name, and the array tasks' own job ids
+    from their id files (parsed once per listing, not per question)."""
+
+    sizes: dict[str, int]
+    task_job_ids: dict[str, str]

@@ -160,18 +160,11 @@ class Submission:
 def submissions(specs: Sequence[JobSpec]) -> list[Submission]:
     """The submits of a run: one per job array (its tasks' specs in task order), one per other entry;
     in the order of each one's first entry."""
-    result: list[Submission] = []
-    arrays: dict[int, list[JobSpec]] = {}
-    for spec in specs:
-        if spec.layout.array is None:
-            result.append(Submission((spec,)))
-        elif spec.layout.array[0] in arrays:
-            arrays[spec.layout.array[0]].append(spec)
-        else:
-            arrays[spec.layout.array[0]] = [spec]
-            result.append(Submission((spec,)))  # replaced below by the whole array
-    return [Submission(tuple(arrays[s.specs[0].layout.array[0]])) if s.is_array else s  # type: ignore[index]
-            for s in result]
+    groups: dict[tuple[str, int], list[JobSpec]] = {}  # in the order of each group's first entry
+    for position, spec in enumerate(specs):
+        key = ("array", spec.layout.array[0]) if spec.layout.array is not None else ("job", position)
+        groups.setdefault(key, []).append(spec)
+    return [Submission(tuple(group)) for group in groups.values()]
 
 
 class _Quoted(str):

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import statefile, states, transfer, workspace
-from ci_runner.cancel import cancel_unfinished
+from ci_runner.cancel import cancel_unfinished, find_job
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
-from ci_runner.layout import split_task_id, task_id
+from ci_runner.layout import job_found, split_task_id, task_id
 from ci_runner.observer import RunObserver
 from ci_runner.poller import (Ask, Clock, Decision, Ending, Finish, FollowLimits, Follower, Next, RunPace, Started,
                               Step, Waiting, queue_seconds)
@@ -241,7 +241,7 @@ class _Run:
         output is incomplete; any other job is cancelled rather than left unobserved, and the entry is
         an infrastructure failure."""
         status = entry.status
-        addressable = self._own_job_id(entry.job_id)
+        addressable = self.observer.own_job_id(entry.job_id) if entry.job_id is not None else None
         if addressable is not None and (status is None or not states.is_terminal(status.state)):
             try:
                 status = await self.cluster.job(addressable) or status
@@ -254,31 +254,20 @@ class _Run:
             await self._abandon(entry.name, entry.job_id)
         return self._result(entry, None, _Attempt(None, Outcome.INFRA, str(error)))
 
-    def _own_job_id(self, job_id: str | None) -> str | None:
-        """The id FirecREST knows the entry's own job by: a task of a job array only once its own job id
-        is known (the array's id would stand for its other tasks too); None otherwise."""
-        if job_id is None:
-            return None
-        addressable = self.observer.addressable(job_id)
-        return None if split_task_id(job_id) is not None and addressable == split_task_id(job_id)[0] else addressable  # type: ignore[index]
-
     def _cancel_target(self, job_id: str) -> str | None:
         """What to cancel for the entry's job: the job itself, or for an array task not started yet the
         array, but only while none of its tasks has started (it must not take the others with it)."""
-        own = self._own_job_id(job_id)
+        own = self.observer.own_job_id(job_id)
         if own is not None:
             return own
         return None if self.observer.array_started(job_id) else self.observer.addressable(job_id)
 
     async def _find_entry_job(self, cluster: Cluster, entry: _Entry) -> str | None:
-        """The entry's job after a lost submit answer: by the run's job name and the entry's output file
-        (for a job array: the task id A_i of the array found)."""
+        """The entry's job after a lost submit answer (`cancel.find_job`; for a task of a job array,
+        its task id A_i in the array found)."""
         layout = entry.spec.layout
-        found = await cluster.find_job(entry.spec.job_name, layout.output_prefix,
-                                       job_of=lambda job_id, path: layout.array_id_in(path) or job_id)
-        if found is None or layout.array is None:
-            return found
-        return task_id(found, layout.array[1])
+        found = await find_job(cluster, entry.spec.job_name, layout.root, layout.output)
+        return found if found is None or layout.array is None else task_id(found, layout.array[1])
 
     async def _abandon(self, name: str, job_id: str) -> None:
         """Cancel a job that ci-runner can no longer follow rather than leave it unobserved."""
@@ -375,7 +364,7 @@ class _Run:
         exclude = tuple((split_task_id(job_id) or (job_id,))[0] for job_id in earlier)
         return await self.cluster.submit(submission.script, submission.working_dir, submission.env,
                                          output_prefix=layout.output_prefix, exclude=exclude,
-                                         job_of=lambda job_id, path: layout.array_id_in(path) or job_id)
+                                         job_of=job_found(layout.output_prefix))
 
     async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
         """Follow the job until it is final, doing what its `Follower` decides: ask the run's observer

@@ -62,9 +62,10 @@ def test_task_ids_and_the_task_id_files() -> None:
     assert task.slurm_output == "/w/r/output/array+0.%A_%a.out"
     assert task.output_path("870_2") == "/w/r/output/array+0.870_2.out"
     assert task.output_prefix == "/w/r/output/array+0."
-    assert task.array_id_in("/w/r/output/array+0.870_2.out") == "870"
-    assert task.array_id_in("/w/r/output/array+1.870_2.out") is None
-    assert layout.entry_layout("/w", "r", "unit").array_id_in("/w/r/output/array+0.870_2.out") is None
+    assert layout.array_id_in(task.output_prefix, "/w/r/output/array+0.870_2.out") == "870"
+    assert layout.array_id_in(task.output_prefix, "/w/r/output/array+1.870_2.out") is None
+    plain = layout.entry_layout("/w", "r", "unit").output_prefix
+    assert layout.array_id_in(plain, "/w/r/output/array+0.870_2.out") is None
     assert layout.is_array_output(task.output) and not layout.is_array_output(layout.entry_layout("/w", "r", "a").output)
 
 
