@@ -227,7 +227,8 @@ The CI's own variables (GITHUB_*, CI_*, JENKINS_URL, BUILD_*, GIT_*) give the co
               help="Run state file (default: ./.ci-runner-state/<run-id>.json).")
 @click.option("--attach", is_flag=True, help="Resume following the jobs of a state file (after a runner restart).")
 @click.option("--sandbox", "use_sandbox", is_flag=True,
-              help="Start the embedded sandbox FirecREST in-process and run against it (system `local`; "
+              help="Start the embedded sandbox FirecREST in-process and run against it (system `local`; its "
+                   "quota per minute is the run's request budget, as a site's would be; "
                    "needs the `sandbox` extra: pip install 'ci-runner[sandbox]').")
 @click.option("--sandbox-backend", type=click.Choice(["auto", "slurm", "local"]), default="auto", show_default=True,
               help="Where --sandbox runs the jobs: auto = this machine's Slurm when sbatch works here, else local "
