@@ -47,8 +47,9 @@ class RunCluster(Protocol):
 
 @dataclass(frozen=True)
 class _Answer(Generic[T]):
-    sent: float  # clock time the request was sent
+    sent: float  # clock time the request was asked for (it may then wait for the budget): a lower bound
     value: T
+    answered: float  # clock time the answer came
 
 
 class SharedRequest(Generic[T]):
@@ -92,7 +93,8 @@ class SharedRequest(Generic[T]):
                     raise
                 continue  # an older request failed: ours is still to be sent
             if sent >= newer_than:
-                return _Answer(sent, value)
+                latest = self._latest
+                return latest if latest is not None and latest.sent == sent else _Answer(sent, value, self._clock())
 
     def _start(self) -> None:
         sent = self._clock()
@@ -105,7 +107,7 @@ class SharedRequest(Generic[T]):
             if done.cancelled() or done.exception() is not None:
                 return  # every waiter gets the error (and the task's exception counts as retrieved)
             if self._latest is None or sent > self._latest.sent:
-                self._latest = _Answer(sent, done.result())
+                self._latest = _Answer(sent, done.result(), self._clock())
 
         task.add_done_callback(landed)
         self._flight = (sent, task)
@@ -136,10 +138,11 @@ class RunObserver:
         return (await self.job_state(job_id, newer_than))[0]
 
     async def job_state(self, job_id: str, newer_than: float) -> tuple[JobStatus | None, float]:
-        """`job`, and the clock time at which the job list that tells it was sent (what the state
-        is known as of: followers time their next question from it, so they ask together)."""
+        """`job`, and the clock time at which the job list that tells it was answered (what the state
+        is known as of: followers time their next question from it, so they ask together; not from
+        when it was asked for, which can be a budget's wait earlier)."""
         answer = await self._jobs.answer(newer_than)
-        return await self._resolve(job_id, answer.value, newer_than), answer.sent
+        return await self._resolve(job_id, answer.value, newer_than), answer.answered
 
     async def _resolve(self, job_id: str, listed: dict[str, JobStatus], newer_than: float) -> JobStatus | None:
         task = split_task_id(job_id)

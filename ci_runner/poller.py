@@ -9,14 +9,19 @@ time; or `Finish`: the job is final, unknown to Slurm, or waits in vain) and wha
 caller (tests/test_poller.py drives it with a simulated clock, without a server).
 
 The policy, all in this module:
+- Submitted: the first state is asked `FIRST_STATE_AFTER` the submit (an idle Slurm starts a job within
+  about a second, so a look at once would mostly see it pending and cost a request of the first minute).
 - Queued: the state is asked with a growing pause (2 s, ×1.5, then every 30 s); the wait is reported when
   the state or reason changes and at least every minute; a hopeless reason or `queue_timeout` gives up.
   A job not listed yet right after its submit is normal for `not_found_grace` seconds.
 - Running, output flowing: read again after `PollInterval` (1 s, never below the entry's share of the
-  budget, `RunPace`); the state only as a backstop (`STATE_CHECK_EVERY`), since a job that ends
+  budget, `RunPace`; an entry followed alone every `EARLY_READ_EVERY` while the budget's window has
+  requests to spare beyond what ending it costs: a short job's end is seen within seconds instead of
+  at the sustained pace, 7.5 s at 10/min); the state only as a backstop (`STATE_CHECK_EVERY`), since a job that ends
   normally says so in its output (the job-end line) and one that is killed stops writing.
-- Idle: the interval backs off (2, 4, ... 40 s). While it backs off every poll also asks the state
-  (right after output stops is when a killed job is likely); once at its longest, the output is
+- Idle: the interval backs off (2, 4, ... 40 s). While it backs off after output, every poll also asks
+  the state (right after output stops is when a killed job is likely; before its first output a job
+  is checking out, and its state is asked every minute); once at its longest, the output is
   asked every 40 s and the state every 60 s: 2.5 requests a minute for the whole run, at most 3 in
   any 60 s. State checks are timed from when the job list that answered was sent (`as_of`), not
   from when the follower got it: followers that share one answer ask again together and share the
@@ -56,6 +61,10 @@ FLOWING_REQUESTS_PER_POLL = 1.25
 END_MARKERS = (JOB_END_LINE, CHECKOUT_FAILED_LINE)
 END_CHECKS_AT = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0)  # seconds after the job-end line: state checks until final
 END_TRIGGER_EVERY = 15.0
+FIRST_STATE_AFTER = 1.0       # seconds after the submit: the first look at the job's state
+EARLY_READ_EVERY = 2.0        # a flowing entry's reads while the budget's window has requests to spare
+EARLY_PERIOD = 60.0           # seconds from the run's start in which EARLY_READ_EVERY may apply
+END_RESERVE = 2               # requests that end a run besides each flowing entry's last read: job list, listing
 PENDING_POLL_FIRST = 2.0
 PENDING_POLL_GROWTH = 1.5
 PENDING_POLL_MAX = 30.0       # slowest job-state poll while queued
@@ -95,10 +104,16 @@ class PollInterval:
 
 class RunPace:
     """How the followers of one run share its request budget: the idle ones share one job list and
-    one listing per cycle; the flowing ones each pay their reads (half of the budget while others idle)."""
+    one listing per cycle; the flowing ones each pay their reads (half of the budget while others idle).
+    `spare`: the requests the budget's window could grant now (`RequestBudget.available`); `clock`:
+    monotonic seconds (the run's first minute starts when the pace is made)."""
 
-    def __init__(self, requests_per_minute: Callable[[], float]) -> None:
+    def __init__(self, requests_per_minute: Callable[[], float], spare: Callable[[], int] = lambda: 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._requests_per_minute = requests_per_minute
+        self._spare = spare
+        self._clock = clock
+        self._since = clock()
         self.following = 0
         self.flowing: set[str] = set()
 
@@ -121,12 +136,27 @@ class RunPace:
 
     def backlog_pause(self) -> float:
         """Seconds between two reads of a backlog (blocks of a large output, the drain after the job
-        ended): none for an entry followed alone (the budget paces it), else a flowing entry's share,
-        so that one backlog cannot take the budget's whole window while the others wait."""
-        return self.floor(flowing=True) if self.following > 1 else 0.0
+        ended): none for an entry followed alone (the budget paces it), else a flowing entry's
+        sustained share, so that one backlog cannot take the budget's whole window while the others wait."""
+        return self._sustained(flowing=True) if self.following > 1 else 0.0
 
     def floor(self, flowing: bool) -> float:
-        """Seconds between one entry's polls so that the run stays within its budget."""
+        """Seconds between one entry's polls so that the run stays within its budget. In the run's
+        first minute (EARLY_PERIOD) an entry followed alone polls every EARLY_READ_EVERY while the
+        window has more to spare than ending it would cost (its last read, then END_RESERVE): a short
+        job's end is seen within seconds, not at the sustained pace (7.5 s at 10/min). A longer job
+        pays for it once: what the window held is spent sooner, so the wait for the first minute's
+        requests to age out comes sooner and lasts longer. Only once: later, the spare left by those
+        early requests is not spent early again (it would come back a minute later, and so on: a
+        burst then a stall every minute). With several entries the sustained pace holds: their early
+        reads would take the window from one another (tests/test_poller.py, flooding)."""
+        sustained = self._sustained(flowing)
+        early = self._clock() - self._since < EARLY_PERIOD
+        if early and self.following == 1 and self._spare() >= END_RESERVE + 1:
+            return min(sustained, EARLY_READ_EVERY)
+        return sustained
+
+    def _sustained(self, flowing: bool) -> float:
         rpm = self._requests_per_minute()
         idle_entries = self.following - len(self.flowing)
         share = rpm / 2 if self.flowing and idle_entries > 0 else rpm
@@ -239,8 +269,8 @@ class Follower:
         self.watch = Watch()
 
     def start(self) -> Next:
-        """The first step: the job's state."""
-        return Next(Ask.STATE)
+        """The first step: the job's state, FIRST_STATE_AFTER the submit (at once when attaching later)."""
+        return Next(Ask.STATE, self.queued_since + FIRST_STATE_AFTER)
 
     def state_seen(self, status: JobStatus | None, now: float, as_of: float | None = None,
                    behind_siblings: bool = False) -> Decision:
@@ -289,8 +319,8 @@ class Follower:
         watch.next_read = now + watch.delay
         if flowing:
             state_at = watch.known_at + STATE_CHECK_EVERY
-        elif watch.delay < self.interval.maximum or limited:
-            state_at = watch.next_read  # backing off (or the end line cannot be read): the state with each poll
+        elif (watch.recent and watch.delay < self.interval.maximum) or limited:
+            state_at = watch.next_read  # backing off after output (or the end line cannot be read): the state with each poll
         else:
             state_at = watch.known_at + max(STATE_CHECK_EVERY, watch.delay)
         if state_at <= watch.next_read:

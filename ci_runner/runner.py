@@ -131,7 +131,8 @@ class _Run:
         self.clock = clock
         self.entries = {spec.entry.name: _Entry(spec) for spec in specs}
         self.submit_slots = asyncio.Semaphore(max(1, options.max_concurrent_submits))
-        self.pace = RunPace(lambda: cluster.budget.requests_per_minute)  # the followers' share of the budget
+        self.pace = RunPace(lambda: cluster.budget.requests_per_minute, cluster.budget.available,
+                            self.clock.monotonic)  # the followers' share of the budget
         self.limits = FollowLimits(not_found_grace=options.not_found_grace, queue_timeout=options.queue_timeout)
         first = specs[0]
         self.run_layout = first.layout.run
@@ -373,7 +374,8 @@ class _Run:
         reader = OutputReader(self.cluster, entry.spec.layout.output_path(job_id), output_cap=self.options.output_cap,
                               on_warning=lambda message: self.reporter.warning(message, name),
                               limit=self.options.max_output, tail_bytes=self.options.tail_bytes,
-                              sizes=self.observer.size, clock=self.observer.clock)
+                              sizes=self.observer.size, clock=self.observer.clock,
+                              listing_first=lambda: self.pace.following > 1)
         reader.offset = offset
         entry.reader = reader
         entry.limit_warned = False

@@ -396,6 +396,7 @@ class OutputReader:
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         sizes: SizeSource | None = None,
         clock: Callable[[], float] = time.monotonic,
+        listing_first: Callable[[], bool] = lambda: True,
     ) -> None:
         if block_size is None:
             block_size = block_size_for(output_cap)
@@ -428,6 +429,9 @@ class OutputReader:
         self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
         self._known_size: int | None = None  # the file's size at the last `stat` (a lower bound while it grows)
         self._sizes = sizes  # the run's shared listing instead of a `stat` per file (observer.py)
+        # whether an idle poll asks the size before reading: worth it when one listing answers for many
+        # files; for a file followed alone a read costs the same request and brings the text with it
+        self._listing_first = listing_first
         self._clock = clock
         self._answered_at = float("-inf")  # when the last answer about this file arrived
         self.unread = 0  # after `drain`: bytes of the final file it could not read (0 = complete)
@@ -454,7 +458,8 @@ class OutputReader:
 
     async def poll(self) -> str:
         """One incremental read; new text only. Usually one request: `tail` while output flows, `stat`
-        after a poll that found nothing (plus `tail` if the file grew); two more to resolve a U+FFFD."""
+        after a poll that found nothing (plus `tail` if the file grew; when `listing_first` says no,
+        one `view` of a block instead); two more to resolve a U+FFFD."""
         if self.limited:
             return ""
         before = self.offset
@@ -610,7 +615,13 @@ class OutputReader:
             self._polls_since_stat += 1
         # `stat` first: to bracket an ambiguous U+FFFD, after an idle poll (nothing new ⇒ no `tail`),
         # and every `shrink_check_every` polls (a truncated file that grew again past our offset).
-        probe = self._need_bracket or (not final and (self._idle or self._polls_since_stat >= self.shrink_check_every))
+        shrink_check = not final and self._polls_since_stat >= self.shrink_check_every
+        if not final and self._idle and not (self._need_bracket or shrink_check or self._listing_first()):
+            # a file followed alone: one bounded read (a block, never a `tail` of a rest that may have
+            # grown past the output cap, which the real server answers with a timeout) instead of the size first
+            self._enter_chunk_mode()
+            return await self._read_block()
+        probe = self._need_bracket or shrink_check or (not final and self._idle)
         # An idle probe may use a listing sent since our last answer; a bracket needs a fresh one.
         size_before = (await self._stat(None if self._need_bracket else self._answered_at)) if probe else None
         if probe:
@@ -672,7 +683,8 @@ class OutputReader:
             self.requests += 1
             text = await self.cluster.view(self.path, start, size)
         except missing:
-            self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
+            if self.offset > 0:  # at 0: not written yet
+                self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset, self._carry, self._chunked = 0, 0, False
             self._forget()
             return ""

@@ -268,10 +268,10 @@ def test_an_idle_run_costs_at_most_three_requests_a_minute(tmp_path: Path, entri
         sim.cluster.plans[name] = script(name, ["started"], idle=600.0)
     assert sim.run(names) == 0
     assert all(sim.reporter.output[name] == expected(["started"]) for name in names)
-    # once idle: a minute after the last read of an output (8 submits fill the first minute at 10/min,
+    # once idle: two minutes after the last first line (8 submits fill the first minute at 10/min,
     # and the reads after the first line wait for the budget), to the jobs' end
     idle_to = T0 + 600.0
-    idle_from = max(r.sent for r in sim.cluster.requests("tail", "view", until=idle_to)) + 60.0
+    idle_from = max(sim.reporter.printed_at(name, "started\n") for name in names) + 120.0
     assert idle_to - idle_from >= 300.0
     sent = [r.sent for r in sim.cluster.requests(since=idle_from, until=idle_to)]
     assert len(sent) / ((idle_to - idle_from) / 60.0) <= 3.0, sim.cluster.requests(since=idle_from, until=idle_to)
@@ -279,6 +279,67 @@ def test_an_idle_run_costs_at_most_three_requests_a_minute(tmp_path: Path, entri
     # ... and the state is still asked at least once a minute (TIMEOUT, a cancel by someone else, node failure)
     checks = [r.sent for r in sim.cluster.requests("jobs", since=idle_from, until=idle_to)]
     assert checks and max(b - a for a, b in zip([idle_from, *checks], [*checks, idle_to])) <= 60.5
+
+
+def test_a_short_job_followed_alone_ends_the_run_within_two_seconds_at_ten_requests_a_minute(tmp_path: Path) -> None:
+    """A 6-second job at 10/min with 0.2 s per request: the first state is asked a second after the
+    submit, the first read is a read (no listing before it), and while the window has requests to
+    spare the output is read every 2 s, not every 7.5 s: the run ends within 2 s of the job's end
+    and within the first minute's 10 requests (mkdir, submit, state, reads, final state, listing)."""
+    sim = Sim(tmp_path, requests_per_minute=10, latency=0.2)
+    lines = [f"line {i}" for i in range(6)]
+    sim.cluster.plans["e"] = script("e", lines, every=1.0, start=0.8, final_lag=0.1)
+    assert sim.run(["e"]) == 0
+    assert sim.reporter.output["e"] == expected(lines)
+    kinds = [r.kind for r in sim.cluster.log]
+    assert kinds[:3] == ["mkdir", "submit", "jobs"] and kinds[3] in ("tail", "view"), kinds
+    submitted = sim.cluster.requests("submit")[0].sent
+    assert sim.cluster.requests("jobs")[0].sent - submitted >= 0.75  # FIRST_STATE_AFTER the submit's record
+    job = next(iter(sim.cluster.jobs.values()))
+    ended = max(at for at, _ in job.writes)
+    assert sim.reporter.finished_at is not None and sim.reporter.finished_at - ended <= 2.0, sim.cluster.log
+    assert len(sim.cluster.log) <= 9 and max_in_window([r.sent for r in sim.cluster.log], 60.0) <= 10
+
+
+def test_a_long_job_followed_alone_prints_every_line_within_the_budget_after_its_early_reads(tmp_path: Path) -> None:
+    """The early reads spend the window sooner; a job that runs on for minutes still gets every line,
+    the budget's window is never exceeded, and after the first minute the lines come at the sustained pace."""
+    sim = Sim(tmp_path, requests_per_minute=10, latency=0.2)
+    lines = [f"line {i}" for i in range(180)]
+    sim.cluster.plans["e"] = script("e", lines, every=1.0, start=0.8)
+    assert sim.run(["e"]) == 0
+    assert sim.reporter.output["e"] == expected(lines)
+    assert max_in_window([r.sent for r in sim.cluster.log], 60.0) <= 10
+    job = next(iter(sim.cluster.jobs.values()))
+    written = {text.decode().rstrip("\n"): at for at, text in job.writes}
+    late = [sim.reporter.printed_at("e", f"{line}\n") - written[line] for line in lines[90:]]
+    assert max(late) <= 15.0, late  # the sustained pace: 7.5 s, plus the state and a listing now and then
+    # no early reads after the first minute: the spare its early reads leave when they age out is not
+    # spent early again (that would be a burst and a stall every minute)
+    reads = [r.sent for r in sim.cluster.requests("tail", since=T0 + 65.0, until=T0 + 175.0)]
+    assert min(b - a for a, b in zip(reads, reads[1:])) >= 7.0, reads
+
+
+def test_a_job_that_has_printed_nothing_yet_is_read_again_within_seconds_not_at_the_idle_pace(tmp_path: Path) -> None:
+    """A job checking out prints nothing for 5 s: its first read finds nothing; with requests to spare
+    it is read again within 2 s (not the idle pace, 12 s at 10/min), without a state check each time."""
+    sim = Sim(tmp_path, requests_per_minute=10, latency=0.2)
+    sim.cluster.plans["e"] = script("e", ["after checkout"], start=0.8, idle=0.0)
+    make = sim.cluster.plans["e"]
+
+    def late_output(job_id: str, submitted: float) -> FakeJob:
+        job = make(job_id, submitted)
+        job.writes = [(at + 5.0, text) for at, text in job.writes]
+        job.states = [(at + 5.0 if state == "COMPLETED" else at, state) for at, state in job.states]
+        return job
+
+    sim.cluster.plans["e"] = late_output
+    assert sim.run(["e"]) == 0
+    printed = sim.reporter.printed_at("e", "after checkout\n")
+    job = next(iter(sim.cluster.jobs.values()))
+    assert printed - job.writes[0][0] <= 2.5, sim.cluster.log
+    first_read = sim.cluster.requests("tail", "view")[0].sent
+    assert len(sim.cluster.requests("jobs", since=first_read, until=printed)) == 0, sim.cluster.log
 
 
 class SlurmLate(FakeCluster):
@@ -369,11 +430,15 @@ def test_a_job_that_ends_between_the_size_list_and_the_read_is_printed_exactly_o
         return job
 
     sim.cluster.plans["e"] = plan
-    assert sim.run(["e"]) == 0
+    sim.cluster.plans["quiet"] = script("quiet", [], idle=200.0)  # two entries: their sizes come from listings
+    assert sim.run(["e", "quiet"]) == 0
     assert sim.reporter.output["e"] == "first\nsecond\nlast\n" + job_end()
     assert not sim.reporter.said("warning")
-    last = sim.cluster.log[-2:]  # the final state, then the final size from a listing sent after it
-    assert [r.kind for r in last] == ["jobs", "ls"]
+    # e's final state, then its final size from a listing sent after that job list (quiet runs on)
+    e_job = next(job for job in sim.cluster.jobs.values() if job.path.startswith(f"{OUT}/e."))
+    completed = min(since for since, state in e_job.states if state == "COMPLETED")
+    final_state = next(r for r in sim.cluster.requests("jobs") if r.sent + sim.cluster.latency >= completed)
+    assert any(final_state.sent < r.sent < final_state.sent + 5.0 for r in sim.cluster.requests("ls"))
 
 
 def test_a_job_not_listed_yet_after_its_submit_is_waited_for(tmp_path: Path) -> None:

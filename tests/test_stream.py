@@ -554,6 +554,44 @@ def test_idle_polls_cost_one_stat_each_and_read_only_when_the_file_grew() -> Non
     assert remote.calls[-2:] == ["stat", "tail"]
 
 
+def test_a_file_followed_alone_is_read_without_asking_its_size_first() -> None:
+    """`listing_first` false (the entry is the run's only one): an idle poll is one read of a block,
+    which costs what the `stat` would and brings the text (bounded: never a `tail` of a rest that may
+    be over the output cap); a file not written yet is no error and no warning."""
+    remote = RemoteBytes(exists=False)
+    reader = OutputReader(remote, "/out", listing_first=lambda: False)
+
+    async def main() -> list[str]:
+        got = [await reader.poll() for _ in range(3)]  # not there yet
+        remote.exists = True
+        remote.data += b"first\n"
+        got.append(await reader.poll())
+        got += [await reader.poll() for _ in range(3)]  # idle
+        remote.data += b"second\n"
+        got.append(await reader.poll())
+        return got
+
+    assert "".join(asyncio.run(main())) == "first\nsecond\n"
+    assert len(remote.calls) == 8 and "stat" not in remote.calls and not reader.warnings, remote.calls
+
+
+def test_a_file_followed_alone_with_a_backlog_over_the_cap_is_read_in_blocks_from_its_first_poll() -> None:
+    data = b"".join(b"%06d " % n + b"x" * 90 + "€\n".encode() for n in range(2000))  # ~200 KiB
+    remote = RemoteBytes(data, cap=16 * 1024)
+    reader = OutputReader(remote, "/out", output_cap=16 * 1024, listing_first=lambda: False)
+
+    async def main() -> str:
+        got = []
+        for _ in range(100):
+            got.append(await reader.poll())
+            if reader.offset == len(data):
+                break
+        return "".join(got)
+
+    assert asyncio.run(main()) == expected(data)
+    assert "tail" not in remote.calls and "stat" not in remote.calls, remote.calls[:5]
+
+
 # -- max_output: head up to the limit, skip, tail ----------------------------------------------------
 
 def limited_output() -> bytes:
