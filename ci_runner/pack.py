@@ -162,9 +162,10 @@ def packed_script(specs: Sequence[JobSpec], allocation_header: str, options: Seq
         f"IFS= read -r -d '' ci_runner_label <<'{label}'\n{LABELLER}{label}\n"
         f"{_STEP_FUNCTION}"
         "{\n"
+        "ci_runner_pids=()\n"
         + "".join(_step(i, specs[i], options[i]) for i in chosen)
         + "ci_runner_failed=0\n"
-        'for ci_runner_pid in $(jobs -p); do wait "$ci_runner_pid" || ci_runner_failed=1; done\n'
+        'for ci_runner_pid in "${ci_runner_pids[@]}"; do wait "$ci_runner_pid" || ci_runner_failed=1; done\n'
         'exit "$ci_runner_failed"\n'
         "} 2>&1 | cat  # the stream's one writer\n"
         "ci_runner_status=${PIPESTATUS[0]}\n"
@@ -188,6 +189,7 @@ def _step(position: int, spec: JobSpec, options: Sequence[str]) -> str:
         f"else {{ printf 'ci-runner: cannot write the step script %s\\n' {file} "
         f"| perl -e \"$ci_runner_label\" {position} 1; false; }} &\n"
         "fi\n"
+        'ci_runner_pids+=("$!")\n'
     )
 
 
@@ -254,11 +256,16 @@ class StreamDemux:
         return Demuxed({step: "".join(parts) for step, parts in text.items()}, tuple(ends), "".join(job))
 
 
-def entry_verdict(end: StepEnd | None, job_state: str, *, ci_cancelled: bool = False) -> Verdict:
-    """An entry's outcome: from its end record (exit 0 passed, the checkout's exit infrastructure, other
-    exits and signals failed, its step's time limit TIMEOUT, a step that could not start infrastructure),
-    else from how the allocation ended (`job_state`, as states.classify reads it)."""
-    if end is not None:
+def entry_verdict(end: StepEnd | None, job_state: str | None, *, ci_cancelled: bool = False) -> Verdict:
+    """An entry's outcome. From its end record: exit 0 passed, the checkout's exit infrastructure,
+    other exits and signals failed, its step's time limit TIMEOUT, a step that could not start
+    infrastructure. From how the allocation ended (`job_state`, the packed job's final state as
+    states.classify reads it; None while it runs) when there is no end record, or when the job ended
+    abnormally (TIMEOUT, CANCELLED, NODE_FAIL, ...) and the step was killed or never started: then
+    the job's end is the cause (a step still waiting when the job is cancelled fails to start)."""
+    allocation = None if job_state is None else classify(job_state, None, None, ci_cancelled=ci_cancelled)
+    ended_early = allocation is not None and allocation.outcome not in (Outcome.PASSED, Outcome.FAILED)
+    if end is not None and not (ended_early and (end.how == NOT_STARTED or end.how.startswith(SIGNAL))):
         if end.how == TIME_LIMIT:
             return Verdict(Outcome.TIMEOUT, "TIMEOUT (the step's time limit reached)")
         if end.how == NOT_STARTED:
@@ -270,7 +277,8 @@ def entry_verdict(end: StepEnd | None, job_state: str, *, ci_cancelled: bool = F
         if end.status == CHECKOUT_FAILED:
             return Verdict(Outcome.INFRA, f"checkout failed (exit code {CHECKOUT_FAILED})")
         return Verdict(Outcome.FAILED, f"FAILED (exit code {end.status})")
-    job = classify(job_state, None, None, ci_cancelled=ci_cancelled)
-    if job.outcome in (Outcome.PASSED, Outcome.FAILED):
+    if allocation is None or job_state is None:
+        raise ValueError("an entry without an end record is decided by the packed job's final state")
+    if not ended_early:
         return Verdict(Outcome.INFRA, f"the packed job ended ({job_state.strip()}) without the entry's end record")
-    return Verdict(job.outcome, f"{job.summary}: the allocation ended before the entry finished")
+    return Verdict(allocation.outcome, f"{allocation.summary}: the allocation ended before the entry finished")

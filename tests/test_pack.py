@@ -4,6 +4,7 @@ labelled stream (the labeller run locally on bytes) and its demultiplexer, and e
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,14 @@ def test_the_packed_script_is_bash_with_the_allocation_header_and_every_entry_s_
     assert "ci_runner_step 0 /scratch/ci/run-7/a/ci-runner-step.sh &\n" in script
     assert "ci_runner_step 1 /scratch/ci/run-7/b/ci-runner-step.sh --time=00:02:00 &\n" in script
     assert script.count("  srun --quiet --exact") == 1 and "--exact --nodes=1 --ntasks=1" in script
+
+
+def test_the_packed_script_passes_shellcheck(tmp_path: Path) -> None:
+    _, _, script = packed(tmp_path, BASE.format(include="    - {kind: b, sbatch: {time: 2m}}"))
+    (tmp_path / "packed.sh").write_text(script)
+    done = subprocess.run([str(Path(sys.executable).parent / "shellcheck"), "-s", "bash", "-S", "warning",
+                           str(tmp_path / "packed.sh")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
 
 
 def test_a_resubmit_packs_only_its_steps_under_their_positions(tmp_path: Path) -> None:
@@ -232,8 +241,14 @@ def test_a_feed_reports_only_what_it_completed() -> None:
     (None, "PREEMPTED", Outcome.INFRA, "allocation ended before the entry finished"),
     (None, "CANCELLED by 0", Outcome.INFRA, "cancelled outside ci-runner"),
     (None, "COMPLETED", Outcome.INFRA, "without the entry's end record"),
+    (pack.StepEnd(0, 1, "not-started"), "CANCELLED by 0", Outcome.INFRA, "cancelled outside ci-runner"),
+    (pack.StepEnd(0, 143, "signal 15"), "TIMEOUT", Outcome.TIMEOUT, "allocation ended before the entry finished"),
+    (pack.StepEnd(0, 143, "time-limit"), "TIMEOUT", Outcome.TIMEOUT, "step's time limit"),
+    (pack.StepEnd(0, 3, "exited"), "TIMEOUT", Outcome.FAILED, "exit code 3"),
+    (pack.StepEnd(0, 1, "not-started"), None, Outcome.INFRA, "could not start"),
+    (pack.StepEnd(0, 0, "exited"), None, Outcome.PASSED, "COMPLETED"),
 ])
-def test_entry_verdict(end: pack.StepEnd | None, state: str, outcome: Outcome, words: str) -> None:
+def test_entry_verdict(end: pack.StepEnd | None, state: str | None, outcome: Outcome, words: str) -> None:
     verdict = pack.entry_verdict(end, state)
     assert verdict.outcome is outcome and words in verdict.summary
 
@@ -241,3 +256,58 @@ def test_entry_verdict(end: pack.StepEnd | None, state: str, outcome: Outcome, w
 def test_a_ci_cancel_of_the_allocation_cancels_the_unfinished_entries() -> None:
     assert pack.entry_verdict(None, "CANCELLED by 0", ci_cancelled=True).outcome is Outcome.CANCELLED
     assert pack.entry_verdict(pack.StepEnd(0, 0, "exited"), "CANCELLED", ci_cancelled=True).outcome is Outcome.PASSED
+    assert pack.entry_verdict(pack.StepEnd(0, 1, "not-started"), "CANCELLED", ci_cancelled=True).outcome \
+        is Outcome.CANCELLED  # a step still waiting when the job was cancelled
+    with pytest.raises(ValueError):
+        pack.entry_verdict(None, None)
+
+
+@pytest.mark.parametrize("size", [4090, 4091, 4092, 4093, 8183, 8184, 8185])
+def test_lines_at_the_record_size_round_trip(size: int) -> None:
+    """Step 12345: a record holds 4089 bytes of text; a 4-byte character sits across every cut."""
+    for line in (b"x" * size + b"\n", b"x" * (size - 4) + "😀".encode() + b"\n", b"x" * size):
+        records = label(line, step=12345)
+        assert all(len(r) + 1 <= pack.PIPE_BUF for r in records.split(b"\n")[:-1])
+        text = pack.StreamDemux([12345]).feed(records.decode()).text[12345]
+        assert text.encode() == line
+
+
+def _fake_srun(tmp_path: Path) -> dict[str, str]:
+    """PATH with an `srun` that drops its options, runs the step's command here and reports an exit as
+    srun does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [ "${1#-}" != "$1" ]; do shift; done\n"$@"\ns=$?\n'
+                                  '[ $s = 0 ] || echo "srun: error: here: task 0: Exited with exit code $s" >&2\n'
+                                  'exit $s\n')
+    (bin_dir / "srun").chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def test_the_packed_script_runs_every_step_and_ends_with_its_own_line(tmp_path: Path) -> None:
+    text = BASE.format(include="    - {kind: b, sbatch: {time: 2m}}").replace("echo {{ kind }}",
+                                                                              "echo {{ kind }}; [ {{ kind }} = a ]")
+    _, specs, script = packed(tmp_path, text, workdir=str(tmp_path / "work"))
+    (tmp_path / "packed.sh").write_text(script)
+    done = subprocess.run(["bash", str(tmp_path / "packed.sh")], capture_output=True, env=_fake_srun(tmp_path),
+                          timeout=60)
+    assert done.returncode == 1 and done.stderr == b""
+    out = pack.StreamDemux([0, 1]).feed(done.stdout.decode())
+    assert out.text == {0: f"a\n{JOB_END_LINE}0\n",
+                        1: f"b\n{JOB_END_LINE}1\nsrun: error: here: task 0: Exited with exit code 1\n"}
+    assert sorted(out.ends, key=lambda end: end.step) == [pack.StepEnd(0, 0, "exited"), pack.StepEnd(1, 1, "exited")]
+    assert out.job_text == f"{JOB_END_LINE}1\n"
+
+
+def test_a_step_script_that_cannot_be_written_ends_its_entry_at_once(tmp_path: Path) -> None:
+    _, specs, script = packed(tmp_path, BASE.format(include="    - {kind: b, sbatch: {time: 2m}}"),
+                              workdir=str(tmp_path / "work"))
+    Path(specs[0].layout.root).parent.mkdir(parents=True)
+    Path(specs[0].layout.root).write_text("a file where the entry's directory should be")
+    (tmp_path / "packed.sh").write_text(script)
+    done = subprocess.run(["bash", str(tmp_path / "packed.sh")], capture_output=True, env=_fake_srun(tmp_path),
+                          timeout=60)
+    out = pack.StreamDemux([0, 1]).feed(done.stdout.decode())
+    assert done.returncode == 1
+    assert f"cannot write the step script {specs[0].layout.step_script}\n" in out.text[0]
+    assert pack.StepEnd(0, 1, "not-started") in out.ends and pack.StepEnd(1, 0, "exited") in out.ends

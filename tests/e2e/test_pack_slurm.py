@@ -30,7 +30,7 @@ version: 1
 system: local
 checkout: none
 sbatch:
-  ntasks: 2
+  ntasks: {ntasks}
   time: 4m
 matrix:
   kind: [text, bytes, inner, killed]
@@ -51,9 +51,9 @@ script: |
 TOO_MANY = "    - {kind: toomany, sbatch: {cpus-per-task: 4}}"
 
 
-def _submit(tmp_path: Path, include: str) -> tuple[str, list[str], Path]:
+def _submit(tmp_path: Path, include: str, ntasks: int) -> tuple[str, list[str], Path]:
     """Render and sbatch the packed job of CONFIG; its job id, the steps' entry names, its output dir."""
-    (tmp_path / "ci.yml").write_text(CONFIG.format(include=include))
+    (tmp_path / "ci.yml").write_text(CONFIG.format(include=include, ntasks=ntasks))
     config = load(tmp_path / "ci.yml")
     specs = job_scripts(config, expand(config), CI, str(tmp_path / "work"), {}, pack=True)
     header = allocation_header(config, specs[0].layout, job_name(CI.run_id))
@@ -77,6 +77,15 @@ def _wait_gone(job_id: str, timeout: float) -> None:
     raise AssertionError(f"job {job_id} still in the queue after {timeout} s")
 
 
+def _wait_for(path: Path, text: bytes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_bytes():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
+
+
 def _demux(stream: bytes, steps: int) -> tuple[dict[int, bytes], dict[int, pack.StepEnd], str]:
     """The stream read in random pieces, as the runner would: each step's bytes, its end, the job's text."""
     text = stream.decode("utf-8", "surrogateescape")
@@ -93,10 +102,14 @@ def _demux(stream: bytes, steps: int) -> tuple[dict[int, bytes], dict[int, pack.
             {end.step: end for end in ends}, "".join(out.job_text for out in outs))
 
 
-def _run(tmp_path: Path, include: str, timeout: float) -> tuple[str, list[str], dict[int, bytes],
-                                                               dict[int, pack.StepEnd], str]:
-    job_id, names, output_dir = _submit(tmp_path, include)
+def _run(tmp_path: Path, include: str, timeout: float, ntasks: int = 2, cancel_on: bytes = b""
+         ) -> tuple[str, list[str], dict[int, bytes], dict[int, pack.StepEnd], str]:
+    """Submit, wait for the job's end (or cancel it once its output holds `cancel_on`), demux its output."""
+    job_id, names, output_dir = _submit(tmp_path, include, ntasks)
     try:
+        if cancel_on:
+            _wait_for(output_dir / f"pack+0.{job_id}.out", cancel_on, timeout)
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
         _wait_gone(job_id, timeout)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
@@ -139,7 +152,7 @@ def test_four_entries_share_one_allocation_and_each_gets_its_own_bytes(tmp_path:
 def test_a_step_over_its_own_time_limit_is_told_from_a_failure_and_the_others_go_on(tmp_path: Path) -> None:
     """Slurm's smallest `--time` is a minute and its limits are checked every 30 s: 60-90 s."""
     include = "    - {kind: sleeper, sbatch: {time: 1m}}"
-    job_id, names, text, ends, job = _run(tmp_path, include, timeout=300)
+    job_id, names, text, ends, job = _run(tmp_path, include, timeout=300, ntasks=1)  # a CPU left for others
     assert names[-1] == "sleeper"
     _, rest = _start(text[4], job_id)
     assert re.fullmatch(rb"sleeping\nslurmstepd\S*: error: \*\*\* STEP \d+\.\d+ ON \S+ CANCELLED AT \S+ DUE TO "
@@ -148,3 +161,13 @@ def test_a_step_over_its_own_time_limit_is_told_from_a_failure_and_the_others_go
     assert pack.entry_verdict(ends[4], "FAILED").outcome.name == "TIMEOUT"
     assert [ends[i].how for i in range(4)] == ["exited", "exited", "exited", "signal 9"]
     assert job == f"{JOB_END_LINE}1\n"
+
+
+def test_a_cancelled_job_leaves_its_unfinished_entries_to_the_job_s_state(tmp_path: Path) -> None:
+    job_id, names, text, ends, job = _run(tmp_path, "    - {kind: sleeper}", timeout=120, cancel_on=b"4|sleeping\n")
+    assert 4 not in ends and text[4].endswith(b"sleeping\n")
+    assert re.search(rf"slurmstepd\S*: error: \*\*\* JOB {job_id} ON \S+ CANCELLED AT ", job), job
+    for step in range(len(names)):  # finished before the cancel, or ended by it (a step still waiting: not started)
+        verdict = pack.entry_verdict(ends.get(step), "CANCELLED by 0", ci_cancelled=True)
+        finished = step in ends and ends[step].how in ("exited", "time-limit")
+        assert verdict.outcome.name in (("PASSED", "FAILED") if finished else ("CANCELLED",)), (step, ends.get(step))
