@@ -149,7 +149,7 @@ def packed_script(specs: Sequence[JobSpec], allocation_header: str, options: Seq
     `specs[i]`'s commands as step i with srun options `options[i]` (step_options), for each i of
     `steps` (all by default; a subset for a resubmit), all started at once. The job's stream is the
     records of the module docstring, then its own last line JOB_END_LINE with 0 when every step
-    exited 0, else 1 (its exit status)."""
+    exited 0, else 1 (its exit status; the batch shell's 128+N when a cancel signals it first)."""
     chosen = sorted(set(range(len(specs)) if steps is None else steps))
     entries = ", ".join(f"{i} {specs[i].entry.name}" for i in chosen)
     label = heredoc_delimiter(LABELLER)
