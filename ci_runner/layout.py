@@ -3,12 +3,14 @@
     <workdir>/<run_id>/                  the run: made by one `mkdir` (with parents) of `output/`
     <workdir>/<run_id>/output/           every job's working directory and output file,
         <entry>.<jobid>.out              so one `ls` of it gives the size of every output
+        pack+<k>.<jobid>.out             (a packed job's: every entry of it, as labelled records)
     <workdir>/<run_id>/source.tar.gz.partNNN  the `git archive` (checkout: upload) in parts that fit
                                          one direct upload, uploaded once per run on a cache miss;
                                          the first job joins them into the cache and removes them
     <workdir>/<run_id>/<entry>/          made by the job itself: `src/` (the checkout, where the
         src/, ci-runner-job.sh,          user's script runs), the rendered script and the parts of
-        artifact-parts/                  artifacts too large for one download (transfer.py)
+        artifact-parts/                  artifacts too large for one download (transfer.py); in a
+        ci-runner-step.sh{,.srun}        packed job also the entry's commands and srun's messages
     <workdir>/sources/                   the source cache, one verified archive per commit:
         <sha>-<sha256[:16]>.tar.gz{,.sha256}  made by the jobs (rename when complete); unused
                                          for CACHE_RETENTION_DAYS days → removed by the jobs
@@ -40,6 +42,9 @@ OUTPUT_SUFFIX = ".out"          # <entry>.%j.out: stdout and stderr merged; sbat
 ARRAY_PREFIX = "array+"         # array+<k>.<A>_<i>.out: task i of the run's k-th job array (its entries in
 TASK_ID_SUFFIX = ".id"          # order; `+` is not allowed in entry names); array+<k>.<A>_<i>.<j>.id: made by
                                 # task i, whose own job id is j
+PACK_PREFIX = "pack+"           # pack+<k>.<jobid>.out: the run's k-th packed job, every entry's output as
+                                # labelled records (pack.py)
+STEP_SCRIPT_NAME = "ci-runner-step.sh"  # <entry>/ci-runner-step.sh: a packed entry's commands, run as a job step
 ARCHIVE_NAME = "source.tar.gz"
 BODY_NAME = "ci-runner-job.sh"  # the user's rendered script, written there by the job itself
 
@@ -78,6 +83,7 @@ class EntryLayout:
     src: str       # root/src: the checkout; the user's script runs here
     output: str    # <run>/output/<entry>.%j.out: stdout and stderr of the job
     array: tuple[int, int] | None = None  # (k, i): task i of the run's k-th job array; %j is then "A_i"
+    pack: tuple[int, int] | None = None   # (k, i): step i of the run's k-th packed job (pack.py)
 
     @property
     def archive(self) -> str:
@@ -92,6 +98,11 @@ class EntryLayout:
     def body(self) -> str:
         """Where the job writes the user's rendered script before running it (outside the checkout)."""
         return f"{self.root}/{BODY_NAME}"
+
+    @property
+    def step_script(self) -> str:
+        """Where a packed job writes this entry's commands before running them as a job step."""
+        return f"{self.root}/{STEP_SCRIPT_NAME}"
 
     @property
     def output_prefix(self) -> str:
@@ -133,6 +144,13 @@ def array_layout(layout: EntryLayout, array: int, task: int) -> EntryLayout:
     pattern serves every task of an array)."""
     output = f"{layout.run.output_dir}/{ARRAY_PREFIX}{array}.%j{OUTPUT_SUFFIX}"
     return EntryLayout(run=layout.run, root=layout.root, src=layout.src, output=output, array=(array, task))
+
+
+def pack_layout(layout: EntryLayout, pack: int, step: int) -> EntryLayout:
+    """`layout` as step `step` of the run's packed job number `pack`: its output is the packed job's one
+    file `<run>/output/pack+<k>.%j.out`, shared by every step of it as labelled records (pack.py)."""
+    output = f"{layout.run.output_dir}/{PACK_PREFIX}{pack}.%j{OUTPUT_SUFFIX}"
+    return EntryLayout(run=layout.run, root=layout.root, src=layout.src, output=output, pack=(pack, step))
 
 
 def is_array_output(pattern: str) -> bool:

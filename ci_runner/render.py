@@ -64,7 +64,7 @@ from ci_runner.ci import CIContext
 from ci_runner.config import Config, Scalar
 from ci_runner.errors import ConfigError
 from ci_runner.arrays import array_script, group_tasks
-from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout
+from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
 from ci_runner.matrix import Entry
 from ci_runner.stream import SERVER_OUTPUT_CAP
 from ci_runner.workspace import glob_tokens
@@ -191,22 +191,30 @@ def job_name(run_id: str) -> str:
 def job_scripts(
     config: Config, entries: Sequence[Entry], ci: CIContext, workdir: str, environ: Mapping[str, str],
     *, source: SourcePlan | None = None, output_cap: int = SERVER_OUTPUT_CAP, arrays: bool = True,
+    pack: bool = False,
 ) -> list[JobSpec]:
     """The job script of every entry, in order. Raises ConfigError (template, sbatch, env) or UsageError.
 
     `source`: the run's archive and its parts (checkout: upload); `output_cap`: the system's
     `max_ops_file_size`, which sizes the parts of large artifacts. `arrays`: entries with the same
-    system and sbatch options become the tasks of one job array (arrays.py); else one job each."""
+    system and sbatch options become the tasks of one job array (arrays.py); else one job each.
+    `pack`: the entries of each system are the steps of one packed job instead (pack.py; numbered
+    in the order of each system's first entry, steps in entry order)."""
     template = _Template.load(config)
     passed = pass_env(config, environ)
     options = [_option_lines(config, entry) for entry in entries]
     keys = [(entry.system, lines) for entry, lines in zip(entries, options)]
-    placed = group_tasks(keys) if arrays else [None] * len(entries)
+    placed = group_tasks(keys) if arrays and not pack else [None] * len(entries)
+    packs: dict[str, list[Entry]] = {}
+    for entry in entries:
+        packs.setdefault(entry.system, []).append(entry)
     specs = []
     for entry, lines, array in zip(entries, options, placed):
         layout = entry_layout(workdir, ci.run_id, entry.name)
         if array is not None:
             layout = array_layout(layout, *array)
+        if pack:
+            layout = pack_layout(layout, list(packs).index(entry.system), packs[entry.system].index(entry))
         specs.append(_job(config, entry, ci, layout, lines, passed, template, source, output_cap))
     return specs
 
@@ -268,6 +276,14 @@ def _job(
 def sbatch_header(config: Config, entry: Entry, layout: EntryLayout, name: str) -> str:
     """The `#SBATCH` lines for `entry`. Raises ConfigError for an option sbatch could misread."""
     return _own_lines(layout, name) + _option_lines(config, entry)
+
+
+def allocation_header(config: Config, layout: EntryLayout, name: str) -> str:
+    """The `#SBATCH` lines of a packed job (pack.py): the run's job name, the job's one output file
+    (`layout`: a step's, layout.pack_layout) and `account:` plus the top-level `sbatch:` options,
+    which describe the allocation its entries' steps share."""
+    allocation = Entry(name="packed allocation", index=-1, values={}, sbatch=config.sbatch, system=config.system)
+    return _own_lines(layout, name) + _option_lines(config, allocation)
 
 
 def _own_lines(layout: EntryLayout, name: str) -> str:

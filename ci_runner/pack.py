@@ -1,0 +1,284 @@
+"""Pack mode: the entries of a run that share a system run as the steps of one Slurm batch job (one
+allocation), whose one output file carries every entry's output as labelled records. Pure: the step
+options, the packed job's script, the stream's demultiplexer and each entry's verdict; render.py
+renders the entries, the runner submits the job and reads its stream.
+
+The packed job (`packed_script`): the top-level `sbatch:` is the allocation; each entry's `commands`
+(exactly what its own job would run: prologue, checkout, the user's script, JOB_END_LINE) are
+written to `<entry>/ci-runner-step.sh` and started at once, each as one job step
+`srun --exact --nodes=1 --ntasks=1 <step options>`; a step that finds the allocation busy waits
+inside it (srun retries "step creation temporarily disabled"), one that can never fit (more CPUs
+than the allocation) fails at once. The step's stderr is joined to its stdout inside the step, so
+srun's own stderr carries only srun's and slurmstepd's messages (kept in `ci-runner-step.sh.srun`):
+they tell a step's time limit (`*** STEP j.s ... DUE TO TIME LIMIT ***`) from an exit, which srun's
+status alone cannot (143 either way). `SLURM_OVERLAP=1` is set inside the step, so that an `srun` of
+the user's script shares its step's resources instead of waiting for them forever.
+
+The stream (the job's stdout; one writer). Each step's output passes through a small perl labeller
+(perl-base is on every Debian and HPC node) that writes *records*, each one line and one write() of
+at most PIPE_BUF bytes into a pipe read by a single `cat` whose stdout is the output file; a pipe
+never interleaves writes of that size, so records never mix:
+
+    <i>|<text>            the step's line <text>, whose newline the record's own newline stands for
+    <i>+<text>            a piece without newline: a line longer than one record, cut on a UTF-8
+                          character boundary (invalid bytes pass unchanged), or a last line
+    <i>!<status> <how>    the step's end, after all its lines: srun's exit status and how it ended:
+                          exited | signal N | time-limit | not-started
+
+`<i>` is the entry's position in the packed job (the specs given, kept by a resubmit of a subset).
+A complete line is written as soon as it arrives. srun's own messages follow the step's output
+as records of the same entry. Any other line is the job's (Slurm's `slurmstepd: error: *** JOB ...
+CANCELLED ...`, the script's own last line): `StreamDemux` returns it as job-level text.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ci_runner.config import Config, same_value
+from ci_runner.errors import ConfigError
+from ci_runner.matrix import Entry
+from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, heredoc_delimiter
+from ci_runner.states import Outcome, Verdict, classify
+
+PIPE_BUF = 4096  # POSIX: a pipe write of at most this many bytes is never interleaved with others
+EXITED, TIME_LIMIT, NOT_STARTED, SIGNAL = "exited", "time-limit", "not-started", "signal"
+
+# Options a job step inside the allocation can set (`srun` applies them to step allocations): the
+# resources of the entry's one task, its node features among the allocation's, its own time limit.
+STEP_OPTIONS = frozenset({
+    "cpus-per-task", "cpus-per-gpu", "mem", "mem-per-cpu", "mem-per-gpu", "gpus", "gpus-per-task",
+    "gpus-per-node", "gres", "constraint", "time",
+})
+_ONE_TASK = ("a packed entry's commands run once, as the one task of its job step; ask for its CPUs with "
+             "cpus-per-task (an `srun` in the script shares them), or pack the entry in a job of its own")
+_NOT_STEP = {
+    "partition": "a step runs in the allocation's partition; set it in the top-level sbatch",
+    "account": "a step is charged to the allocation's account; set it in the top-level sbatch or `account:`",
+    "qos": "a step runs under the allocation's QOS; set it in the top-level sbatch",
+    "reservation": "a step runs in the allocation's reservation; set it in the top-level sbatch",
+    "exclusive": "steps share the allocation by design; set it in the top-level sbatch for the whole job",
+    "nodes": "a packed entry runs on one node of the allocation; set nodes in the top-level sbatch",
+    "ntasks": _ONE_TASK,
+    "ntasks-per-node": _ONE_TASK,
+}
+_RECORD = re.compile(r"([0-9]+)([|+!])(.*)", re.S)
+_END = re.compile(r"([0-9]+) (exited|time-limit|not-started|signal [0-9?]+)")
+
+# The labeller: stdin -> records on stdout (see the module docstring). With a second argument, srun's
+# exit status, stdin holds srun's messages and the end record follows them.
+LABELLER = r"""use strict;
+my ($i, $status) = @ARGV;
+my $max = 4096 - length($i) - 2;   # a record: "$i", its mark, the text, "\n"
+my ($buf, $said) = ("", "");
+sub put { my $r = "$i$_[0]$_[1]\n"; defined(syswrite(STDOUT, $r)) or exit 1; }
+sub cont { (ord(substr($buf, $_[0], 1)) & 0xC0) == 0x80 }   # a UTF-8 continuation byte
+sub records {
+  while (1) {
+    my $nl = index($buf, "\n");
+    if ($nl >= 0 && $nl <= $max) { put("|", substr($buf, 0, $nl)); substr($buf, 0, $nl + 1, ""); next; }
+    return if length($buf) <= $max;
+    my $cut = $max;   # cut before a character, not inside one (unless the bytes are not UTF-8)
+    $cut-- while $cut > $max - 3 && cont($cut);
+    $cut = $max if cont($cut);
+    put("+", substr($buf, 0, $cut)); substr($buf, 0, $cut, "");
+  }
+}
+binmode STDIN; binmode STDOUT;
+while (sysread(STDIN, my $chunk, 65536)) {
+  $buf .= $chunk;
+  $said .= $chunk if defined $status && length($said) < 65536;
+  records();
+}
+put("+", $buf) if length $buf;
+exit 0 unless defined $status;
+my $how = $status == 0 ? "exited"
+  : $said =~ /\*\*\* STEP \S+ ON \S+ CANCELLED AT \S+ DUE TO TIME LIMIT/ ? "time-limit"
+  : $said =~ /: task \d+: Exited with exit code \d+/ ? "exited"
+  : $said =~ /: task \d+: / ? "signal " . ($status > 128 ? $status - 128 : "?")
+  : "not-started";
+put("!", "$status $how");
+"""
+
+_STEP_FUNCTION = (
+    "ci_runner_step() {  # position, commands file, srun options: the entry as a job step, its output as records\n"
+    "  local position=$1 file=$2 status\n"
+    "  shift 2\n"
+    "  srun --quiet --exact --nodes=1 --ntasks=1 \"$@\" /bin/bash -c "
+    "'export SLURM_OVERLAP=1; exec /bin/bash \"$0\" 2>&1' \"$file\" 2> \"$file.srun\" "
+    "| perl -e \"$ci_runner_label\" \"$position\"\n"
+    "  status=${PIPESTATUS[0]}\n"
+    "  perl -e \"$ci_runner_label\" \"$position\" \"$status\" < \"$file.srun\"\n"
+    "  return \"$status\"\n"
+    "}\n"
+)
+
+
+def refusal(name: str) -> str | None:
+    """Why `name` cannot be a packed entry's own option (a job step cannot set it), or None when it can.
+    For config.py's checks too, where the include's file:line is known."""
+    if name in STEP_OPTIONS:
+        return None
+    return _NOT_STEP.get(name, "not an option of a job step (srun applies it to job allocations only); "
+                               "set it in the top-level sbatch, which describes the packed job's allocation")
+
+
+def step_options(config: Config, entry: Entry) -> tuple[str, ...]:
+    """The srun options of `entry`'s step: its sbatch options that the top-level `sbatch` does not set to
+    the same value (an include's), as `--name=value` (true: `--name`, false: none). Raises ConfigError
+    naming the entry and the option when a step cannot set it."""
+    options = []
+    for name, value in entry.sbatch.items():
+        if name in config.sbatch and same_value(config.sbatch[name], value):
+            continue
+        reason = refusal(name)
+        if reason is not None:
+            raise ConfigError(f"{config.path}: matrix.include: sbatch.{name} (entry {entry.name}): "
+                              f"not a job step option in pack mode: {reason}")
+        if value is not False:
+            options.append(f"--{name}" if value is True else f"--{name}={value}")
+    return tuple(options)
+
+
+def packed_script(specs: Sequence[JobSpec], allocation_header: str, options: Sequence[Sequence[str]],
+                  steps: Iterable[int] | None = None, description: str = "") -> str:
+    """The packed job's batch script: `allocation_header` (render.allocation_header), then entry
+    `specs[i]`'s commands as step i with srun options `options[i]` (step_options), for each i of
+    `steps` (all by default; a subset for a resubmit), all started at once. The job's stream is the
+    records of the module docstring, then its own last line JOB_END_LINE with 0 when every step
+    exited 0, else 1 (its exit status; the batch shell's 128+N when a cancel signals it first)."""
+    chosen = sorted(set(range(len(specs)) if steps is None else steps))
+    entries = ", ".join(f"{i} {specs[i].entry.name}" for i in chosen)
+    label = heredoc_delimiter(LABELLER)
+    return (
+        "#!/bin/bash\n"
+        f"{allocation_header}"
+        f"# Generated by ci-runner: packed job{' ' + description if description else ''}; "
+        f"step i runs entry i ({entries}).\n"
+        "set -u\n"
+        f"IFS= read -r -d '' ci_runner_label <<'{label}'\n{LABELLER}{label}\n"
+        f"{_STEP_FUNCTION}"
+        "{\n"
+        "ci_runner_pids=()\n"
+        + "".join(_step(i, specs[i], options[i]) for i in chosen)
+        + "ci_runner_failed=0\n"
+        'for ci_runner_pid in "${ci_runner_pids[@]}"; do wait "$ci_runner_pid" || ci_runner_failed=1; done\n'
+        'exit "$ci_runner_failed"\n'
+        "} 2>&1 | cat  # the stream's one writer\n"
+        "ci_runner_status=${PIPESTATUS[0]}\n"
+        f"printf '{JOB_END_LINE}%s\\n' \"$ci_runner_status\"\n"
+        'exit "$ci_runner_status"\n'
+    )
+
+
+def _step(position: int, spec: JobSpec, options: Sequence[str]) -> str:
+    """Shell: write the entry's commands to its step script, then start its step in the background; an
+    entry whose script cannot be written ends at once (not started), with the reason as its text."""
+    commands = spec.commands if spec.commands.endswith("\n") else spec.commands + "\n"
+    delimiter = heredoc_delimiter(commands)
+    root, file = shlex.quote(spec.layout.root), shlex.quote(spec.layout.step_script)
+    srun = "".join(f" {shlex.quote(option)}" for option in options)
+    return (
+        f"# step {position}: entry {spec.entry.name}\n"
+        f"if mkdir -p -- {root} && cat > {file} <<'{delimiter}'\n"
+        f"{commands}{delimiter}\n"
+        f"then ci_runner_step {position} {file}{srun} &\n"
+        f"else {{ printf 'ci-runner: cannot write the step script %s\\n' {file} "
+        f"| perl -e \"$ci_runner_label\" {position} 1; false; }} &\n"
+        "fi\n"
+        'ci_runner_pids+=("$!")\n'
+    )
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """An entry's end record: srun's exit status and how the step ended (`exited`, `signal N`,
+    `time-limit`, `not-started`)."""
+
+    step: int
+    status: int
+    how: str
+
+
+@dataclass(frozen=True)
+class Demuxed:
+    """What one piece of the stream completed: each step's output text (exact, in stream order within
+    the step), the end records, and the job's own lines (not records)."""
+
+    text: Mapping[int, str] = field(default_factory=dict)
+    ends: tuple[StepEnd, ...] = ()
+    job_text: str = ""
+
+
+class StreamDemux:
+    """The packed job's stream, fed as the runner reads it (cut anywhere), split into its entries.
+    Only whole lines are decided; a line still open waits for the next `feed` (or `finish`)."""
+
+    def __init__(self, steps: Iterable[int]) -> None:
+        self._steps = frozenset(steps)
+        self._open = ""
+
+    def feed(self, text: str) -> Demuxed:
+        """The records completed by `text`."""
+        lines = (self._open + text).split("\n")
+        self._open = lines.pop()
+        return self._decide(lines, closed=True)
+
+    def finish(self) -> Demuxed:
+        """After the stream's end: a last line without newline (never a record the labeller wrote
+        whole) is the job's text, as written."""
+        rest, self._open = self._open, ""
+        return self._decide([rest], closed=False) if rest else Demuxed()
+
+    def _decide(self, lines: Iterable[str], closed: bool) -> Demuxed:
+        text: dict[int, list[str]] = {}
+        ends: list[StepEnd] = []
+        job: list[str] = []
+        newline = "\n" if closed else ""
+        for line in lines:
+            record = _RECORD.fullmatch(line) if closed else None
+            step = int(record.group(1)) if record else -1
+            if record is None or step not in self._steps:
+                job.append(line + newline)
+                continue
+            mark, body = record.group(2), record.group(3)
+            if mark == "!":
+                end = _END.fullmatch(body)
+                if end is None:
+                    job.append(line + newline)
+                else:
+                    ends.append(StepEnd(step, int(end.group(1)), end.group(2)))
+                continue
+            text.setdefault(step, []).append(body + "\n" if mark == "|" else body)
+        return Demuxed({step: "".join(parts) for step, parts in text.items()}, tuple(ends), "".join(job))
+
+
+def entry_verdict(end: StepEnd | None, job_state: str | None, *, ci_cancelled: bool = False) -> Verdict:
+    """An entry's outcome. From its end record: exit 0 passed, the checkout's exit infrastructure,
+    other exits and signals failed, its step's time limit TIMEOUT, a step that could not start
+    infrastructure. From how the allocation ended (`job_state`, the packed job's final state as
+    states.classify reads it; None while it runs) when there is no end record, or when the job ended
+    abnormally (TIMEOUT, CANCELLED, NODE_FAIL, ...) and the step was killed or never started: then
+    the job's end is the cause (a step still waiting when the job is cancelled fails to start)."""
+    allocation = None if job_state is None else classify(job_state, None, None, ci_cancelled=ci_cancelled)
+    ended_early = allocation is not None and allocation.outcome not in (Outcome.PASSED, Outcome.FAILED)
+    if end is not None and not (ended_early and (end.how == NOT_STARTED or end.how.startswith(SIGNAL))):
+        if end.how == TIME_LIMIT:
+            return Verdict(Outcome.TIMEOUT, "TIMEOUT (the step's time limit reached)")
+        if end.how == NOT_STARTED:
+            return Verdict(Outcome.INFRA, f"the step could not start (srun exit status {end.status})")
+        if end.how.startswith(SIGNAL):
+            return Verdict(Outcome.FAILED, f"FAILED (step killed by {end.how})")
+        if end.status == 0:
+            return Verdict(Outcome.PASSED, "COMPLETED")
+        if end.status == CHECKOUT_FAILED:
+            return Verdict(Outcome.INFRA, f"checkout failed (exit code {CHECKOUT_FAILED})")
+        return Verdict(Outcome.FAILED, f"FAILED (exit code {end.status})")
+    if allocation is None or job_state is None:
+        raise ValueError("an entry without an end record is decided by the packed job's final state")
+    if not ended_early:
+        return Verdict(Outcome.INFRA, f"the packed job ended ({job_state.strip()}) without the entry's end record")
+    return Verdict(allocation.outcome, f"{allocation.summary}: the allocation ended before the entry finished")
