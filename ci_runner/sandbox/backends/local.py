@@ -16,7 +16,8 @@ through FirecREST):
   "BeginTime" while a `pending_delay` lasts.
 - RUNNING → COMPLETED (0:0) | FAILED (R:0, NonZeroExitCode) | TIMEOUT (0:15, TimeLimit: SIGTERM to the
   job's process group, SIGKILL after `kill_wait`) | "CANCELLED by <uid>" (0:15 when it ran, 0:0 when
-  it was still pending). When the batch script ends, whatever it left behind in its group is killed.
+  it was still pending). When the batch script ends, whatever it left behind in its group is killed
+  (after a SIGTERM, once `kill_wait` has passed, as slurmstepd does).
 - `fail_node(job_id)` (a test hook) ends a running job NODE_FAIL, as a node going down would.
 - The allocation: `--ntasks` x `--cpus-per-task` CPUs (1 without them) on one node, and the variables a
   batch job gets on Slurm 22.05 (SLURM_CPUS_ON_NODE, SLURM_JOB_CPUS_PER_NODE, SLURM_NTASKS/SLURM_NPROCS/
@@ -108,6 +109,7 @@ class _Job:
     proc: subprocess.Popen[bytes] | None = None
     term_sent: float | None = None
     killed: bool = False
+    reaped: bool = False  # the batch script ended and whatever it left behind was killed
     timed_out: bool = False
     cancelled_by: int | None = None
     files: list[IO[bytes]] = field(default_factory=list)
@@ -264,7 +266,7 @@ class LocalBackend:
     def _advance(self, now: float) -> None:
         """Reap finished processes, enforce time limits, start queued jobs, forget old ones."""
         for job in self._jobs.values():
-            if job.proc is not None and job.proc.returncode is None:
+            if job.proc is not None and not job.reaped:
                 self._check_running(job, now)
         self._start_queued(now)
         for job_id in [i for i, j in self._jobs.items() if self._forgettable(j, now)]:
@@ -274,10 +276,14 @@ class LocalBackend:
         assert job.proc is not None and job.start is not None
         returncode = job.proc.poll()
         if returncode is not None:
-            _signal_group(job.proc, signal.SIGKILL)  # leftovers of the batch script die with the job
-            _close_files(job)
             if job.state == "RUNNING":
                 self._finish(job, returncode, now)
+            if job.term_sent is None or job.killed or now - job.term_sent >= self.kill_wait:
+                # Leftovers of the batch script die with the job; after a SIGTERM they get the kill
+                # wait, like slurmstepd gives them (so srun can still report its steps).
+                _signal_group(job.proc, signal.SIGKILL)
+                _close_files(job)
+                job.reaped = True
             return
         if job.limit is not None and job.state == "RUNNING":
             if now - job.start >= job.limit * self.time_scale:
