@@ -16,8 +16,29 @@ through FirecREST):
   "BeginTime" while a `pending_delay` lasts.
 - RUNNING → COMPLETED (0:0) | FAILED (R:0, NonZeroExitCode) | TIMEOUT (0:15, TimeLimit: SIGTERM to the
   job's process group, SIGKILL after `kill_wait`) | "CANCELLED by <uid>" (0:15 when it ran, 0:0 when
-  it was still pending). When the batch script ends, whatever it left behind in its group is killed.
+  it was still pending). When the batch script ends, whatever it left behind in its group is killed
+  (after a SIGTERM, once `kill_wait` has passed, as slurmstepd does).
 - `fail_node(job_id)` (a test hook) ends a running job NODE_FAIL, as a node going down would.
+- The allocation: `--ntasks` x `--cpus-per-task` CPUs (1 without them) on one node, and the variables a
+  batch job gets on Slurm 22.05 (SLURM_CPUS_ON_NODE, SLURM_JOB_CPUS_PER_NODE, SLURM_NTASKS/SLURM_NPROCS/
+  SLURM_TASKS_PER_NODE with --ntasks, SLURM_CPUS_PER_TASK with -c, SLURM_NNODES, SLURM_NODELIST,
+  SLURMD_NODENAME, SLURM_JOB_USER/UID/GID, SLURM_SUBMIT_HOST, SLURM_PROCID/LOCALID/NODEID/GTIDS).
+- Job steps: `srun` (the shim srun.py, first on the job's PATH) runs one task (`--nodes=1 --ntasks=1`;
+  more is refused) in the job's process group, so a cancel ends it too. As srun 22.05 inside an
+  allocation: a step waits (FIFO) until its `--cpus-per-task` CPUs are free, saying "srun: Job N step
+  creation temporarily disabled, retrying (Requested nodes are busy)" and "srun: Step created for job
+  N" unless `--quiet`; more CPUs than the job has fails at once, "srun: error: Unable to create step for
+  job N: More processors requested than permitted" (status 1); `--overlap` or SLURM_OVERLAP (a step
+  inside a step) takes no CPUs. Steps are numbered 0, 1, ... per job (SLURM_STEP_ID, SLURM_STEPID and
+  the step's SLURM_NTASKS, SLURM_CPUS_ON_NODE, ...). srun's status is the task's, 128+S for signal S,
+  with "srun: error: <node>: task 0: Exited with exit code N" or "...: task 0: Terminated" (strsignal)
+  on stderr; a step `--time` (all formats, whole minutes, scaled by `time_scale`) ends the task with
+  "slurmstepd-<node>: error: *** STEP J.S ON <node> CANCELLED AT <time> DUE TO TIME LIMIT ***",
+  SIGTERM, SIGKILL after `kill_wait`, and "srun: Force Terminated StepId=J.S" unless `--quiet`; a cancel
+  of the job prints "*** STEP J.S ON <node> CANCELLED AT <time> ***". `--exact`, `--mem*`, `--gpus*`,
+  `--gres`, `--constraint`, `--job-name`, ... are accepted and ignored; other options fail like srun
+  ("srun: unrecognized option '--x'", status 255), also some a real srun knows. Unlike real srun, a step
+  without `--exact`/`-c` takes only its own CPUs (real Slurm gives it the job's and waits for them).
 - A finished job is forgotten `min_job_age` seconds after it ended (Slurm's MinJobAge, 600 s): then
   `jobs` omits it and `metadata` returns None, as the real server answers "Job not found.".
 
@@ -34,6 +55,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -87,6 +109,7 @@ class _Job:
     proc: subprocess.Popen[bytes] | None = None
     term_sent: float | None = None
     killed: bool = False
+    reaped: bool = False  # the batch script ended and whatever it left behind was killed
     timed_out: bool = False
     cancelled_by: int | None = None
     files: list[IO[bytes]] = field(default_factory=list)
@@ -127,6 +150,7 @@ class LocalBackend:
         self.min_job_age = min_job_age
         self.rejected_qos = rejected_qos
         self._spool = Path(tempfile.mkdtemp(prefix="ci-runner-local-jobs-"))
+        self._bin = _install_srun(self._spool / "bin")
         self._jobs: dict[str, _Job] = {}
         self._next_id = 1
         self._lock = threading.Condition()
@@ -242,7 +266,7 @@ class LocalBackend:
     def _advance(self, now: float) -> None:
         """Reap finished processes, enforce time limits, start queued jobs, forget old ones."""
         for job in self._jobs.values():
-            if job.proc is not None and job.proc.returncode is None:
+            if job.proc is not None and not job.reaped:
                 self._check_running(job, now)
         self._start_queued(now)
         for job_id in [i for i, j in self._jobs.items() if self._forgettable(j, now)]:
@@ -252,10 +276,14 @@ class LocalBackend:
         assert job.proc is not None and job.start is not None
         returncode = job.proc.poll()
         if returncode is not None:
-            _signal_group(job.proc, signal.SIGKILL)  # leftovers of the batch script die with the job
-            _close_files(job)
             if job.state == "RUNNING":
                 self._finish(job, returncode, now)
+            if job.term_sent is None or job.killed or now - job.term_sent >= self.kill_wait:
+                # Leftovers of the batch script die with the job; after a SIGTERM they get the kill
+                # wait, like slurmstepd gives them (so srun can still report its steps).
+                _signal_group(job.proc, signal.SIGKILL)
+                _close_files(job)
+                job.reaped = True
             return
         if job.limit is not None and job.state == "RUNNING":
             if now - job.start >= job.limit * self.time_scale:
@@ -359,7 +387,7 @@ class LocalBackend:
         job.state, job.reason, job.start, job.nodes = "RUNNING", "None", now, self._node
         job.exit_code, job.signal = 0, 0
         script_path = self._spool / f"job{int(job.job_id):05d}" / "slurm_script"
-        script_path.parent.mkdir(parents=True, exist_ok=True)
+        (script_path.parent / "steps").mkdir(parents=True, exist_ok=True)
         script_path.write_text(job.script)
         script_path.chmod(0o700)
         cwd = job.working_dir if os.path.isdir(job.working_dir) else "/tmp"
@@ -394,7 +422,10 @@ class LocalBackend:
             _write_quietly(job.stderr, f"slurmstepd: error: {exc}\n")
 
     def _job_env(self, job: _Job) -> dict[str, str]:
-        """`--export=ALL,K=V,...`: the sandbox's environment, the given variables, and Slurm's own."""
+        """`--export=ALL,K=V,...`: the sandbox's environment, the given variables, and Slurm's own (those
+        of a batch job on real Slurm 22.05), with the srun shim first on PATH."""
+        options = job.options or SbatchOptions()
+        cpus = str(options.cpus)
         env = dict(os.environ)
         env.update(job.env)
         env.update(
@@ -405,10 +436,32 @@ class LocalBackend:
                 "SLURM_JOB_PARTITION": "debug",
                 "SLURM_JOB_NUM_NODES": "1",
                 "SLURM_JOB_NODELIST": self._node,
+                "SLURM_NNODES": "1",
+                "SLURM_NODELIST": self._node,
+                "SLURMD_NODENAME": self._node,
                 "SLURM_SUBMIT_DIR": job.working_dir,
+                "SLURM_SUBMIT_HOST": self._node,
                 "SLURM_CLUSTER_NAME": "local",
+                "SLURM_JOB_USER": self._user,
+                "SLURM_JOB_UID": str(os.getuid()),
+                "SLURM_JOB_GID": str(os.getgid()),
+                "SLURM_CPUS_ON_NODE": cpus,
+                "SLURM_JOB_CPUS_PER_NODE": cpus,
+                "SLURM_NODEID": "0",
+                "SLURM_PROCID": "0",
+                "SLURM_LOCALID": "0",
+                "SLURM_GTIDS": "0",
+                "PATH": os.pathsep.join([str(self._bin), env.get("PATH", os.defpath)]),
+                "CI_RUNNER_SANDBOX_STEPS": str(self._spool / f"job{int(job.job_id):05d}" / "steps"),
+                "CI_RUNNER_SANDBOX_TIME_SCALE": repr(self.time_scale),
+                "CI_RUNNER_SANDBOX_KILL_WAIT": repr(self.kill_wait),
             }
         )
+        if options.ntasks is not None:
+            ntasks = str(options.ntasks)
+            env.update({"SLURM_NTASKS": ntasks, "SLURM_NPROCS": ntasks, "SLURM_TASKS_PER_NODE": ntasks})
+        if options.cpus_per_task is not None:
+            env["SLURM_CPUS_PER_TASK"] = str(options.cpus_per_task)
         if job.array_id is not None and job.task is not None:
             env.update({"SLURM_ARRAY_JOB_ID": job.array_id, "SLURM_ARRAY_TASK_ID": str(job.task)})
         return env
@@ -434,6 +487,19 @@ class LocalBackend:
             nodes=job.nodes,
             priority=_MAX_PRIORITY - int(job.job_id),
         )
+
+
+def _install_srun(directory: Path) -> Path:
+    """Copy the srun shim (srun.py next to this module) to `directory`/srun, run by this interpreter;
+    `directory`, to put first on a job's PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = (Path(__file__).with_name("srun.py")).read_text()
+    if not any(char.isspace() for char in sys.executable):  # a shebang cannot hold spaces
+        shim = f"#!{sys.executable}\n" + shim.split("\n", 1)[1]
+    target = directory / "srun"
+    target.write_text(shim)
+    target.chmod(0o755)
+    return directory
 
 
 def _times(job: _Job, now: float) -> tuple[int | None, int | None]:

@@ -63,6 +63,13 @@ class SbatchOptions:
     partition: str = DEFAULT_PARTITION
     qos: str = DEFAULT_QOS
     array: tuple[int, ...] | None = None  # --array: the task ids, sorted
+    ntasks: int | None = None  # --ntasks/-n
+    cpus_per_task: int | None = None  # --cpus-per-task/-c
+
+    @property
+    def cpus(self) -> int:
+        """CPUs of the allocation: one per task unless --cpus-per-task says more."""
+        return (self.ntasks or 1) * (self.cpus_per_task or 1)
 
 
 def sbatch_error(stderr: str, exit_status: int = 1) -> BackendError:
@@ -142,6 +149,8 @@ def parse_options(script: str) -> SbatchOptions:
             values[name] = value
             if name == "time":
                 parse_time_limit(value)  # sbatch checks it while it reads the options
+            if name in ("ntasks", "cpus-per-task"):
+                _positive(name, value)
     time_text = values.get("time")
     return SbatchOptions(
         output=values.get("output"),
@@ -152,7 +161,16 @@ def parse_options(script: str) -> SbatchOptions:
         partition=values.get("partition", DEFAULT_PARTITION),
         qos=values.get("qos", DEFAULT_QOS),
         array=None if "array" not in values else parse_array(values["array"]),
+        ntasks=None if "ntasks" not in values else _positive("ntasks", values["ntasks"]),
+        cpus_per_task=None if "cpus-per-task" not in values else _positive("cpus-per-task", values["cpus-per-task"]),
     )
+
+
+def _positive(name: str, text: str) -> int:
+    """A count option's value; sbatch's refusal when it is not a positive number."""
+    if not text.isdigit() or int(text) < 1:
+        raise sbatch_error(f'sbatch: error: Invalid numeric value "{text}" for --{name}.\n')
+    return int(text)
 
 
 MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task ids 0-1000
