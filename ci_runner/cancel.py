@@ -113,22 +113,29 @@ async def cancel_unfinished(cluster: Cluster, handle: StateFile, deadline: float
     names = [name for name, entry in handle.state.entries.items() if not entry.finished]
     if not names:
         return {}
-    urgent = urgent_cluster(cluster, len(names), deadline)
+    # entries sharing a recorded job (the steps of a packed job) cancel it once
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        job_id = handle.state.entries[name].job_id
+        groups.setdefault(f"job {job_id}" if job_id is not None else f"entry {name}", []).append(name)
+    urgent = urgent_cluster(cluster, len(groups), deadline)
     try:
-        done = await asyncio.gather(*(_cancel_entry(urgent, handle, name, target) for name in names),
+        done = await asyncio.gather(*(_cancel_entries(urgent, handle, group, target) for group in groups.values()),
                                     return_exceptions=True)
     finally:
         await urgent.close()
-    return {name: failure for name, failure in zip(names, done) if isinstance(failure, BaseException)}
+    return {name: failure for group, failure in zip(groups.values(), done) if isinstance(failure, BaseException)
+            for name in group}
 
 
-async def _cancel_entry(urgent: Cluster, handle: StateFile, name: str, target: Callable[[str], str]) -> None:
-    job_id = await recorded_job(urgent, handle.state.entries[name])
+async def _cancel_entries(urgent: Cluster, handle: StateFile, names: list[str], target: Callable[[str], str]) -> None:
+    """Cancel the job of `names` (one entry, or the entries of one packed job), recorded as CANCELLED."""
+    job_id = await recorded_job(urgent, handle.state.entries[names[0]])
     if job_id is None:
-        handle.update(name, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
+        handle.update_all(names, finished=True, state=statefile.NOT_SUBMITTED, outcome=Outcome.CANCELLED.value)
         return
     await urgent.cancel(target(job_id))
-    handle.update(name, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
+    handle.update_all(names, job_id=job_id, finished=True, state="CANCELLED", outcome=Outcome.CANCELLED.value)
 
 
 async def recorded_job(cluster: Cluster, entry: EntryState) -> str | None:

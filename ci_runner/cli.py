@@ -95,9 +95,12 @@ _CONFIG_OPTION = click.option(
 def validate_command(config_path: Path) -> None:
     from ci_runner import config, matrix
 
-    entries = matrix.expand(config.load(config_path))
+    loaded = config.load(config_path)
+    entries = matrix.expand(loaded)
     noun = "entry" if len(entries) == 1 else "entries"
-    click.echo(f"{config_path}: OK, {len(entries)} {noun}: {', '.join(e.name for e in entries)}")
+    systems = len({entry.system for entry in entries})
+    packed = f"; packed: the steps of {systems} job{'s' if systems > 1 else ''} (one per system)" if loaded.pack else ""
+    click.echo(f"{config_path}: OK, {len(entries)} {noun}: {', '.join(e.name for e in entries)}{packed}")
 
 
 @cli.command("matrix", help="Print the matrix entries. json: a list of {name, values, sbatch, system}; "
@@ -128,8 +131,10 @@ def matrix_command(config_path: Path, output_format: str) -> None:
 
 
 @cli.command("render", help="Dry run: print each entry's job script (or write <DIR>/<entry>.sh); submits nothing. "
-                           "Entries with the same sbatch options are submitted as one job array: --arrays shows "
-                           "the scripts as submitted (<DIR>/array+<k>.sh for an array).")
+                           "Entries with the same sbatch options are submitted as one job array, and with "
+                           "`pack: true` a system's entries as the steps of one packed job: --arrays shows "
+                           "the scripts as submitted (<DIR>/array+<k>.sh for an array, <DIR>/pack+<k>.sh for "
+                           "a packed job).")
 @_CONFIG_OPTION
 @click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Only this entry (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -138,22 +143,30 @@ def matrix_command(config_path: Path, output_format: str) -> None:
               help=f"Remote base directory (default: the config's `workdir`, else {RENDER_WORKDIR}; "
                    "`run` asks the system for its default).")
 @click.option("--arrays", "as_submitted", is_flag=True,
-              help="The scripts as submitted: one per job array (task i runs entry i), one per other entry.")
+              help="The scripts as submitted: one per packed job (step i runs entry i), one per job array "
+                   "(task i runs entry i), one per other entry.")
 def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Path | None, workdir: str | None,
                    as_submitted: bool) -> None:
     import os
 
-    from ci_runner import ci, config, matrix, render
-    from ci_runner.layout import ARRAY_PREFIX
+    from ci_runner import ci, config, matrix, pack, render
+    from ci_runner.layout import ARRAY_PREFIX, PACK_PREFIX
 
     loaded = config.load(config_path)
     entries = select_entries(matrix.expand(loaded), entry_names)
     specs = render.job_scripts(loaded, entries, ci.detect(os.environ, Path.cwd()),
-                               workdir or loaded.workdir or RENDER_WORKDIR, os.environ, arrays=loaded.job_arrays)
+                               workdir or loaded.workdir or RENDER_WORKDIR, os.environ, arrays=loaded.job_arrays,
+                               pack=loaded.pack)
     scripts = []  # (file name, title, script)
     if as_submitted:
         for submission in render.submissions(specs):
             first = submission.specs[0]
+            if submission.is_pack:
+                label = f"{PACK_PREFIX}{first.layout.pack[0]}"  # type: ignore[index]
+                names = ", ".join(spec.entry.name for spec in submission.specs)
+                title = f"packed job {label}: entries {names} as its steps (system {first.entry.system})"
+                scripts.append((f"{label}.sh", title, pack.submitted_script(submission)))
+                continue
             if submission.is_array:
                 label = f"{ARRAY_PREFIX}{first.layout.array[0]}"  # type: ignore[index]
                 names = ", ".join(spec.entry.name for spec in submission.specs)
@@ -163,8 +176,9 @@ def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Pat
             scripts.append((f"{label}.sh", title, submission.script))
     else:
         for spec in specs:
-            array = spec.layout.array
+            array, packed = spec.layout.array, spec.layout.pack
             where = f", task {array[1]} of job array {ARRAY_PREFIX}{array[0]} (--arrays)" if array is not None else ""
+            where = f", step {packed[1]} of packed job {PACK_PREFIX}{packed[0]} (--arrays)" if packed else where
             scripts.append((f"{spec.entry.name}.sh", f"entry {spec.entry.name} (system {spec.entry.system}{where})",
                             spec.script))
     if out_dir is None:

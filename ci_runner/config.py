@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Union
 import yaml
 
 from ci_runner.errors import ConfigError
+from ci_runner.steps import refusal
 
 Scalar = Union[str, int, float, bool]
 
@@ -91,6 +92,7 @@ class Config:
     resubmit: int = 0                           # automatic resubmits on infrastructure states (NODE_FAIL, ...)
     cleanup: bool = False                       # remove the remote entry dir after success
     job_arrays: bool = True                     # entries with equal options: one job array (arrays.py)
+    pack: bool = False                          # a system's entries as the steps of one job (pack.py)
     max_output: int = DEFAULT_MAX_OUTPUT        # bytes of output printed per entry before skipping to its tail
     max_artifact_size: int = DEFAULT_MAX_ARTIFACT_SIZE  # larger artifacts are skipped with a warning
 
@@ -543,6 +545,15 @@ class _Checks:
                 else:
                     self.duration(path + (name,), value)
 
+    def step_options(self, path: KeyPath, options: dict[str, Any]) -> None:
+        """Under `pack: true` an include's sbatch options are its job step's: only what a step can set
+        (steps.py), unless it repeats the top-level value (the allocation's)."""
+        top = self.data.get("sbatch") if isinstance(self.data.get("sbatch"), dict) else {}
+        for name, value in options.items():
+            why = refusal(name)
+            if why is not None and name not in RESERVED_SBATCH and not (name in top and same_value(top[name], value)):
+                self.fail(path + (name,), f"not a job step option (pack: true): {why}", key=True)
+
     def matrix(self, matrix: object) -> None:
         if not isinstance(matrix, dict):
             return
@@ -576,6 +587,8 @@ class _Checks:
                     self.fail(path + (name,), f"expected a system name, got {_describe(value)}")
             if isinstance(include.get("sbatch"), dict):
                 self.sbatch(path + ("sbatch",), include["sbatch"])
+                if self.data.get("pack") is True:
+                    self.step_options(path + ("sbatch",), include["sbatch"])
 
     def exclude(self, path: KeyPath, exclude: dict[str, Any], axes: Mapping[str, list[Any]]) -> None:
         for name, value in exclude.items():
@@ -671,6 +684,7 @@ def _build_config(data: dict[str, Any], path: Path, where: Mapping[KeyPath, _Whe
         resubmit=int(data.get("resubmit", 0)),
         cleanup=bool(data.get("cleanup", False)),
         job_arrays=bool(data.get("job_arrays", True)),
+        pack=bool(data.get("pack", False)),
         max_output=parse_size(data["max_output"]) if "max_output" in data else DEFAULT_MAX_OUTPUT,
         max_artifact_size=(parse_size(data["max_artifact_size"]) if "max_artifact_size" in data
                            else DEFAULT_MAX_ARTIFACT_SIZE),

@@ -22,8 +22,9 @@ never interleaves writes of that size, so records never mix:
     <i>|<text>            the step's line <text>, whose newline the record's own newline stands for
     <i>+<text>            a piece without newline: a line longer than one record, cut on a UTF-8
                           character boundary (invalid bytes pass unchanged), or a last line
-    <i>!<status> <how>    the step's end, after all its lines: srun's exit status and how it ended:
-                          exited | signal N | time-limit | not-started
+    <i>!<status> <how> <s>  the step's end, after all its lines: srun's exit status, how it ended
+                          (exited | signal N | time-limit | not-started) and the seconds from the
+                          step's start (its wait for CPUs inside the allocation included)
 
 `<i>` is the entry's position in the packed job (the specs given, kept by a resubmit of a subset).
 A complete line is written as soon as it arrives. srun's own messages follow the step's output
@@ -38,40 +39,20 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ci_runner.config import Config, same_value
-from ci_runner.errors import ConfigError
-from ci_runner.matrix import Entry
-from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, heredoc_delimiter
-from ci_runner.states import Outcome, Verdict, classify
+from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission, heredoc_delimiter
+from ci_runner.states import Outcome, Verdict, base_state, classify, is_infrastructure
 
 PIPE_BUF = 4096  # POSIX: a pipe write of at most this many bytes is never interleaved with others
 EXITED, TIME_LIMIT, NOT_STARTED, SIGNAL = "exited", "time-limit", "not-started", "signal"
 
-# Options a job step inside the allocation can set (`srun` applies them to step allocations): the
-# resources of the entry's one task, its node features among the allocation's, its own time limit.
-STEP_OPTIONS = frozenset({
-    "cpus-per-task", "cpus-per-gpu", "mem", "mem-per-cpu", "mem-per-gpu", "gpus", "gpus-per-task",
-    "gpus-per-node", "gres", "constraint", "time",
-})
-_ONE_TASK = ("a packed entry's commands run once, as the one task of its job step; ask for its CPUs with "
-             "cpus-per-task (an `srun` in the script shares them), or pack the entry in a job of its own")
-_NOT_STEP = {
-    "partition": "a step runs in the allocation's partition; set it in the top-level sbatch",
-    "account": "a step is charged to the allocation's account; set it in the top-level sbatch or `account:`",
-    "qos": "a step runs under the allocation's QOS; set it in the top-level sbatch",
-    "reservation": "a step runs in the allocation's reservation; set it in the top-level sbatch",
-    "exclusive": "steps share the allocation by design; set it in the top-level sbatch for the whole job",
-    "nodes": "a packed entry runs on one node of the allocation; set nodes in the top-level sbatch",
-    "ntasks": _ONE_TASK,
-    "ntasks-per-node": _ONE_TASK,
-}
 _RECORD = re.compile(r"([0-9]+)([|+!])(.*)", re.S)
-_END = re.compile(r"([0-9]+) (exited|time-limit|not-started|signal [0-9?]+)")
+_END = re.compile(r"([0-9]+) (exited|time-limit|not-started|signal [0-9?]+)(?: ([0-9]+))?")
 
 # The labeller: stdin -> records on stdout (see the module docstring). With a second argument, srun's
-# exit status, stdin holds srun's messages and the end record follows them.
+# exit status (and a third, the step's seconds), stdin holds srun's messages and the end record follows
+# them; srun's "task 0: Exited with exit code N" is left out (the entry's job-end line just said so).
 LABELLER = r"""use strict;
-my ($i, $status) = @ARGV;
+my ($i, $status, $seconds) = @ARGV;
 my $max = 4096 - length($i) - 2;   # a record: "$i", its mark, the text, "\n"
 my ($buf, $said) = ("", "");
 sub put { my $r = "$i$_[0]$_[1]\n"; defined(syswrite(STDOUT, $r)) or exit 1; }
@@ -79,7 +60,11 @@ sub cont { (ord(substr($buf, $_[0], 1)) & 0xC0) == 0x80 }   # a UTF-8 continuati
 sub records {
   while (1) {
     my $nl = index($buf, "\n");
-    if ($nl >= 0 && $nl <= $max) { put("|", substr($buf, 0, $nl)); substr($buf, 0, $nl + 1, ""); next; }
+    if ($nl >= 0 && $nl <= $max) {
+      my $line = substr($buf, 0, $nl);
+      put("|", $line) unless defined $status && $line =~ /^srun: error: \S+: task \d+: Exited with exit code \d+$/;
+      substr($buf, 0, $nl + 1, ""); next;
+    }
     return if length($buf) <= $max;
     my $cut = $max;   # cut before a character, not inside one (unless the bytes are not UTF-8)
     $cut-- while $cut > $max - 3 && cont($cut);
@@ -100,47 +85,21 @@ my $how = $status == 0 ? "exited"
   : $said =~ /: task \d+: Exited with exit code \d+/ ? "exited"
   : $said =~ /: task \d+: / ? "signal " . ($status > 128 ? $status - 128 : "?")
   : "not-started";
-put("!", "$status $how");
+put("!", "$status $how" . (defined $seconds ? " $seconds" : ""));
 """
 
 _STEP_FUNCTION = (
     "ci_runner_step() {  # position, commands file, srun options: the entry as a job step, its output as records\n"
-    "  local position=$1 file=$2 status\n"
+    "  local position=$1 file=$2 status start=$SECONDS\n"
     "  shift 2\n"
     "  srun --quiet --exact --nodes=1 --ntasks=1 \"$@\" /bin/bash -c "
     "'export SLURM_OVERLAP=1; exec /bin/bash \"$0\" 2>&1' \"$file\" 2> \"$file.srun\" "
     "| perl -e \"$ci_runner_label\" \"$position\"\n"
     "  status=${PIPESTATUS[0]}\n"
-    "  perl -e \"$ci_runner_label\" \"$position\" \"$status\" < \"$file.srun\"\n"
+    "  perl -e \"$ci_runner_label\" \"$position\" \"$status\" \"$((SECONDS - start))\" < \"$file.srun\"\n"
     "  return \"$status\"\n"
     "}\n"
 )
-
-
-def refusal(name: str) -> str | None:
-    """Why `name` cannot be a packed entry's own option (a job step cannot set it), or None when it can.
-    For config.py's checks too, where the include's file:line is known."""
-    if name in STEP_OPTIONS:
-        return None
-    return _NOT_STEP.get(name, "not an option of a job step (srun applies it to job allocations only); "
-                               "set it in the top-level sbatch, which describes the packed job's allocation")
-
-
-def step_options(config: Config, entry: Entry) -> tuple[str, ...]:
-    """The srun options of `entry`'s step: its sbatch options that the top-level `sbatch` does not set to
-    the same value (an include's), as `--name=value` (true: `--name`, false: none). Raises ConfigError
-    naming the entry and the option when a step cannot set it."""
-    options = []
-    for name, value in entry.sbatch.items():
-        if name in config.sbatch and same_value(config.sbatch[name], value):
-            continue
-        reason = refusal(name)
-        if reason is not None:
-            raise ConfigError(f"{config.path}: matrix.include: sbatch.{name} (entry {entry.name}): "
-                              f"not a job step option in pack mode: {reason}")
-        if value is not False:
-            options.append(f"--{name}" if value is True else f"--{name}={value}")
-    return tuple(options)
 
 
 def packed_script(specs: Sequence[JobSpec], allocation_header: str, options: Sequence[Sequence[str]],
@@ -174,6 +133,18 @@ def packed_script(specs: Sequence[JobSpec], allocation_header: str, options: Seq
     )
 
 
+def submitted_script(submission: Submission) -> str:
+    """The script `submission` is submitted with: its packed job's (its steps: all, or a resubmit's
+    `tasks`), else render's (a job, a job array)."""
+    if not submission.is_pack:
+        return submission.script
+    first = submission.specs[0]
+    assert first.layout.pack is not None
+    return packed_script(submission.specs, first.header, [spec.step_options for spec in submission.specs],
+                         submission.tasks or None,
+                         f"{first.layout.pack[0]} of run {first.layout.run.root.rsplit('/', 1)[-1]}")
+
+
 def _step(position: int, spec: JobSpec, options: Sequence[str]) -> str:
     """Shell: write the entry's commands to its step script, then start its step in the background; an
     entry whose script cannot be written ends at once (not started), with the reason as its text."""
@@ -201,6 +172,7 @@ class StepEnd:
     step: int
     status: int
     how: str
+    seconds: int | None = None  # how long the step ran, from its start (waiting for CPUs included)
 
 
 @dataclass(frozen=True)
@@ -227,6 +199,12 @@ class StreamDemux:
         self._open = lines.pop()
         return self._decide(lines, closed=True)
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes fed but not decided yet (the open last line): the stream is printed up to its offset
+        minus these, which is where an `--attach` resumes."""
+        return len(self._open.encode("utf-8", "surrogateescape"))
+
     def finish(self) -> Demuxed:
         """After the stream's end: a last line without newline (never a record the labeller wrote
         whole) is the job's text, as written."""
@@ -250,7 +228,8 @@ class StreamDemux:
                 if end is None:
                     job.append(line + newline)
                 else:
-                    ends.append(StepEnd(step, int(end.group(1)), end.group(2)))
+                    seconds = int(end.group(3)) if end.group(3) is not None else None
+                    ends.append(StepEnd(step, int(end.group(1)), end.group(2), seconds))
                 continue
             text.setdefault(step, []).append(body + "\n" if mark == "|" else body)
         return Demuxed({step: "".join(parts) for step, parts in text.items()}, tuple(ends), "".join(job))
@@ -282,3 +261,13 @@ def entry_verdict(end: StepEnd | None, job_state: str | None, *, ci_cancelled: b
     if not ended_early:
         return Verdict(Outcome.INFRA, f"the packed job ended ({job_state.strip()}) without the entry's end record")
     return Verdict(allocation.outcome, f"{allocation.summary}: the allocation ended before the entry finished")
+
+
+def entry_state(verdict: Verdict, job_state: str | None) -> str:
+    """The Slurm-like state an entry of a packed job is reported with (summary, JUnit, outputs): what a
+    job of its own would have ended as; the packed job's own state when its ending decided the entry."""
+    named = {Outcome.PASSED: "COMPLETED", Outcome.FAILED: "FAILED", Outcome.TIMEOUT: "TIMEOUT",
+             Outcome.CANCELLED: "CANCELLED"}
+    if verdict.outcome is Outcome.INFRA and job_state and is_infrastructure(job_state):
+        return base_state(job_state)
+    return named.get(verdict.outcome, "FAILED")

@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
@@ -61,8 +61,9 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from ci_runner.ci import CIContext
-from ci_runner.config import Config, Scalar
+from ci_runner.config import Config, Scalar, same_value
 from ci_runner.errors import ConfigError
+from ci_runner.steps import allocation_cpus, refusal, step_cpus
 from ci_runner.arrays import array_script, group_tasks
 from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
 from ci_runner.matrix import Entry
@@ -105,10 +106,11 @@ class JobSpec:
     """
 
     entry: Entry
-    header: str    # the #SBATCH lines
+    header: str    # the #SBATCH lines (of a packed entry: its packed job's, the allocation)
     commands: str  # what the job runs, after the header
     layout: EntryLayout
     env: Mapping[str, str]
+    step_options: tuple[str, ...] = ()  # a packed entry: the srun options of its job step
 
     @property
     def script(self) -> str:
@@ -134,7 +136,15 @@ class Submission:
         return self.specs[0].layout.array is not None
 
     @property
+    def is_pack(self) -> bool:
+        """The steps of one packed job (its script: pack.submitted_script)."""
+        return self.specs[0].layout.pack is not None
+
+    @property
     def script(self) -> str:
+        """The script of a job or a job array (a packed job's: pack.submitted_script)."""
+        if self.is_pack:
+            raise ValueError("a packed job's script is pack.submitted_script's")
         if not self.is_array:
             return self.specs[0].script
         first = self.specs[0]
@@ -158,11 +168,16 @@ class Submission:
 
 
 def submissions(specs: Sequence[JobSpec]) -> list[Submission]:
-    """The submits of a run: one per job array (its tasks' specs in task order), one per other entry;
-    in the order of each one's first entry."""
+    """The submits of a run: one per packed job (its steps' specs in step order), one per job array
+    (its tasks' specs in task order), one per other entry; in the order of each one's first entry."""
     groups: dict[tuple[str, int], list[JobSpec]] = {}  # in the order of each group's first entry
     for position, spec in enumerate(specs):
-        key = ("array", spec.layout.array[0]) if spec.layout.array is not None else ("job", position)
+        if spec.layout.pack is not None:
+            key = ("pack", spec.layout.pack[0])
+        elif spec.layout.array is not None:
+            key = ("array", spec.layout.array[0])
+        else:
+            key = ("job", position)
         groups.setdefault(key, []).append(spec)
     return [Submission(tuple(group)) for group in groups.values()]
 
@@ -215,7 +230,11 @@ def job_scripts(
             layout = array_layout(layout, *array)
         if pack:
             layout = pack_layout(layout, list(packs).index(entry.system), packs[entry.system].index(entry))
-        specs.append(_job(config, entry, ci, layout, lines, passed, template, source, output_cap))
+        spec = _job(config, entry, ci, layout, lines, passed, template, source, output_cap)
+        if pack:
+            spec = replace(spec, header=allocation_header(config, layout, job_name(ci.run_id)),
+                           step_options=step_options(config, entry))
+        specs.append(spec)
     return specs
 
 
@@ -284,6 +303,47 @@ def allocation_header(config: Config, layout: EntryLayout, name: str) -> str:
     which describe the allocation its entries' steps share."""
     allocation = Entry(name="packed allocation", index=-1, values={}, sbatch=config.sbatch, system=config.system)
     return _own_lines(layout, name) + _option_lines(config, allocation)
+
+
+def step_options(config: Config, entry: Entry) -> tuple[str, ...]:
+    """The srun options of `entry`'s step in a packed job: its sbatch options that the top-level
+    `sbatch` does not set to the same value (an include's), as `--name=value` (true: `--name`, false:
+    none). Raises ConfigError naming the entry and the option when a step cannot set it (config.py
+    reports it at its line first; this is the wall for a Config not made by config.load)."""
+    options = []
+    for name, value in entry.sbatch.items():
+        if name in config.sbatch and same_value(config.sbatch[name], value):
+            continue
+        reason = refusal(name)
+        if reason is not None:
+            raise ConfigError(f"{config.path}: matrix.include: sbatch.{name} (entry {entry.name}): "
+                              f"not a job step option (pack: true): {reason}")
+        if value is not False:
+            options.append(f"--{name}" if value is True else f"--{name}={value}")
+    return tuple(options)
+
+
+def pack_notes(config: Config, specs: Sequence[JobSpec]) -> list[str]:
+    """What the log says about each packed job before it is submitted: its entries, and when their
+    steps need more CPUs than the allocation has, that steps wait inside it (or cannot start)."""
+    notes = []
+    for submission in submissions(specs):
+        if not submission.is_pack:
+            continue
+        first = submission.specs[0]
+        note = (f"packed job {first.layout.pack[0]} (system {first.entry.system}): "  # type: ignore[index]
+                f"{len(submission.specs)} entries as the steps of one allocation")
+        cpus = allocation_cpus(config.sbatch)
+        if cpus is not None:
+            need = {spec.entry.name: step_cpus(config.sbatch, spec.entry.sbatch) for spec in submission.specs}
+            too_big = [name for name, n in need.items() if n > cpus]
+            if too_big:
+                note += (f"; {', '.join(too_big)} ask(s) for more CPUs than its {cpus}: their steps cannot start")
+            elif sum(need.values()) > cpus:
+                note += (f" of {cpus} CPUs; together they need {sum(need.values())}: steps that do not fit wait "
+                         "inside it for the others")
+        notes.append(note)
+    return notes
 
 
 def _own_lines(layout: EntryLayout, name: str) -> str:

@@ -185,7 +185,9 @@ async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapp
             source = transfer.plan_source(workspace.source_archive(plan.cwd, ci.sha), run_layout(workdir, ci.run_id),
                                           info.output_cap)
         specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap,
-                                   arrays=config.job_arrays)
+                                   arrays=config.job_arrays, pack=config.pack)
+        for note in render.pack_notes(config, specs):
+            reporter.info(note)
         options = runner.RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)

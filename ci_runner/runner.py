@@ -23,25 +23,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from ci_runner import pack as packed
 from ci_runner import statefile, states, transfer, workspace
 from ci_runner.cancel import cancel_unfinished, find_job
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
-from ci_runner.layout import job_found, split_task_id, task_id
+from ci_runner.cluster import JobStatus
+from ci_runner.layout import PACK_PREFIX, job_found, split_task_id, task_id
+from ci_runner.matrix import Entry
 from ci_runner.observer import RunObserver
 from ci_runner.poller import (Ask, Clock, Decision, Ending, Finish, FollowLimits, Follower, Next, RunPace, Started,
                               Step, Waiting, queue_seconds)
-from ci_runner.render import CHECKOUT_FAILED, Submission, submissions
+from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission, submissions
 from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader
+from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, utf8_len
 
 if TYPE_CHECKING:
-    from ci_runner.cluster import Cluster, JobStatus
+    from ci_runner.cluster import Cluster
     from ci_runner.config import Config
-    from ci_runner.render import JobSpec
     from ci_runner.reporters.base import Reporter
     from ci_runner.transfer import SourcePlan
 
@@ -115,10 +117,29 @@ class _Entry:
     limit_warned: bool = False  # the max_output warning was printed for the current job
     status: JobStatus | None = None  # the current job's last known state
     reader: OutputReader | None = None  # the current job's output reader
+    pack: _Pack | None = None  # set for a packed job followed like an entry: its output is the stream
 
     @property
     def name(self) -> str:
         return self.spec.entry.name
+
+
+@dataclass
+class _Pack:
+    """A packed job (pack.py) while the run follows it: its entries by step, the stream's
+    demultiplexer, and each entry's attempt once its end record (or the job's end) decided it."""
+
+    submission: Submission
+    job: _Entry                     # the packed job, followed like an entry: its reader reads the stream
+    members: tuple[_Entry, ...]     # by step
+    demux: packed.StreamDemux
+    decided: dict[str, asyncio.Future[_Attempt]]
+    job_text: str = ""              # the job's own lines in the last chunk read (the follower judges them)
+    held: dict[int, packed.StepEnd] = field(default_factory=dict)  # ends decided by how the job ends
+    task: asyncio.Task[None] | None = None
+
+    def undecided(self) -> list[_Entry]:
+        return [member for member in self.members if not self.decided[member.name].done()]
 
 
 class _Run:
@@ -140,6 +161,9 @@ class _Run:
         # Job arrays (arrays.py): the entries of array k share one submit, made by the first of them
         self.arrays = {s.specs[0].layout.array[0]: s for s in submissions(specs) if s.is_array}  # type: ignore[index]
         self.array_submits: dict[int, asyncio.Task[str]] = {}
+        # Packed jobs (pack.py): the entries of packed job k are its steps, followed by one task
+        self.pack_submissions = {s.specs[0].layout.pack[0]: s for s in submissions(specs) if s.is_pack}  # type: ignore[index]
+        self.packs: dict[int, _Pack] = {}
         self.state: StateFile
 
     # -- the whole run -------------------------------------------------------------------------
@@ -194,9 +218,10 @@ class _Run:
 
     async def _cancel_run(self, tasks: dict[str, asyncio.Task[EntryResult]], report: bool = True) -> int:
         """Stop every follower, cancel every job (urgently, in parallel), report CANCELLED entries; 130."""
-        for task in (*tasks.values(), *self.array_submits.values()):
+        pack_tasks = [pack.task for pack in self.packs.values() if pack.task is not None]
+        for task in (*tasks.values(), *self.array_submits.values(), *pack_tasks):
             task.cancel()
-        await asyncio.gather(*tasks.values(), *self.array_submits.values(), return_exceptions=True)
+        await asyncio.gather(*tasks.values(), *self.array_submits.values(), *pack_tasks, return_exceptions=True)
         # an array task is cancelled by its own id once it started, else with its array
         failures = await cancel_unfinished(self.cluster, self.state, self.options.cancel_deadline,
                                            target=self.observer.addressable)
@@ -299,6 +324,10 @@ class _Run:
 
     async def _entry_attempts(self, entry: _Entry) -> EntryResult:
         recorded = self.state.state.entries.get(entry.name)
+        if entry.spec.layout.pack is not None:
+            if self.options.attach and recorded is not None and recorded.finished:
+                return self._recorded_result(entry, recorded)
+            return await self._packed_entry(entry)
         offset = 0
         if self.options.attach and recorded is not None:
             if recorded.finished:
@@ -367,6 +396,154 @@ class _Run:
                                          output_prefix=layout.output_prefix, exclude=exclude,
                                          job_of=job_found(layout.output_prefix))
 
+    # -- packed jobs (pack.py) -------------------------------------------------------------------
+
+    async def _packed_entry(self, entry: _Entry) -> EntryResult:
+        """A packed entry: its attempt comes from its packed job's one follower (`_follow_pack`)."""
+        assert entry.spec.layout.pack is not None
+        pack = self._pack(entry.spec.layout.pack[0])
+        attempt = await asyncio.shield(pack.decided[entry.name])
+        artifacts_dir, junit_files = await self._fetch_artifacts(entry, attempt)
+        return self._result(entry, attempt.status, attempt, artifacts_dir, junit_files)
+
+    def _pack(self, number: int) -> _Pack:
+        """Packed job `number` of the run, its follower started by the first of its entries to ask."""
+        pack = self.packs.get(number)
+        if pack is None:
+            submission = self.pack_submissions[number]
+            first = submission.specs[0]
+            job = _Entry(JobSpec(Entry(f"{PACK_PREFIX}{number}", -1, {}, {}, first.entry.system), first.header, "",
+                                 first.layout, first.env))
+            members = tuple(self.entries[spec.entry.name] for spec in submission.specs)
+            loop = asyncio.get_running_loop()
+            pack = _Pack(submission, job, members, packed.StreamDemux(range(len(members))),
+                         {member.name: loop.create_future() for member in members})
+            job.pack = pack
+            self.packs[number] = pack
+            pack.task = asyncio.create_task(self._run_pack(pack), name=f"packed job {number}")
+        return pack
+
+    async def _run_pack(self, pack: _Pack) -> None:
+        """`_follow_pack`; a failure to follow (API errors after retries) is every undecided entry's."""
+        try:
+            await self._follow_pack(pack)
+        except CIRunnerError as error:
+            for member in pack.undecided():
+                pack.decided[member.name].set_exception(error)
+        except asyncio.CancelledError:
+            for member in pack.undecided():
+                pack.decided[member.name].cancel()
+            raise
+
+    async def _follow_pack(self, pack: _Pack) -> None:
+        """Submit the packed job (or attach to it), follow it, and decide each entry: by its end record
+        as it comes, else by how the job ended; resubmit the entries that did not finish when the job
+        ended in an infrastructure state (`resubmit`)."""
+        job, offset = pack.job, 0
+        left = pack.undecided()
+        recorded = [self.state.state.entries[member.name] for member in left]
+        if self.options.attach and recorded[0].job_id is not None:
+            job.job_id, job.submitted_wall = recorded[0].job_id, recorded[0].submitted_at
+            offset = min(entry.offset for entry in recorded if entry.job_id == job.job_id)
+            self.reporter.info(f"packed job {job.job_id} ({', '.join(m.name for m in left)}): attaching at "
+                               f"stream byte {offset}")
+        elif self.options.attach and recorded[0].state == statefile.SUBMITTING:
+            job.job_id = await find_job(self.cluster, job.spec.job_name, left[0].spec.layout.root, job.spec.layout.output)
+            job.submitted_wall = recorded[0].submitted_at
+        if job.job_id is None:
+            async with self.submit_slots:
+                await self._submit_pack(pack, [pack.members.index(member) for member in left])
+        else:
+            for member in left:
+                member.job_id, member.submitted_wall = job.job_id, job.submitted_wall
+        resubmits = self.options.resubmit
+        while True:
+            assert job.job_id is not None
+            attempt = await self._follow(job, job.job_id, offset)
+            self._route(pack, pack.demux.finish())
+            left = pack.undecided()
+            state = attempt.status.state if attempt.status else ""
+            if left and resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
+                resubmits -= 1
+                for member in left:
+                    self._flush_partial(member)
+                    self.reporter.warning(f"packed job {job.job_id} ended {state} (cluster failure): resubmitting "
+                                          f"the entries that did not finish ({resubmits} resubmit(s) left)", member.name)
+                steps = [pack.members.index(member) for member in left]
+                pack.demux, pack.held = packed.StreamDemux(steps), {}
+                async with self.submit_slots:
+                    await self._submit_pack(pack, steps)
+                offset = 0
+                continue
+            for member in left:
+                self._decide_member(pack, member, pack.held.get(pack.members.index(member)), attempt)
+            return
+
+    async def _submit_pack(self, pack: _Pack, steps: Sequence[int]) -> None:
+        """Submit the packed job with the entries `steps` (all, or those a resubmit runs again)."""
+        job = pack.job
+        submission = Submission(pack.submission.specs, () if len(steps) == len(pack.members) else tuple(steps))
+        members = [pack.members[step] for step in steps]
+        names = [member.name for member in members]
+        earlier = (job.job_id,) if job.job_id else ()
+        job.submitted_wall, job.status = time.time(), None
+        layout = job.spec.layout
+        self.state.update_all(names, state=statefile.SUBMITTING, job_id=None, output_path=layout.output, offset=0,
+                              submitted_at=job.submitted_wall)
+        job.job_id = await self.cluster.submit(packed.submitted_script(submission), submission.working_dir,
+                                               submission.env, output_prefix=layout.output_prefix, exclude=earlier)
+        self.state.update_all(names, job_id=job.job_id, output_path=layout.output_path(job.job_id), state="SUBMITTED")
+        for member in members:
+            member.job_id, member.submitted_wall, member.status = job.job_id, job.submitted_wall, None
+            self.reporter.entry_submitted(member.name, job.job_id, member.spec.layout.root)
+
+    def _emit_stream(self, pack: _Pack, reader: OutputReader, text: str) -> None:
+        """A chunk of a packed job's stream: each entry's text to it, each end record decides its entry;
+        the stream offset up to the last whole record is recorded for every entry still running."""
+        self._route(pack, pack.demux.feed(text))
+        printed = max(0, reader.offset - pack.demux.pending_bytes)
+        left = [member.name for member in pack.undecided()]
+        if left:
+            self.state.update_all(left, offset=printed)
+
+    def _route(self, pack: _Pack, out: packed.Demuxed) -> None:
+        for step, text in out.text.items():
+            member = pack.members[step]
+            self._show(member, text, member.output_bytes + utf8_len(text))
+        pack.job_text = out.job_text
+        for line in out.job_text.splitlines():
+            if line.strip() and not line.startswith(JOB_END_LINE):  # Slurm's own messages about the job
+                self.reporter.warning(f"packed job {pack.job.job_id}: {line}")
+        for end in out.ends:
+            member = pack.members[end.step]
+            if pack.decided[member.name].done():
+                continue
+            if end.how in (packed.EXITED, packed.TIME_LIMIT):
+                self._decide_member(pack, member, end, None)
+            else:  # killed, or never started: the job's own ending (a cancel, its time limit) may be why
+                pack.held[end.step] = end
+
+    def _decide_member(self, pack: _Pack, member: _Entry, end: packed.StepEnd | None,
+                       ended: _Attempt | None) -> None:
+        """Decide a packed entry: by its end record as it comes (`ended` None), or once the packed job
+        ended (`ended`: that attempt) by its end record and the job's final state, or by how the job
+        ended when the entry has none."""
+        job = pack.job.status if ended is None else ended.status
+        if ended is not None and job is None:  # the job vanished, or never started in vain: its reason
+            verdict = states.Verdict(ended.outcome, ended.message)
+        else:
+            verdict = packed.entry_verdict(end, None if ended is None or job is None else job.state)
+        self._flush_partial(member)
+        exit_code = end.status if end is not None else None
+        status = JobStatus(member.job_id or "", packed.entry_state(verdict, job.state if job else None), None,
+                           exit_code, None, job.start if job else None, None, None)
+        member.status = status
+        run = float(end.seconds) if end is not None and end.seconds is not None else None
+        explain = verdict.outcome not in (Outcome.PASSED, Outcome.FAILED)
+        queued = queue_seconds(job, pack.job.submitted_wall) if job is not None else None
+        pack.decided[member.name].set_result(_Attempt(status, verdict.outcome, verdict.summary if explain else "",
+                                                      queue_seconds=queued, run_seconds=run))
+
     async def _follow(self, entry: _Entry, job_id: str, offset: int) -> _Attempt:
         """Follow the job until it is final, doing what its `Follower` decides: ask the run's observer
         for the state, poll the output (printing it as it arrives), wait."""
@@ -401,20 +578,31 @@ class _Run:
                     self._emit(entry, reader, text)
                     if reader.limited:
                         self._limit_reached(entry, reader)
-                    decision = follower.output_read(text, chunked=reader.chunked, limited=reader.limited,
-                                                    now=clock.monotonic())
-                self._tell(name, decision)
+                    decision = follower.output_read(self._judged(entry, text), chunked=reader.chunked,
+                                                    limited=reader.limited, now=clock.monotonic())
+                self._tell(entry, decision)
                 step = decision.step
             # a listing sent after the job list that showed it final gives the final size
             return await self._end(entry, reader, step, self.observer.states_sent or answered)
 
-    def _tell(self, name: str, decision: Decision) -> None:
+    def _tell(self, entry: _Entry, decision: Decision) -> None:
         notice = decision.notice
-        if isinstance(notice, Waiting):
-            self.reporter.entry_waiting(name, notice.state, notice.reason, notice.waited)
+        if isinstance(notice, Waiting):  # a packed job's wait is each of its entries' wait
+            for name in [m.name for m in entry.pack.undecided()] if entry.pack else [entry.name]:
+                self.reporter.entry_waiting(name, notice.state, notice.reason, notice.waited)
         elif isinstance(notice, Started):
+            name = f"packed job {entry.job_id}" if entry.pack else entry.name
             self.reporter.info(f"{name}: {notice.state} after {format_duration(notice.waited)} in the queue"
                                if notice.waited is not None else f"{name}: {notice.state}")
+
+    @staticmethod
+    def _judged(entry: _Entry, text: str) -> str:
+        """What the follower judges of a chunk read: the chunk; of a packed job's stream only the job's
+        own lines (every entry's step prints a job-end line of its own, the job's comes after them all),
+        or a newline standing for records read (the output flows)."""
+        if entry.pack is None:
+            return text
+        return entry.pack.job_text or ("\n" if text else "")
 
     async def _end(self, entry: _Entry, reader: OutputReader, finish: Finish, final_since: float) -> _Attempt:
         """What the follower's `Finish` asks for: drain and decide, or cancel the job that waits in vain."""
@@ -483,8 +671,19 @@ class _Run:
         """Print a chunk and record how far the output is printed (whole lines: the reporter holds the rest)."""
         if not text:
             return
+        if entry.pack is not None:
+            self._emit_stream(entry.pack, reader, text)
+            return
+        self._show(entry, text, reader.offset)
+        # Bytes not printed yet: the unfinished last line (re-encoding is exact unless it holds
+        # invalid UTF-8, which the reader replaced with U+FFFD; then a few bytes may be repeated).
+        printed = max(0, reader.offset - entry.partial_bytes)
+        self.state.update(entry.name, offset=printed)
+
+    def _show(self, entry: _Entry, text: str, output_bytes: int) -> None:
+        """Print a chunk of the entry's output; keep its last lines for the summary."""
         self.reporter.entry_output(entry.name, text)
-        entry.output_bytes = reader.offset
+        entry.output_bytes = output_bytes
         # Only the last TAIL_LINES lines (each cut to TAIL_LINE_CHARS) are kept for the summary.
         head, newline, rest = text.rpartition("\n")
         if newline:
@@ -493,10 +692,6 @@ class _Run:
             entry.partial, entry.partial_bytes = "", 0
         entry.partial = (entry.partial + rest)[-TAIL_LINE_CHARS:]
         entry.partial_bytes += len(rest.encode("utf-8"))
-        # Bytes not printed yet: the unfinished last line (re-encoding is exact unless it holds
-        # invalid UTF-8, which the reader replaced with U+FFFD; then a few bytes may be repeated).
-        printed = max(0, reader.offset - entry.partial_bytes)
-        self.state.update(entry.name, offset=printed)
 
     def _limit_reached(self, entry: _Entry, reader: OutputReader) -> None:
         """The job's output reached max_output: end the cut line, record the offset, warn once per job."""

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from ci_runner.errors import UsageError
 
@@ -152,4 +152,10 @@ class StateFile:
     def update(self, entry: str, **changes: object) -> None:
         """Apply `changes` to one entry and save."""
         self.state = self.state.with_entry(entry, **changes)
+        save(self.path, self.state)
+
+    def update_all(self, entries: Iterable[str], **changes: object) -> None:
+        """Apply `changes` to each of `entries` and save once (the entries of one packed job)."""
+        for entry in entries:
+            self.state = self.state.with_entry(entry, **changes)
         save(self.path, self.state)

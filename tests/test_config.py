@@ -335,3 +335,44 @@ def test_problem_list_is_capped(tmp_path: Path) -> None:
     lines = problems(tmp_path, text)
     assert len(lines) == config.MAX_REPORTED + 1
     assert lines[-1].endswith(f"... and {25 - config.MAX_REPORTED} more problems")
+
+
+# ---------------------------------------------------------------------------------- pack mode
+
+PACKED = """\
+    version: 1
+    system: daint
+    pack: true
+    sbatch: {partition: normal, ntasks: 4, time: 30m}
+    matrix:
+      cc: [gcc, clang]
+      include:
+        - cc: gcc
+          sbatch: {%s}
+    script: echo hi
+    """
+
+
+@pytest.mark.parametrize("options", ["cpus-per-task: 2", "mem: 4G", "gpus: 1", "time: 5m", "constraint: gpu",
+                                      "partition: normal", "ntasks: 4"])  # the last two repeat the allocation's
+def test_pack_lets_an_include_set_what_a_job_step_can(tmp_path: Path, options: str) -> None:
+    assert load(write(tmp_path, PACKED % options)).pack is True
+
+
+@pytest.mark.parametrize("options, name, why", [
+    ("partition: debug", "partition", "a step runs in the allocation's partition; set it in the top-level sbatch"),
+    ("nodes: 2", "nodes", "a packed entry runs on one node of the allocation"),
+    ("ntasks: 2", "ntasks", "run once, as the one task of its job step"),
+    ("qos: high", "qos", "under the allocation's QOS"),
+    ("mail-type: END", "mail-type", "srun applies it to job allocations only"),
+])
+def test_pack_refuses_an_include_option_no_job_step_can_set_at_its_line(tmp_path: Path, options: str, name: str,
+                                                                        why: str) -> None:
+    found = problems(tmp_path, PACKED % options)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{tmp_path / '.ci-runner.yml'}:9:"), found  # the include's sbatch line
+    assert f"matrix.include[0].sbatch.{name}: not a job step option (pack: true): " in found[0] and why in found[0]
+
+
+def test_without_pack_an_include_may_set_any_option(tmp_path: Path) -> None:
+    assert load(write(tmp_path, PACKED.replace("pack: true", "pack: false") % "partition: debug")).pack is False

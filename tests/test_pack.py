@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_runner import pack
+from ci_runner import pack, render, steps
 from ci_runner.ci import CIContext
 from ci_runner.config import Config, load
 from ci_runner.errors import ConfigError
@@ -29,7 +29,7 @@ def packed(tmp_path: Path, text: str, workdir: str = "/scratch/ci") -> tuple[Con
     specs = job_scripts(config, entries, CI, workdir, {}, pack=True)
     assert [spec.layout.pack for spec in specs] == [(0, i) for i in range(len(specs))]
     header = allocation_header(config, specs[0].layout, job_name(CI.run_id))
-    options = [pack.step_options(config, spec.entry) for spec in specs]
+    options = [render.step_options(config, spec.entry) for spec in specs]
     return config, specs, pack.packed_script(specs, header, options)
 
 
@@ -58,14 +58,14 @@ script: |
 def test_each_step_option_of_an_include_reaches_its_step_only(tmp_path: Path, option: str, value: str,
                                                               expected: str) -> None:
     config, specs, _ = packed(tmp_path, BASE.format(include=f"    - {{kind: b, sbatch: {{{option}: {value}}}}}"))
-    assert [pack.step_options(config, spec.entry) for spec in specs] == [(), (expected,)]
+    assert [render.step_options(config, spec.entry) for spec in specs] == [(), (expected,)]
 
 
 def test_an_option_equal_to_the_allocation_s_is_no_step_option_and_booleans_are_flags(tmp_path: Path) -> None:
     config, specs, _ = packed(tmp_path, BASE.format(include="    - {kind: b, sbatch: {ntasks: 2, time: 10m}}"))
-    assert pack.step_options(config, specs[1].entry) == ()
+    assert render.step_options(config, specs[1].entry) == ()
     entry = Entry("x", 0, {}, {**config.sbatch, "gres": True, "mem": False}, "local")
-    assert pack.step_options(config, entry) == ("--gres",)
+    assert render.step_options(config, entry) == ("--gres",)
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -80,10 +80,10 @@ def test_an_option_a_step_cannot_set_is_refused_naming_entry_and_option(tmp_path
     config, specs, _ = packed(tmp_path, BASE.format(include="    - {kind: b, sbatch: {mem: 1G}}"))
     entry = Entry("b", 1, {}, {**config.sbatch, option: value}, "local")
     with pytest.raises(ConfigError) as raised:
-        pack.step_options(config, entry)
+        render.step_options(config, entry)
     message = str(raised.value)
     assert f"sbatch.{option} (entry b)" in message and words in message and str(config.path) in message
-    assert pack.refusal(option) is not None and pack.refusal("mem") is None
+    assert steps.refusal(option) is not None and steps.refusal("mem") is None
 
 
 def test_the_packed_script_is_bash_with_the_allocation_header_and_every_entry_s_commands(tmp_path: Path) -> None:
@@ -145,8 +145,17 @@ def label(data: bytes, step: int = 3, status: int | None = None) -> bytes:
 def test_lines_pieces_and_the_end_record() -> None:
     assert label(b"one\ntwo\n\nlast") == b"3|one\n3|two\n3|\n3+last\n"
     assert label(b"", status=0) == b"3!0 exited\n"
-    assert label(b"srun: error: vm: task 0: Exited with exit code 3\n", status=3) == \
-        b"3|srun: error: vm: task 0: Exited with exit code 3\n3!3 exited\n"
+    # srun's own "Exited with exit code" repeats the entry's job-end line: left out; other messages stay
+    assert label(b"srun: error: vm: task 0: Exited with exit code 3\n", status=3) == b"3!3 exited\n"
+    assert label(b"srun: Job 12 step creation temporarily disabled, retrying\n", status=0) == \
+        b"3|srun: Job 12 step creation temporarily disabled, retrying\n3!0 exited\n"
+
+
+def test_the_end_record_carries_the_step_s_seconds_and_the_demux_reads_them() -> None:
+    records = subprocess.run(["perl", "-e", pack.LABELLER, "3", "0", "42"], input=b"", capture_output=True,
+                             timeout=30).stdout
+    assert records == b"3!0 exited 42\n"
+    assert pack.StreamDemux([3]).feed(records.decode()).ends == (pack.StepEnd(3, 0, "exited", 42),)
 
 
 @pytest.mark.parametrize("said, status, how", [
@@ -293,9 +302,8 @@ def test_the_packed_script_runs_every_step_and_ends_with_its_own_line(tmp_path: 
                           timeout=60)
     assert done.returncode == 1 and done.stderr == b""
     out = pack.StreamDemux([0, 1]).feed(done.stdout.decode())
-    assert out.text == {0: f"a\n{JOB_END_LINE}0\n",
-                        1: f"b\n{JOB_END_LINE}1\nsrun: error: here: task 0: Exited with exit code 1\n"}
-    assert sorted(out.ends, key=lambda end: end.step) == [pack.StepEnd(0, 0, "exited"), pack.StepEnd(1, 1, "exited")]
+    assert out.text == {0: f"a\n{JOB_END_LINE}0\n", 1: f"b\n{JOB_END_LINE}1\n"}  # srun's "Exited ..." left out
+    assert sorted((end.step, end.status, end.how) for end in out.ends) == [(0, 0, "exited"), (1, 1, "exited")]
     assert out.job_text == f"{JOB_END_LINE}1\n"
 
 
@@ -310,4 +318,53 @@ def test_a_step_script_that_cannot_be_written_ends_its_entry_at_once(tmp_path: P
     out = pack.StreamDemux([0, 1]).feed(done.stdout.decode())
     assert done.returncode == 1
     assert f"cannot write the step script {specs[0].layout.step_script}\n" in out.text[0]
-    assert pack.StepEnd(0, 1, "not-started") in out.ends and pack.StepEnd(1, 0, "exited") in out.ends
+    assert sorted((end.step, end.status, end.how) for end in out.ends) == [(0, 1, "not-started"), (1, 0, "exited")]
+
+
+# -- the run's packed jobs (render.submissions, pack.submitted_script, render.pack_notes) -------------
+
+SYSTEMS = """\
+version: 1
+system: alps
+checkout: none
+pack: true
+sbatch: {ntasks: 2, time: 10m}
+matrix:
+  cc: [gcc, clang]
+  system: [alps, eiger]
+  include:
+    - {cc: clang, system: eiger, sbatch: {cpus-per-task: 4}}
+script: echo {{ cc }}
+"""
+
+
+def test_entries_on_different_systems_are_packed_per_system_each_with_its_own_script(tmp_path: Path) -> None:
+    (tmp_path / "ci.yml").write_text(SYSTEMS)
+    config = load(tmp_path / "ci.yml")
+    specs = job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=config.pack)
+    submissions = render.submissions(specs)
+    assert [(s.is_pack, [spec.entry.name for spec in s.specs]) for s in submissions] == [
+        (True, ["gcc-alps", "clang-alps"]), (True, ["gcc-eiger", "clang-eiger"])]
+    for number, submission in enumerate(submissions):
+        script = pack.submitted_script(submission)
+        assert f"#SBATCH --output=/scratch/ci/run-7/output/pack+{number}.%j.out" in script
+        assert script.count("ci_runner_step ") == 2 and "#SBATCH --ntasks=2" in script
+    assert "--cpus-per-task=4" in pack.submitted_script(submissions[1])
+    assert "--cpus-per-task=4" not in pack.submitted_script(submissions[0])
+    with pytest.raises(ValueError):
+        submissions[0].script  # noqa: B018  (a packed job's script is pack.submitted_script's)
+
+
+def test_the_log_says_when_steps_wait_inside_the_allocation_and_when_one_cannot_start(tmp_path: Path) -> None:
+    (tmp_path / "ci.yml").write_text(SYSTEMS)
+    config = load(tmp_path / "ci.yml")
+    specs = job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=True)
+    notes = render.pack_notes(config, specs)
+    assert notes[0] == "packed job 0 (system alps): 2 entries as the steps of one allocation"  # 2 CPUs, 2 steps
+    assert notes[1].startswith("packed job 1 (system eiger): 2 entries as the steps of one allocation; ")
+    assert "clang-eiger ask(s) for more CPUs than its 2: their steps cannot start" in notes[1]
+    (tmp_path / "ci.yml").write_text(SYSTEMS.replace("cpus-per-task: 4", "cpus-per-task: 2"))
+    config = load(tmp_path / "ci.yml")
+    notes = render.pack_notes(config, job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=True))
+    assert notes[1].endswith("of 2 CPUs; together they need 3: steps that do not fit wait inside it for the others")
+    assert render.pack_notes(config, job_scripts(config, expand(config), CI, "/scratch/ci", {})) == []

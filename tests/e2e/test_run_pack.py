@@ -1,0 +1,169 @@
+"""Pack mode end to end: the matrix runs as the steps of ONE Slurm job (one submit, one job in the
+queue), every line of every entry reaches that entry exactly once, outcomes stay per entry, SIGTERM
+leaves no job and `--attach` after SIGKILL resumes the stream without loss or duplication. Both
+sandbox backends (real Slurm: 2 CPUs and an allocation of 2, so two of the four steps wait inside
+it for the others)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, runner_env, wait_until
+
+from ci_runner import states
+from ci_runner.render import JOB_END_LINE
+
+KINDS = ("alpha", "beta", "gamma", "delta")
+LINES = 12
+SUBMIT = "POST /compute/{system_name}/jobs"
+
+CONFIG = """\
+version: 1
+system: local
+checkout: none
+pack: true
+sbatch:
+  ntasks: 2
+  time: 4m
+matrix:
+  kind: [{kinds}]
+{include}
+env:
+  GATE: {gate}
+script: |
+  for i in $(seq 1 {lines}); do echo "{{{{ kind }}}} line $i é€😀"; sleep 0.1; done
+  for i in $(seq 1 600); do [ -e "$GATE" ] && break; sleep 0.1; done
+  printf '{{{{ kind }}}} no newline'
+  [ {{{{ kind }}}} != beta ] || exit 3
+  [ {{{{ kind }}}} != delta ] || sleep 300
+"""
+DELTA_TIME_LIMIT = """\
+  include:
+    - kind: delta
+      sbatch: {time: 1m}
+"""
+
+
+def _expected(kind: str) -> list[str]:
+    # the entry's own job-end line follows its unfinished last line, byte for byte, as in a job of its own
+    return [f"{kind} line {i} é€😀" for i in range(1, LINES + 1)] + [
+        f"{kind} no newline{JOB_END_LINE}{3 if kind == 'beta' else 0}"]
+
+
+def _setup(tmp_path: Path, sandbox: Any, gate_open: bool = True, include: str = "",
+           kinds: tuple[str, ...] = KINDS) -> tuple[Path, Path, Path, list[str]]:
+    repo = git_repo(tmp_path / "repo")
+    gate = tmp_path / "gate"
+    if gate_open:
+        gate.touch()
+    config = repo / "ci.yml"
+    config.write_text(CONFIG.format(gate=gate, lines=LINES, include=include, kinds=", ".join(kinds)))
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{sandbox.root}/ci"]
+    return repo, gate, state_file, args
+
+
+def _offsets(state_file: Path) -> set[int]:
+    return {int(e["offset"]) for e in json.loads(state_file.read_text())["entries"].values()}
+
+
+def _run_jobs(sandbox: Any, state_file: Path) -> list[dict[str, Any]]:
+    ids = set(recorded_jobs(state_file).values())
+    return [job for job in sandbox.backend.jobs() if job["jobId"] in ids]
+
+
+def _summary(lines: list[str]) -> list[list[str]]:
+    return [line.split() for line in lines[lines.index("ci-runner: summary"):]]
+
+
+def test_a_packed_matrix_is_one_job_and_every_line_reaches_its_entry(sandbox: Any, tmp_path: Path) -> None:
+    kinds = ("alpha", "beta", "gamma", "epsilon")  # four one-CPU steps in 2 CPUs (delta sleeps on: below)
+    repo, _, state_file, args = _setup(tmp_path, sandbox, kinds=kinds)
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            code = run.finish(timeout=240)
+            lines = run.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert sandbox.request_log.counts.get(SUBMIT) == 1, sandbox.request_log.counts
+    jobs = recorded_jobs(state_file)
+    assert len(jobs) == 4 and len(set(jobs.values())) == 1, jobs  # one Slurm job for the whole matrix
+    assert len(_run_jobs(sandbox, state_file)) == 1
+    for kind in kinds:
+        assert entry_lines(lines, kind) == _expected(kind), (kind, lines[-30:])
+    summary = _summary(lines)
+    assert any(row[:3] == ["beta", "FAILED", "3"] for row in summary), summary
+    assert all(any(row[:3] == [k, "COMPLETED", "0"] for row in summary) for k in kinds if k != "beta"), summary
+    assert code == 1, lines[-8:]
+
+
+@pytest.mark.slow
+def test_a_step_over_its_own_time_limit_is_that_entry_s_timeout_and_the_others_go_on(
+        sandbox: Any, tmp_path: Path) -> None:
+    """delta's step has `time: 1m` and sleeps on: delta is TIMEOUT (exit 4, worse than beta's FAILED 1),
+    the other entries keep their own outcomes, all from the one job."""
+    repo, _, state_file, args = _setup(tmp_path, sandbox, include=DELTA_TIME_LIMIT)
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            code = run.finish(timeout=300)
+            lines = run.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert len(set(recorded_jobs(state_file).values())) == 1
+    for kind in ("alpha", "beta", "gamma"):
+        assert entry_lines(lines, kind) == _expected(kind), kind
+    summary = _summary(lines)
+    assert any(row[:2] == ["delta", "TIMEOUT"] for row in summary), summary
+    assert any(row[:3] == ["beta", "FAILED", "3"] for row in summary), summary
+    assert code == states.Outcome.TIMEOUT.exit_code, lines[-8:]
+
+
+def test_sigterm_cancels_the_packed_job(sandbox: Any, tmp_path: Path) -> None:
+    repo, _, state_file, args = _setup(tmp_path, sandbox, gate_open=False, kinds=KINDS[:3])
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            run.wait_for(r"^\[(alpha|beta)\] \1 line 3 ", timeout=120)
+            run.send(signal.SIGTERM)
+            code = run.finish(timeout=30)
+            lines = run.lines()
+        assert code == 130, lines[-8:]
+
+        def final() -> bool:
+            listed = _run_jobs(sandbox, state_file)
+            return bool(listed) and all(states.is_terminal(job["status"]["state"]) for job in listed)
+
+        wait_until(final, 10, "the packed job to be final")
+        assert [job["status"]["state"].split()[0] for job in _run_jobs(sandbox, state_file)] == ["CANCELLED"]
+        assert all(json.loads(state_file.read_text())["entries"][k]["finished"] for k in KINDS[:3])
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+
+
+def test_attach_after_sigkill_resumes_the_stream_without_loss_or_duplication(sandbox: Any, tmp_path: Path) -> None:
+    repo, gate, state_file, args = _setup(tmp_path, sandbox, gate_open=False, kinds=KINDS[:2])
+    env = runner_env(sandbox)
+    try:
+        with ci_runner(args, repo, env) as run:
+            run.wait_for(r"^\[alpha\] alpha line 12 ", timeout=120)
+            run.wait_for(r"^\[beta\] beta line 12 ", timeout=60)
+            # Output is printed, then its offset recorded: kill once the record caught up with the whole
+            # stream (the steps wait at the gate), so that what is printed twice would be the runner's fault.
+            stream = next(Path(sandbox.root).rglob("output/pack+0.*.out"))
+            wait_until(lambda: _offsets(state_file) == {stream.stat().st_size}, 10, "the stream offset")
+            run.kill()  # SIGKILL: the job goes on
+            before = run.lines()
+        gate.touch()
+        with ci_runner(["run", "--attach", *args[1:]], repo, env) as attached:
+            code = attached.finish(timeout=240)
+            after = attached.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    for kind in ("alpha", "beta"):
+        assert entry_lines(before, kind) + entry_lines(after, kind) == _expected(kind), (kind, after[-20:])
+    assert sandbox.request_log.counts.get(SUBMIT) == 1
+    assert code == 1, after[-8:]
