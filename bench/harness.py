@@ -174,13 +174,15 @@ class BenchSandbox:
 
 
 @contextmanager
-def sandbox(backend: str, quota_per_minute: int = 0, slots: int = 2, latency: float = 0.0) -> Iterator[BenchSandbox]:
+def sandbox(backend: str, quota_per_minute: int = 0, slots: int = 2, latency: float = 0.0,
+            pending_delay: float = 0.0) -> Iterator[BenchSandbox]:
     """A fresh sandbox (127.0.0.1, temp root); on exit every job under its root is cancelled, then it stops.
-    `latency`: seconds added to every request (a site's SSH round trip)."""
+    `latency`: seconds added to every request (a site's SSH round trip); `pending_delay`: seconds each
+    job is held PENDING after its submit (a busy queue)."""
     from ci_runner.sandbox.faults import Faults
     from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 
-    faults = Faults(quota_per_minute=quota_per_minute, latency=latency)
+    faults = Faults(quota_per_minute=quota_per_minute, latency=latency, pending_delay=pending_delay)
     handle = start_sandbox(SandboxOptions(backend=backend, slots=slots, faults=faults))
     try:
         yield BenchSandbox(handle)
@@ -239,14 +241,15 @@ class Invocation:
 
 
 def prepare(tool: str, sb: BenchSandbox, run_dir: str, workload: Workload, entries: int = 1,
-            requests_per_minute: int | None = None, baseline_interval: float = 10.0) -> Invocation:
-    """Write what `tool` needs to run `workload` (`entries` times in parallel) under `<root>/<run_dir>`."""
+            requests_per_minute: int | None = None, baseline_interval: float = 10.0, pack: int = 0) -> Invocation:
+    """Write what `tool` needs to run `workload` (`entries` times in parallel) under `<root>/<run_dir>`;
+    `pack`: ci-runner packs the entries into one job of that many CPUs (0: separate jobs)."""
     remote = sb.root / run_dir
     remote.mkdir(parents=True)
     local = remote.parent / f"{run_dir}-local"
     local.mkdir()
     if tool == "ci-runner":
-        return _prepare_ci_runner(local, remote, workload, entries, requests_per_minute)
+        return _prepare_ci_runner(local, remote, workload, entries, requests_per_minute, pack)
     mode = tool.removeprefix("baseline-")
     argvs = []
     for index in range(entries):
@@ -261,14 +264,16 @@ def prepare(tool: str, sb: BenchSandbox, run_dir: str, workload: Workload, entri
 
 
 def _prepare_ci_runner(local: Path, remote: Path, workload: Workload, entries: int,
-                       requests_per_minute: int | None) -> Invocation:
+                       requests_per_minute: int | None, pack: int = 0) -> Invocation:
     matrix = ""
     if entries > 1:
         names = ", ".join(f"e{i:02d}" for i in range(entries))
         matrix = f"matrix:\n  n: [{names}]\n"
     # max_output: the benchmarks stream everything (the default 256 MiB limit protects CI logs, not this)
-    config = (f"version: 1\nsystem: local\nworkdir: {remote}\ncheckout: none\nmax_output: 4GiB\n"
-              f"sbatch:\n  partition: debug\n  time: \"{workload.time_limit}\"\n{matrix}"
+    packed = f"pack: true\n" if pack else ""
+    ntasks = f"  ntasks: {pack}\n" if pack else ""
+    config = (f"version: 1\nsystem: local\nworkdir: {remote}\ncheckout: none\nmax_output: 4GiB\n{packed}"
+              f"sbatch:\n  partition: debug\n  time: \"{workload.time_limit}\"\n{ntasks}{matrix}"
               f"script: |\n  {workload.body}\n")
     (local / ".ci-runner.yml").write_text(config, encoding="utf-8")
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "init.defaultBranch=main"]
@@ -326,10 +331,11 @@ class ToolResult:
 def measure(tool: str, backend: str, workload: Workload, *, run_dir: str, timeout: float,
             sink_factory: Callable[[], StreamSink], entries: int = 1, requests_per_minute: int | None = None,
             quota_per_minute: int = 0, baseline_interval: float = 10.0, slots: int = 2, latency: float = 0.0,
-            on_files: Callable[[list[Path]], None] | None = None) -> ToolResult:
-    """Run `tool` on `workload` in a fresh sandbox and return what it did."""
-    with sandbox(backend, quota_per_minute, slots, latency) as sb:
-        invocation = prepare(tool, sb, run_dir, workload, entries, requests_per_minute, baseline_interval)
+            on_files: Callable[[list[Path]], None] | None = None, pack: int = 0,
+            pending_delay: float = 0.0) -> ToolResult:
+    """Run `tool` on `workload` in a fresh sandbox and return what it did (`pack`: see `prepare`)."""
+    with sandbox(backend, quota_per_minute, slots, latency, pending_delay) as sb:
+        invocation = prepare(tool, sb, run_dir, workload, entries, requests_per_minute, baseline_interval, pack)
         commands = [(argv, sink_factory()) for argv in invocation.argvs]
         runs = run_processes(commands, sb.env(), invocation.cwd, timeout, invocation.cwd / "stderr")
         files = sb.output_files(sb.root / run_dir)

@@ -33,7 +33,8 @@ from bench.metrics import (
 from ci_runner.budget import max_in_window
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-METRICS = ("latency", "amplification", "completeness", "requests", "scale", "economy", "exit", "rss", "coldstart")
+METRICS = ("latency", "amplification", "completeness", "requests", "scale", "economy", "pack", "exit", "rss",
+           "coldstart")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class Params:
     economy_lines: int = 6
     economy_interval: float = 1.0
     economy_timeout: float = 1800.0  # per tool and entry count: stopped after this ("killed after N s")
+    pack_entries: tuple[int, ...] = (8, 64)  # row 5c: the economy workload packed into one job of 2 CPUs
+    pack_queue_entries: int = 8  # ... and this many, separate and packed, with each job held pending
+    pack_pending_delay: float = 30.0  # seconds (a busy queue)
     exit_repeats: int = 5  # row 6: single-job runs of its own, at exit_quota with exit_latency per request
     exit_quota: int = 10
     exit_latency: float = 0.2
@@ -83,7 +87,8 @@ class Params:
                    chatty_lines=5,
                    chatty_interval=0.1, scale_entries=(2,), scale_quota=600, scale_lines=2, scale_interval=0.1,
                    scale_timeout=60.0, economy_entries=(2,), economy_quota=600, economy_latency=0.0,
-                   economy_lines=2, economy_interval=0.1, economy_timeout=60.0, exit_repeats=1, exit_quota=600,
+                   economy_lines=2, economy_interval=0.1, economy_timeout=60.0, pack_entries=(2,), pack_queue_entries=2,
+                   pack_pending_delay=1.0, exit_repeats=1, exit_quota=600,
                    exit_latency=0.0, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, run_timeout=60.0)
 
 
@@ -212,19 +217,45 @@ class Bench:
             for entries in p.economy_entries:
                 r = self._at_quota(tool, workload, entries, p.economy_quota, latency=p.economy_latency, slots=2,
                                    sink_factory=EntrySink, timeout=p.economy_timeout)
-                sinks = [run.sink for run in r.runs if isinstance(run.sink, EntrySink)]
-                latencies = [v for sink in sinks for v in sink.entry_latencies()]
-                first = min((sink.first_line_at_time() for sink in sinks), default=math.inf)
-                expected = p.economy_lines * (entries if tool == "ci-runner" else 1)
-                per_n[str(entries)] = {
-                    "first_line": first - r.started, "p50": percentile(latencies, 0.5),
-                    "max": max(latencies, default=math.inf), "wall": r.wall,
-                    "requests": len(api_requests(r.served)), "429": _count_429(r),
-                    "exactly_once": all(sink.exactly_once(expected) for sink in sinks) and len(sinks) == len(r.runs),
-                    "delivered": sum(len(sink.seen) for sink in sinks) / (p.economy_lines * entries),
-                    "finished": not any(run.killed for run in r.runs), "timeout": p.economy_timeout,
-                    "failure": r.failure()}
+                per_n[str(entries)] = self._economy_figures(tool, r, entries)
             self.results.setdefault("economy", {})[tool] = per_n
+
+    def _economy_figures(self, tool: str, r: ToolResult, entries: int) -> dict[str, Any]:
+        p = self.params
+        sinks = [run.sink for run in r.runs if isinstance(run.sink, EntrySink)]
+        latencies = [v for sink in sinks for v in sink.entry_latencies()]
+        first = min((sink.first_line_at_time() for sink in sinks), default=math.inf)
+        expected = p.economy_lines * (entries if tool == "ci-runner" else 1)
+        return {
+            "first_line": first - r.started, "p50": percentile(latencies, 0.5),
+            "max": max(latencies, default=math.inf), "wall": r.wall,
+            "requests": len(api_requests(r.served)), "429": _count_429(r),
+            "exactly_once": all(sink.exactly_once(expected) for sink in sinks) and len(sinks) == len(r.runs),
+            "delivered": sum(len(sink.seen) for sink in sinks) / (p.economy_lines * entries),
+            "finished": not any(run.killed for run in r.runs), "timeout": p.economy_timeout,
+            "failure": r.failure()}
+
+    # -- 5c. pack mode: the economy workload as the steps of one job --------------------------------
+    def pack(self) -> None:
+        """Row 5b's workload packed into one job of 2 CPUs (ci-runner only: the baselines have no such
+        thing), at the same quota and latency; then `pack_queue_entries` entries separate and packed
+        with every job held `pack_pending_delay` s in the queue: what the queue waits cost."""
+        p = self.params
+        workload = Workload(("stamped", str(p.economy_lines), str(p.economy_interval)))
+        if "ci-runner" not in p.tools:
+            return
+        per_n: dict[str, Any] = {}
+        for entries in p.pack_entries:
+            r = self._at_quota("ci-runner", workload, entries, p.economy_quota, latency=p.economy_latency, slots=2,
+                               sink_factory=EntrySink, timeout=p.economy_timeout, pack=2)
+            per_n[str(entries)] = self._economy_figures("ci-runner", r, entries)
+        for label, pack in (("separate", 0), ("packed", 2)):
+            r = self._at_quota("ci-runner", workload, p.pack_queue_entries, p.economy_quota, latency=p.economy_latency,
+                               slots=2, sink_factory=EntrySink, timeout=p.economy_timeout, pack=pack,
+                               pending_delay=p.pack_pending_delay)
+            per_n[f"queued-{label}"] = {**self._economy_figures("ci-runner", r, p.pack_queue_entries),
+                                        "entries": p.pack_queue_entries, "pending_delay": p.pack_pending_delay}
+        self.results.setdefault("pack", {})["ci-runner"] = per_n
 
     # -- 6. job end -> exit (from every single-job run above) ----------------------------------------
     def exit(self) -> None:
@@ -376,6 +407,14 @@ def cells(metric: str, data: dict[str, Any]) -> str:
                          f"wall {_s(d['wall'])}, {d['requests']} req, {d['429']}×429"
                          + ("" if d["exactly_once"] else ", NOT exactly once") + _failed(d))
         return "; ".join(parts)
+    if metric == "pack":
+        parts = []
+        for n, d in data.items():
+            what = (f"{d['entries']} {n.removeprefix('queued-')}, each job pending {d['pending_delay']:g} s"
+                    if n.startswith("queued-") else f"{n}")
+            parts.append(f"{what}: first {_s(d['first_line'])}, wall {_s(d['wall'])}, {d['requests']} req, "
+                         f"{d['429']}×429" + ("" if d["exactly_once"] else ", NOT exactly once") + _failed(d))
+        return "; ".join(parts)
     if metric == "exit":
         cell = (f"{data['quota']}/min + {data['latency']:g} s: p50 {_s(data['p50'])}, max {_s(data['max'])} "
                 f"(n={data['n']}){_failed(data)}")
@@ -397,6 +436,7 @@ TITLES = {
     "requests": "4 API requests per minute (idle job × entries: while idle, whole run · chatty job)",
     "scale": "5 scale at the quota (entries: wall, 429s, max req in 60 s)",
     "economy": "5b economy at 10/min + 0.2 s (entries: first line, line p50 and max, wall, requests)",
+    "pack": "5c pack mode at 10/min + 0.2 s (entries in one job of 2 CPUs: first line, wall, requests)",
     "exit": "6 job end → process exit",
     "rss": "7 peak RSS while streaming",
     "coldstart": "8 cold start",
@@ -409,6 +449,7 @@ TARGETS = {
     "scale": "0 × 429 at 64 entries, 10/min",
     "economy": "1: first ≤ 5 s, wall ≤ 12 s; 4: ≤ 10 s, ≤ 70 s; 8: ≤ 20 s, ≤ 100 s, ≤ 22 req; 64: ≤ 120 req; "
                "all: 0×429, exactly once",
+    "pack": "8: first ≤ 10 s, wall ≤ 45 s; 64: ≤ 60 req; all: 0×429, exactly once",
     "exit": "p50 ≤ 2 s",
     "rss": "≤ 100 MB, flat",
     "coldstart": "--help ≤ 0.3 s",
@@ -458,6 +499,11 @@ def verdict(metric: str, d: dict[str, Any]) -> str:
             ok = d["64"]["429"] == 0 and d["64"]["finished"]
         elif metric == "economy":
             return economy_verdict(d)
+        elif metric == "pack":
+            runs = [x for n, x in d.items()]
+            ok = (all(x["429"] == 0 and x["exactly_once"] and x.get("finished", True) for x in runs)
+                  and ("8" not in d or (d["8"]["first_line"] <= 10 and d["8"]["wall"] <= 45))
+                  and ("64" not in d or d["64"]["requests"] <= 60))
         elif metric == "exit":
             ok = (d if d["n"] else d["other_rows"])["p50"] <= 2.0
         elif metric == "rss":
