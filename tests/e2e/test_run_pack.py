@@ -167,3 +167,56 @@ def test_attach_after_sigkill_resumes_the_stream_without_loss_or_duplication(san
         assert entry_lines(before, kind) + entry_lines(after, kind) == _expected(kind), (kind, after[-20:])
     assert sandbox.request_log.counts.get(SUBMIT) == 1
     assert code == 1, after[-8:]
+
+
+RESUBMIT = """\
+version: 1
+system: local
+checkout: none
+pack: true
+resubmit: 1
+sbatch: {{ntasks: 2}}
+matrix:
+  kind: [quick, slow]
+env:
+  GATE: {gate}
+script: |
+  echo "{{{{ kind }}}} on job $SLURM_JOB_ID"
+  [ {{{{ kind }}}} = quick ] && exit 0
+  for i in $(seq 1 600); do [ -e "$GATE" ] && break; sleep 0.1; done
+  echo released
+"""
+
+
+def test_a_resubmit_after_a_node_failure_runs_again_only_the_entries_that_had_not_finished(tmp_path: Path) -> None:
+    """Local backend (the one whose node a test can fail): `quick` ends, then the packed job's node
+    fails while `slow` waits; the job is submitted again with `slow`'s step alone; `quick` keeps its result."""
+    from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+    root = tmp_path / "cluster"
+    root.mkdir()
+    repo = git_repo(tmp_path / "repo")
+    gate = tmp_path / "gate"
+    (repo / "ci.yml").write_text(RESUBMIT.format(gate=gate))
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(repo / "ci.yml"), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{root}/ci"]
+    with start_sandbox(SandboxOptions(root=root, backend="local", port=0)) as sandbox:
+        try:
+            with ci_runner(args, repo, runner_env(sandbox)) as run:
+                run.wait_for(r"^ci-runner: quick: PASSED", timeout=60)
+                run.wait_for(r"^\[slow\] slow on job 1$", timeout=60)
+                wait_until(lambda: sandbox.backend.fail_node("1"), 10, "job 1 to run")
+                run.wait_for(r"^\[slow\] slow on job 2$", timeout=60)
+                gate.touch()
+                code = run.finish(timeout=60)
+                lines = run.lines()
+        finally:
+            cancel_jobs(sandbox, ["1", "2"])
+        jobs = {job["jobId"]: job["status"]["state"] for job in sandbox.backend.jobs()}
+    assert jobs == {"1": "NODE_FAIL", "2": "COMPLETED"}, jobs
+    assert entry_lines(lines, "quick") == ["quick on job 1", f"{JOB_END_LINE}0"]  # not run again
+    assert entry_lines(lines, "slow") == ["slow on job 1", "slow on job 2", "released", f"{JOB_END_LINE}0"]
+    assert any("packed job 1 ended NODE_FAIL (cluster failure): resubmitting the entries that did not finish" in line
+               for line in lines), lines
+    assert code == 0, lines[-8:]
