@@ -102,18 +102,25 @@ def test_a_packed_matrix_is_one_job_and_every_line_reaches_its_entry(sandbox: An
     assert code == 1, lines[-8:]
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("backend, time_scale", [
+    pytest.param("local", 0.05, id="local"),  # 1m -> 3 s (the allocation's 4m -> 12 s)
+    pytest.param("slurm", 1.0, id="slurm", marks=[pytest.mark.slurm, pytest.mark.slow])])
 def test_a_step_over_its_own_time_limit_is_that_entry_s_timeout_and_the_others_go_on(
-        sandbox: Any, tmp_path: Path) -> None:
+        tmp_path: Path, backend: str, time_scale: float) -> None:
     """delta's step has `time: 1m` and sleeps on: delta is TIMEOUT (exit 4, worse than beta's FAILED 1),
     the other entries keep their own outcomes, all from the one job."""
-    repo, _, state_file, args = _setup(tmp_path, sandbox, include=DELTA_TIME_LIMIT)
-    try:
-        with ci_runner(args, repo, runner_env(sandbox)) as run:
-            code = run.finish(timeout=300)
-            lines = run.lines()
-    finally:
-        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+
+    root = tmp_path / "cluster"
+    root.mkdir()
+    with start_sandbox(SandboxOptions(root=root, backend=backend, port=0, local_time_scale=time_scale)) as sandbox:
+        repo, _, state_file, args = _setup(tmp_path, sandbox, include=DELTA_TIME_LIMIT)
+        try:
+            with ci_runner(args, repo, runner_env(sandbox)) as run:
+                code = run.finish(timeout=300)
+                lines = run.lines()
+        finally:
+            cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
     assert len(set(recorded_jobs(state_file).values())) == 1
     for kind in ("alpha", "beta", "gamma"):
         assert entry_lines(lines, kind) == _expected(kind), kind
