@@ -214,7 +214,10 @@ def test_large_multibyte_output_is_byte_identical_and_read_once(
     fetched = sum(r.bytes for r in sandbox.request_log.records if r.route in read_routes)
     assert fetched / len(remote) <= 1.05, (fetched, len(remote))
     views = [r.status for r in sandbox.request_log.records if r.route == read_routes[1]]
-    assert views and set(views) == {200}, views  # the backlog was read in blocks, each under the cap
+    # the backlog was read in blocks, each under the cap; a lone entry's first reads may come before
+    # its job created the file (404: not written yet), never after
+    read = views[next((i for i, status in enumerate(views) if status != 404), len(views)):]
+    assert read and set(read) == {200}, views
 
 
 @pytest.mark.slow
