@@ -188,6 +188,27 @@ def test_render_arrays_shows_the_scripts_as_submitted(repo: Path, tmp_path: Path
     assert single.stdout.count("#!/bin/bash") == 4 and "--array" not in single.stdout
 
 
+def test_render_arrays_shows_a_packed_job_and_validate_says_it_is_packed(repo: Path, tmp_path: Path) -> None:
+    """`pack: true`: --arrays prints the one packed job (its steps), validate names it; an include
+    that sets a non-step option is refused at its line, by validate and render alike."""
+    packed = MATRIX.replace("include: [{cc: nvhpc, n: 2, sbatch: {partition: gpu}}]",
+                            "include: [{cc: nvhpc, n: 2, sbatch: {cpus-per-task: 2}}]").rstrip(" ") + "    pack: true\n"
+    write_config(repo, packed)
+    done = ci_runner("render", "--arrays", cwd=repo)
+    assert done.returncode == 0, done.stderr
+    headers = [line for line in done.stdout.splitlines() if line.startswith("# ====")]
+    assert headers == ["# ==================== packed job pack+0: entries gcc-1, gcc-4, cray-1, nvhpc-2 as its steps "
+                       "(system daint) ===================="], headers
+    assert done.stdout.count("ci_runner_step ") == 4 and "/nvhpc-2/ci-runner-step.sh --cpus-per-task=2 &" in done.stdout
+    plain = ci_runner("render", cwd=repo)
+    assert "step 3 of packed job pack+0 (--arrays)" in plain.stdout
+    valid = ci_runner("validate", cwd=repo)
+    assert valid.returncode == 0 and valid.stdout.rstrip().endswith("; packed: the steps of 1 job (one per system)")
+    write_config(repo, MATRIX.rstrip(" ") + "    pack: true\n")  # partition in an include: no step option
+    for command in ("validate", "render"):
+        assert_user_error(ci_runner(command, cwd=repo), "ci-runner: error: .ci-runner.yml:8:40: matrix.include[0].sbatch.partition: not a job step option")
+
+
 def test_render_selected_entries_to_files(repo: Path, tmp_path: Path) -> None:
     write_config(repo, MATRIX)
     out = tmp_path / "scripts"

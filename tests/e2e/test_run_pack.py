@@ -91,6 +91,8 @@ def test_a_packed_matrix_is_one_job_and_every_line_reaches_its_entry(sandbox: An
     finally:
         cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
     assert sandbox.request_log.counts.get(SUBMIT) == 1, sandbox.request_log.counts
+    assert ("ci-runner: packed job 0 (system local): 4 entries as the steps of one allocation of 2 CPUs; together "
+            "they need 4: steps that do not fit wait inside it for the others") in lines, lines[:5]
     jobs = recorded_jobs(state_file)
     assert len(jobs) == 4 and len(set(jobs.values())) == 1, jobs  # one Slurm job for the whole matrix
     assert len(_run_jobs(sandbox, state_file)) == 1
