@@ -11,7 +11,8 @@ caller (tests/test_poller.py drives it with a simulated clock, without a server)
 The policy, all in this module:
 - Submitted: the first state is asked `FIRST_STATE_AFTER` the submit (an idle Slurm starts a job within
   about a second, so a look at once would mostly see it pending and cost a request of the first minute).
-- Queued: the state is asked with a growing pause (2 s, ×1.5, then every 30 s); the wait is reported when
+- Queued: the state is asked with a growing pause (2 s, ×1.5, then every 30 s; a task of a job array
+  waiting behind started siblings at least at the idle share, `RunPace.floor`); the wait is reported when
   the state or reason changes and at least every minute; a hopeless reason or `queue_timeout` gives up.
   A job not listed yet right after its submit is normal for `not_found_grace` seconds.
 - Running, output flowing: read again after `PollInterval` (1 s, never below the entry's share of the
@@ -353,7 +354,8 @@ class Follower:
             return Decision(Finish(Ending.GIVE_UP, status, f"still {status.state} after {format_duration(waited)} "
                                    f"in the queue (queue_timeout {format_duration(timeout)}); job cancelled",
                                    queue_seconds=waited), notice)
-        at = watch.known_at + watch.pending_pause
+        # behind started siblings the task waits for them, not for the cluster: at the idle share's pace
+        at = watch.known_at + max(watch.pending_pause, self.pace.floor(flowing=False) if behind_siblings else 0.0)
         if timeout is not None:  # look again right when the queue timeout is reached
             at = min(at, max(now + 0.5, self.queued_since + timeout))
         watch.pending_pause = min(watch.pending_pause * PENDING_POLL_GROWTH, PENDING_POLL_MAX)

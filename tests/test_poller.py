@@ -116,6 +116,20 @@ def test_a_hopeless_reason_or_the_queue_timeout_gives_up() -> None:
     assert step.ending is Ending.GIVE_UP and now == pytest.approx(10.0) and "queue_timeout" in step.message
 
 
+def test_a_task_behind_started_siblings_is_looked_at_at_the_idle_share_not_every_few_seconds() -> None:
+    """A task of a job array that waits for the CPUs its started siblings hold: its state at the idle
+    entries' share of the budget (12 s at 10/min), not 2, 3, 4.5 s after the submit (8 entries at 10/min
+    spent the first minute's budget in 8 s that way, and waited 50 s for the window)."""
+    pace = RunPace(lambda: 10)
+    with pace.follow("a"), pace.follow("b"):
+        waiting = Follower("7_1", "b", pace, FollowLimits(), now=0.0, submitted_wall=None)
+        step = waiting.state_seen(status("PENDING", "Resources"), 1.0, behind_siblings=True).step
+        assert isinstance(step, Next) and step.ask is Ask.STATE and step.at - 1.0 == pace.floor(flowing=False) == 12.0
+        alone = Follower("8", "a", pace, FollowLimits(), now=0.0, submitted_wall=None)
+        step = alone.state_seen(status("PENDING", "Resources"), 1.0).step
+        assert isinstance(step, Next) and step.at - 1.0 == 2.0  # waiting for the cluster: the usual growing pause
+
+
 def test_not_listed_is_waited_for_after_submit_and_means_unknown_later() -> None:
     f = follower(now=0.0, not_found_grace=60.0)
     step = f.state_seen(None, 10.0).step
