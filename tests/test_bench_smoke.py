@@ -17,7 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TOOL_COLUMNS = ("baseline-head", "baseline-tail", "ci-runner")
 ROWS = ("1 log latency", "2 transfer amplification", "3 completeness", "4 API requests", "5 scale", "5b economy",
-        "6 job end", "7 peak RSS", "8 cold start")
+        "5c pack", "6 job end", "7 peak RSS", "8 cold start")
+CI_RUNNER_ONLY = ("5c pack",)  # pack mode: the baselines have no such thing
 
 
 @pytest.mark.slow
@@ -36,14 +37,20 @@ def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) 
         title, tool_cells = cells[0], cells[1:4]
         assert len(cells) == 7, row
         for tool, cell in zip(TOOL_COLUMNS, tool_cells):
+            if title.startswith(CI_RUNNER_ONLY) and tool != "ci-runner":
+                assert cell == "not run", row
+                continue
             assert cell and cell not in ("not run", "n/a"), f"{title}: {tool} column is empty: {row}"
             assert not cell.startswith("error"), f"{title}: {tool}: {cell}\n{done.stderr[-3000:]}"
             assert "⚠" not in cell, f"{title}: a {tool} run did not pass: {cell}\n{done.stderr[-3000:]}"
     document = json.loads(report.read_text(encoding="utf-8"))
     assert document["smoke"] is True
     results = document["results"]
-    assert set(results) == {"latency", "amplification", "completeness", "requests", "scale", "economy",
+    assert set(results) == {"latency", "amplification", "completeness", "requests", "scale", "economy", "pack",
                             "exit", "rss", "coldstart"}
+    packed = results["pack"]["ci-runner"]
+    assert set(packed) == {"2", "queued-separate", "queued-packed"}, packed
+    assert all(d["finished"] and d["delivered"] == 1.0 and d["exactly_once"] for d in packed.values()), packed
     for tool in TOOL_COLUMNS:
         idle = {kind: d for kind, d in results["requests"][tool].items() if kind.startswith("idle-")}
         assert set(idle) == {"idle-1", "idle-2"}, results["requests"][tool]
