@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Union
 import yaml
 
 from ci_runner.errors import ConfigError
-from ci_runner.steps import refusal
+from ci_runner.steps import own_options, refusal
 
 Scalar = Union[str, int, float, bool]
 
@@ -549,9 +549,9 @@ class _Checks:
         """Under `pack: true` an include's sbatch options are its job step's: only what a step can set
         (steps.py), unless it repeats the top-level value (the allocation's)."""
         top = self.data.get("sbatch") if isinstance(self.data.get("sbatch"), dict) else {}
-        for name, value in options.items():
+        for name in own_options(options, top, same_value):
             why = refusal(name)
-            if why is not None and name not in RESERVED_SBATCH and not (name in top and same_value(top[name], value)):
+            if why is not None and name not in RESERVED_SBATCH:
                 self.fail(path + (name,), f"not a job step option (pack: true): {why}", key=True)
 
     def matrix(self, matrix: object) -> None:

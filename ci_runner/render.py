@@ -63,7 +63,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from ci_runner.ci import CIContext
 from ci_runner.config import Config, Scalar, same_value
 from ci_runner.errors import ConfigError
-from ci_runner.steps import allocation_cpus, refusal, step_cpus
+from ci_runner.steps import allocation_cpus, own_options, refusal, step_cpus
 from ci_runner.arrays import array_script, group_tasks
 from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
 from ci_runner.matrix import Entry
@@ -311,9 +311,7 @@ def step_options(config: Config, entry: Entry) -> tuple[str, ...]:
     none). Raises ConfigError naming the entry and the option when a step cannot set it (config.py
     reports it at its line first; this is the wall for a Config not made by config.load)."""
     options = []
-    for name, value in entry.sbatch.items():
-        if name in config.sbatch and same_value(config.sbatch[name], value):
-            continue
+    for name, value in own_options(entry.sbatch, config.sbatch, same_value).items():
         reason = refusal(name)
         if reason is not None:
             raise ConfigError(f"{config.path}: matrix.include: sbatch.{name} (entry {entry.name}): "

@@ -139,7 +139,10 @@ class _Pack:
     task: asyncio.Task[None] | None = None
 
     def undecided(self) -> list[_Entry]:
-        return [member for member in self.members if not self.decided[member.name].done()]
+        return [self.members[step] for step in self.undecided_steps()]
+
+    def undecided_steps(self) -> list[int]:
+        return [step for step, member in enumerate(self.members) if not self.decided[member.name].done()]
 
 
 class _Run:
@@ -452,7 +455,7 @@ class _Run:
             job.submitted_wall = recorded[0].submitted_at
         if job.job_id is None:
             async with self.submit_slots:
-                await self._submit_pack(pack, [pack.members.index(member) for member in left])
+                await self._submit_pack(pack, pack.undecided_steps())
         else:
             for member in left:
                 member.job_id, member.submitted_wall = job.job_id, job.submitted_wall
@@ -469,14 +472,14 @@ class _Run:
                     self._flush_partial(member)
                     self.reporter.warning(f"packed job {job.job_id} ended {state} (cluster failure): resubmitting "
                                           f"the entries that did not finish ({resubmits} resubmit(s) left)", member.name)
-                steps = [pack.members.index(member) for member in left]
+                steps = pack.undecided_steps()
                 pack.demux, pack.held = packed.StreamDemux(steps), {}
                 async with self.submit_slots:
                     await self._submit_pack(pack, steps)
                 offset = 0
                 continue
-            for member in left:
-                self._decide_member(pack, member, pack.held.get(pack.members.index(member)), attempt)
+            for step in pack.undecided_steps():
+                self._decide_member(pack, pack.members[step], pack.held.get(step), attempt)
             return
 
     async def _submit_pack(self, pack: _Pack, steps: Sequence[int]) -> None:
@@ -529,10 +532,12 @@ class _Run:
         ended (`ended`: that attempt) by its end record and the job's final state, or by how the job
         ended when the entry has none."""
         job = pack.job.status if ended is None else ended.status
-        if ended is not None and job is None:  # the job vanished, or never started in vain: its reason
+        if ended is None:
+            verdict = packed.entry_verdict(end, None)
+        elif job is None:  # the job vanished, or waited in vain: its own reason
             verdict = states.Verdict(ended.outcome, ended.message)
         else:
-            verdict = packed.entry_verdict(end, None if ended is None or job is None else job.state)
+            verdict = packed.entry_verdict(end, job.state)
         self._flush_partial(member)
         exit_code = end.status if end is not None else None
         status = JobStatus(member.job_id or "", packed.entry_state(verdict, job.state if job else None), None,

@@ -9,7 +9,7 @@ features among the allocation's, its own time limit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 STEP_OPTIONS = frozenset({
     "cpus-per-task", "cpus-per-gpu", "mem", "mem-per-cpu", "mem-per-gpu", "gpus", "gpus-per-task",
@@ -35,6 +35,14 @@ def refusal(name: str) -> str | None:
         return None
     return _NOT_STEP.get(name, "not an option of a job step (srun applies it to job allocations only); "
                                "set it in the top-level sbatch, which describes the packed job's allocation")
+
+
+def own_options(options: Mapping[str, object], allocation: Mapping[str, object],
+                same: Callable[[object, object], bool]) -> dict[str, object]:
+    """The options a packed entry's step sets itself: those of its `options` (the top-level `sbatch`
+    merged with its includes') that the allocation does not set to the same value (`same`, config's
+    comparison of YAML values)."""
+    return {name: value for name, value in options.items() if not (name in allocation and same(allocation[name], value))}
 
 
 def allocation_cpus(allocation: Mapping[str, object]) -> int | None:
