@@ -161,6 +161,7 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
 async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
                reporter: Reporter) -> int:
     from ci_runner import render, runner, transfer, workspace
+    from ci_runner.run_context import RunOptions
     from ci_runner.layout import run_layout
 
     config, ci, recorded = plan.config, plan.ci, plan.recorded
@@ -188,7 +189,7 @@ async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapp
                                    arrays=config.job_arrays, pack=config.pack)
         for note in render.pack_notes(config, specs):
             reporter.info(note)
-        options = runner.RunOptions.from_config(
+        options = RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,
             attach=recorded is not None, output_cap=info.output_cap)
         return await runner.run(specs, cluster, reporter, options, stop)

@@ -19,6 +19,7 @@ from fake_cluster import FakeCluster, FakeJob
 from virtual_time import VirtualTimeLoop, run_simulated
 
 from ci_runner import runner
+from ci_runner.run_context import RunOptions
 from ci_runner.budget import max_in_window
 from ci_runner.cluster import JobStatus
 from ci_runner.layout import entry_layout
@@ -233,7 +234,7 @@ class Sim:
     def run(self, names: Sequence[str], limit: float = 3600.0, **options: Any) -> int:
         """`runner.run` of the entries `names` on simulated time (at most `limit` simulated seconds)."""
         options.setdefault("output_cap", self.cluster.output_cap)
-        run_options = runner.RunOptions(run_id=RUN_ID, workdir=WORKDIR, state_file=self.state_file, system="local",
+        run_options = RunOptions(run_id=RUN_ID, workdir=WORKDIR, state_file=self.state_file, system="local",
                                         **options)
         specs = [JobSpec(Entry(name, i, {}, {}, "local"), "", "", entry_layout(WORKDIR, RUN_ID, name), {})
                  for i, name in enumerate(names)]
