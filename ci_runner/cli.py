@@ -9,15 +9,12 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from ci_runner import __version__
-from ci_runner.errors import CIRunnerError, UsageError
-
-if TYPE_CHECKING:
-    from ci_runner.matrix import Entry
+from ci_runner.commands.render import RENDER_WORKDIR
+from ci_runner.errors import CIRunnerError
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(stop.exit_code)
     except click.ClickException as error:
         error.show()
-        sys.exit(2 if error.exit_code == 2 else error.exit_code)
+        sys.exit(error.exit_code)
     except CIRunnerError as error:
         if debug:
             traceback.print_exc()
@@ -79,11 +76,8 @@ def main(argv: list[str] | None = None) -> None:
 _register_sandbox()
 
 
-# --- validate / matrix / render (config helper) --------------------------------------------------
-# ci_runner.config/matrix/render are imported inside the commands.
-
-GITLAB_MAX_PARALLEL = 200  # GitLab rejects a `parallel: matrix:` with more jobs
-RENDER_WORKDIR = "/tmp/ci-runner"  # placeholder base directory for dry runs without a configured workdir
+# --- validate / matrix / render: the configuration, nothing submitted -------------------------------
+# Each command's module (ci_runner/commands/) is imported inside its click function.
 
 _CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=".ci-runner.yml",
@@ -93,14 +87,9 @@ _CONFIG_OPTION = click.option(
 @cli.command("validate", help="Check the configuration file and its matrix; print one line with the entry count.")
 @_CONFIG_OPTION
 def validate_command(config_path: Path) -> None:
-    from ci_runner import config, matrix
+    from ci_runner.commands import validate
 
-    loaded = config.load(config_path)
-    entries = matrix.expand(loaded)
-    noun = "entry" if len(entries) == 1 else "entries"
-    systems = len({entry.system for entry in entries})
-    packed = f"; packed: the steps of {systems} job{'s' if systems > 1 else ''} (one per system)" if loaded.pack else ""
-    click.echo(f"{config_path}: OK, {len(entries)} {noun}: {', '.join(e.name for e in entries)}{packed}")
+    validate.validate(config_path)
 
 
 @cli.command("matrix", help="Print the matrix entries. json: a list of {name, values, sbatch, system}; "
@@ -111,23 +100,9 @@ def validate_command(config_path: Path) -> None:
 @click.option("--format", "output_format", type=click.Choice(["json", "github", "gitlab"]), default="json",
               show_default=True, help="Output format.")
 def matrix_command(config_path: Path, output_format: str) -> None:
-    import json
+    from ci_runner.commands import matrix
 
-    from ci_runner import config, matrix
-
-    entries = matrix.expand(config.load(config_path))
-    if output_format == "github":
-        document: object = {"include": [{"entry": e.name, **e.values} for e in entries]}
-        click.echo(json.dumps(document, separators=(",", ":"), ensure_ascii=False))
-    elif output_format == "gitlab":
-        if len(entries) > GITLAB_MAX_PARALLEL:
-            raise UsageError(f"{config_path}: {len(entries)} entries; GitLab's parallel:matrix allows at most "
-                             f"{GITLAB_MAX_PARALLEL} jobs")
-        click.echo(json.dumps([{"ENTRY": [e.name for e in entries]}], ensure_ascii=False))
-    else:
-        document = [{"name": e.name, "values": dict(e.values), "sbatch": dict(e.sbatch), "system": e.system}
-                    for e in entries]
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    matrix.matrix(config_path, output_format)
 
 
 @cli.command("render", help="Dry run: print each entry's job script (or write <DIR>/<entry>.sh); submits nothing. "
@@ -147,68 +122,12 @@ def matrix_command(config_path: Path, output_format: str) -> None:
                    "(task i runs entry i), one per other entry.")
 def render_command(config_path: Path, entry_names: tuple[str, ...], out_dir: Path | None, workdir: str | None,
                    as_submitted: bool) -> None:
-    import os
+    from ci_runner.commands import render
 
-    from ci_runner import ci, config, matrix, pack, render
-    from ci_runner.layout import ARRAY_PREFIX, PACK_PREFIX
-
-    loaded = config.load(config_path)
-    entries = select_entries(matrix.expand(loaded), entry_names)
-    specs = render.job_scripts(loaded, entries, ci.detect(os.environ, Path.cwd()),
-                               workdir or loaded.workdir or RENDER_WORKDIR, os.environ, arrays=loaded.job_arrays,
-                               pack=loaded.pack)
-    scripts = []  # (file name, title, script)
-    if as_submitted:
-        for submission in render.submissions(specs):
-            first = submission.specs[0]
-            if submission.is_pack:
-                label = f"{PACK_PREFIX}{first.layout.pack[0]}"  # type: ignore[index]
-                names = ", ".join(spec.entry.name for spec in submission.specs)
-                title = f"packed job {label}: entries {names} as its steps (system {first.entry.system})"
-                scripts.append((f"{label}.sh", title, pack.submitted_script(submission)))
-                continue
-            if submission.is_array:
-                label = f"{ARRAY_PREFIX}{first.layout.array[0]}"  # type: ignore[index]
-                names = ", ".join(spec.entry.name for spec in submission.specs)
-                title = f"job array {label}: entries {names} (system {first.entry.system})"
-            else:
-                label, title = first.entry.name, f"entry {first.entry.name} (system {first.entry.system})"
-            scripts.append((f"{label}.sh", title, submission.script))
-    else:
-        for spec in specs:
-            array, packed = spec.layout.array, spec.layout.pack
-            where = f", task {array[1]} of job array {ARRAY_PREFIX}{array[0]} (--arrays)" if array is not None else ""
-            where = f", step {packed[1]} of packed job {PACK_PREFIX}{packed[0]} (--arrays)" if packed else where
-            scripts.append((f"{spec.entry.name}.sh", f"entry {spec.entry.name} (system {spec.entry.system}{where})",
-                            spec.script))
-    if out_dir is None:
-        for _, title, script in scripts:
-            click.echo(f"# {'=' * 20} {title} {'=' * 20}")
-            click.echo(script, nl=not script.endswith("\n"))
-        return
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for file_name, _, script in scripts:
-            target = out_dir / file_name
-            target.write_text(script, encoding="utf-8")
-            click.echo(f"wrote {target}")
-    except OSError as error:
-        raise UsageError(f"--out {out_dir}: cannot write: {error.strerror or error}") from None
+    render.render(config_path, entry_names, out_dir, workdir, as_submitted)
 
 
-def select_entries(entries: list[Entry], names: tuple[str, ...]) -> list[Entry]:
-    """The entries called `names` (all when empty), in matrix order; UsageError naming the valid ones."""
-    if not names:
-        return entries
-    known = {e.name for e in entries}
-    unknown = [n for n in dict.fromkeys(names) if n not in known]
-    if unknown:
-        raise UsageError(f"unknown entry {', '.join(repr(n) for n in unknown)}; valid entries: "
-                         f"{', '.join(e.name for e in entries)}")
-    return [e for e in entries if e.name in names]
-
-
-# --- run / cancel / systems (runner helper) ------------------------------------------------------
+# --- run / cancel / systems: talking to FirecREST ----------------------------------------------------
 # Heavy imports (pyfirecrest, the sandbox server) stay inside the functions.
 
 
@@ -250,9 +169,9 @@ The CI's own variables (GITHUB_*, CI_*, JENKINS_URL, BUILD_*, GIT_*) give the co
 def run_command(config_path: str, entry_names: tuple[str, ...], system: str | None, workdir: str | None,
                 checkout: str | None, queue_timeout: str | None, requests_per_minute: int | None,
                 state_file: str | None, attach: bool, use_sandbox: bool, sandbox_backend: str) -> int:
-    from ci_runner import runcommand
+    from ci_runner.commands import run
 
-    return runcommand.run(runcommand.RunRequest(
+    return run.run(run.RunRequest(
         config_path=config_path, entry_names=entry_names, system=system, workdir=workdir, checkout=checkout,
         queue_timeout=queue_timeout, requests_per_minute=requests_per_minute, state_file=state_file,
         attach=attach, sandbox=use_sandbox, sandbox_backend=sandbox_backend))
@@ -265,15 +184,15 @@ def run_command(config_path: str, entry_names: tuple[str, ...], system: str | No
               help="Run state file (default: this CI run's, else the newest in ./.ci-runner-state/).")
 @click.option("--system", help="FirecREST system of the JOB_IDs (default: the state file's, else FIRECREST_SYSTEM).")
 def cancel_command(job_ids: tuple[str, ...], state_file: str | None, system: str | None) -> int:
-    from ci_runner import runcommand
+    from ci_runner.commands import cancel
 
-    return runcommand.cancel(job_ids, state_file, system)
+    return cancel.cancel(job_ids, state_file, system)
 
 
 @cli.command("systems", help="Show the health of the FirecREST systems (a pre-check); exit 3 when the chosen "
              "system is missing or unhealthy.")
 @click.option("--system", help="Check only this system.")
 def systems_command(system: str | None) -> int:
-    from ci_runner import runcommand
+    from ci_runner.commands import systems
 
-    return runcommand.systems(system)
+    return systems.systems(system)

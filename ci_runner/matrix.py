@@ -31,10 +31,10 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from ci_runner.config import Config, Scalar, same_value
-from ci_runner.errors import ConfigError
+from ci_runner.errors import ConfigError, UsageError
 
 MAX_NAME = 64
 MAX_COMBINATIONS = 1_000_000  # product size we are willing to walk before `exclude`
@@ -164,3 +164,15 @@ def unique_names(bases: list[str]) -> list[str]:
         taken.add(name.lower())
         names.append(name)
     return names
+
+
+def select_entries(entries: Sequence[Entry], names: Sequence[str]) -> list[Entry]:
+    """The entries called `names` (all when empty), in matrix order; UsageError naming the valid ones."""
+    if not names:
+        return list(entries)
+    known = {entry.name for entry in entries}
+    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    if unknown:
+        raise UsageError(f"unknown entry {', '.join(repr(name) for name in unknown)}; valid entries: "
+                         f"{', '.join(entry.name for entry in entries)}")
+    return [entry for entry in entries if entry.name in names]

@@ -77,6 +77,17 @@ def newest(cwd: Path) -> Path | None:
     return files[-1] if files else None
 
 
+def find(run_id: str, cwd: Path) -> Path:
+    """This CI run's state file, else the newest in ./.ci-runner-state/ (local runs get a new id each time)."""
+    path = default_path(run_id, cwd)
+    if path.exists():
+        return path
+    found = newest(cwd)
+    if found is None:
+        raise UsageError(f"no state file in {cwd / STATE_DIR}; pass --state-file PATH")
+    return found
+
+
 def to_json(state: RunState) -> str:
     """Serialise (stable key order, human-readable)."""
     document = {"version": FORMAT_VERSION, **asdict(state)}

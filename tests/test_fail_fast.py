@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from checkouts import git_checkout
 
-from ci_runner import runcommand
+from ci_runner.commands import connect, run
 from ci_runner.cluster import Cluster, RetryPolicy
 from ci_runner.errors import InfraError, UsageError
 
@@ -82,9 +82,9 @@ def test_a_closed_port_before_the_first_submit_fails_fast_and_names_what_to_chec
     env[broken] = tried
     use(monkeypatch, env)
     with pytest.raises(InfraError) as raised:
-        runcommand.run(runcommand.RunRequest(config_path=".ci-runner.yml"))
+        run.run(run.RunRequest(config_path=".ci-runner.yml"))
     (policy,) = policies["system_info"]
-    assert policy.max_total == runcommand.PRE_SUBMIT_RETRY_LIMIT == 15
+    assert policy.max_total == connect.PRE_SUBMIT_RETRY_LIMIT == 15
     assert policies["submit"] == []
     message = str(raised.value)
     assert tried in message  # what was tried
@@ -100,18 +100,18 @@ def test_a_wrong_secret_or_system_is_a_usage_error_with_the_same_advice(
     env = dict(sandbox.env(), FIRECREST_CLIENT_SECRET="wrong")  # type: ignore[attr-defined]
     use(monkeypatch, env)
     with pytest.raises(UsageError) as raised:
-        runcommand.run(runcommand.RunRequest(config_path=".ci-runner.yml"))
+        run.run(run.RunRequest(config_path=".ci-runner.yml"))
     assert "HTTP 401" in str(raised.value) and "FIRECREST_CLIENT_SECRET" in str(raised.value)
     use(monkeypatch, dict(sandbox.env()))  # type: ignore[attr-defined]
     with pytest.raises(UsageError) as raised:
-        runcommand.run(runcommand.RunRequest(config_path=".ci-runner.yml", system="nope"))
+        run.run(run.RunRequest(config_path=".ci-runner.yml", system="nope"))
     assert "no system named 'nope'" in str(raised.value) and "`ci-runner systems` lists them" in str(raised.value)
 
 
 def test_after_the_first_contact_the_configured_limit_is_back(
         project: Path, policies: dict[str, list[RetryPolicy]], monkeypatch: pytest.MonkeyPatch) -> None:
     use(monkeypatch, {})
-    assert runcommand.run(runcommand.RunRequest(config_path=".ci-runner.yml", sandbox=True,
+    assert run.run(run.RunRequest(config_path=".ci-runner.yml", sandbox=True,
                                                 sandbox_backend="local")) == 0
     assert [p.max_total for p in policies["system_info"]] == [15]
     assert [p.max_total for p in policies["submit"]] == [90]  # the config's api_retry_limit

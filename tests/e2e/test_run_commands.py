@@ -67,7 +67,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     with start_sandbox(SandboxOptions(root=tmp_path / "c", backend="local", port=0)) as sandbox:
         unknown = _run(["run", "--config", str(config), "--entry", "nope"], repo, runner_env(sandbox))
     assert unknown.returncode == 2
-    assert "unknown entry nope; entries: 1, 2" in unknown.stderr
+    assert "unknown entry 'nope'; valid entries: 1, 2" in unknown.stderr
     no_state = _run(["cancel", "--state-file", str(tmp_path / "missing.json")], repo, _plain_env())
     assert no_state.returncode == 2 and "state file not found" in no_state.stderr
 
