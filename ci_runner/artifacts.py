@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ci_runner import transfer, workspace
+from ci_runner import transfer
+from ci_runner.artifact_selection import listed_files, local_destination, plan_artifacts
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import CIRunnerError
 from ci_runner.stream import SERVER_OUTPUT_CAP
@@ -26,15 +27,15 @@ async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], d
     the parts its job wrote into `parts_dir` and kept only when its size and sha256 match
     (transfer.py); when that fails it is reported and skipped.
     """
-    listing = workspace.remote_files(await cluster.list_files(src, recursive=True))
-    plan = workspace.plan_artifacts(src, listing, patterns, max_size)
+    listing = listed_files(await cluster.list_files(src, recursive=True))
+    plan = plan_artifacts(src, listing, patterns, max_size)
     say = warn or (lambda message: None)
     for path, why in plan.refused:
         say(f"artifact {path} not fetched: {why}")
     part_size = transfer.download_part_size(output_cap)
     fetched: list[str] = []
     for relative in plan.files:
-        target = workspace.local_destination(destination, relative)
+        target = local_destination(destination, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         size = plan.sizes.get(relative, 0)
         if size <= part_size:

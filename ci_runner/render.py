@@ -68,7 +68,7 @@ from ci_runner.arrays import array_script, group_tasks
 from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
 from ci_runner.matrix import Entry
 from ci_runner.stream import SERVER_OUTPUT_CAP
-from ci_runner.workspace import glob_tokens
+from ci_runner.artifact_selection import glob_tokens
 from ci_runner.transfer import ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, \
     artifact_parts_dir, download_part_size
 
@@ -522,7 +522,7 @@ def _split_artifacts(config: Config, layout: EntryLayout, output_cap: int) -> st
 
 
 def _case_pattern(glob: str) -> str:
-    """A `case` pattern matching at least every path `workspace.glob_regex(glob)` matches (the same
+    """A `case` pattern matching at least every path `artifact_selection.glob_regex(glob)` matches (the same
     tokens): `*`, `**` and `**/` become `*` (which crosses `/` in `case`), `?` and a `[...]` class `?`,
     literal ASCII is escaped one character at a time and anything else widened to `*`. Never shell
     syntax, whatever `glob` holds."""

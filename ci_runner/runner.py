@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Sequence
 
 from ci_runner import statefile, states, transfer, workspace
+from ci_runner.artifact_selection import glob_regex
 from ci_runner.artifacts import fetch_artifacts
 from ci_runner.cancel import cancel_unfinished, find_job
 from ci_runner.errors import CIRunnerError, SubmitRejected, UsageError
@@ -314,7 +315,7 @@ class _Run:
             return None, ()
         if not files:
             return None, ()
-        junit = [workspace.glob_regex(p.removeprefix("./")) for p in self.options.junit]
+        junit = [glob_regex(p.removeprefix("./")) for p in self.options.junit]
         junit_files = tuple(str(destination / f) for f in files if any(r.fullmatch(f) for r in junit))
         return str(destination), junit_files
 

@@ -37,7 +37,7 @@ from ci_runner.errors import InfraError, UsageError
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster
     from ci_runner.layout import EntryLayout, RunLayout
-    from ci_runner.workspace import SourceArchive
+    from ci_runner.source_archive import SourceArchive
 
 # ops/download is base64 over SSH inside the max_ops_file_size buffer (about 3.75 MiB at 5 MiB); stay below.
 MAX_DIRECT_DOWNLOAD = 3 * 1024 * 1024

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from checkouts import git_checkout
 
-from ci_runner import ci, workspace
+from ci_runner import ci, source_archive
 
 OTHER_UID = 54321
 
@@ -41,5 +41,5 @@ def test_a_checkout_of_another_uid_is_read(foreign_checkout: tuple[Path, str], m
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     context = ci.detect({}, repo, now=datetime(2026, 1, 1, tzinfo=timezone.utc))
     assert context.sha == sha and context.provider == "local"
-    archive = workspace.source_archive(repo, sha)
+    archive = source_archive.source_archive(repo, sha)
     assert archive.sha == sha and archive.data and not archive.dirty

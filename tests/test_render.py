@@ -276,7 +276,7 @@ def _upload_plan(tmp_path: Path, files: Mapping[str, bytes], cap: int = 400) -> 
     """A config with `checkout: upload` and the run's source plan, its parts written where the runner uploads them."""
     from ci_runner.layout import run_layout
     from ci_runner.transfer import plan_source
-    from ci_runner.workspace import SourceArchive
+    from ci_runner.source_archive import SourceArchive
 
     data = _tar_gz(files)
     plan = plan_source(SourceArchive(SHA, data, False), run_layout(str(tmp_path / "w"), "run-1"), cap)
@@ -380,7 +380,7 @@ def test_large_artifacts_are_split_into_parts_with_their_sha256(tmp_path: Path) 
 @pytest.mark.parametrize("glob", ["results/*.xml", "**/*.xml", "a b/[xy]?.txt", "./x/**", "weird$(id)'\"/*.log"])
 def test_case_patterns_match_at_least_what_the_glob_matches(glob: str, tmp_path: Path) -> None:
     from ci_runner.render import _case_pattern
-    from ci_runner.workspace import glob_regex
+    from ci_runner.artifact_selection import glob_regex
 
     paths = ["results/a.xml", "a.xml", "d/e/f.xml", "a b/xq.txt", "x/y/z", "weird$(id)'\"/1.log", "no.txt"]
     matching = [p for p in paths if glob_regex(glob.removeprefix("./")).fullmatch(p)]

@@ -14,7 +14,8 @@ import pytest
 from ci_runner import transfer, workspace
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import InfraError, UsageError
-from ci_runner.workspace import RemoteFile, SourceArchive, plan_artifacts
+from ci_runner.artifact_selection import ListedFile, glob_regex, listed_files, local_destination, plan_artifacts
+from ci_runner.source_archive import SourceArchive, source_archive
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -43,11 +44,11 @@ def _members(data: bytes) -> dict[str, bytes]:
 
 def test_archive_is_exactly_the_commit_even_with_a_dirty_tree(repo: Path) -> None:
     sha = _git(repo, "rev-parse", "HEAD")
-    clean = workspace.source_archive(repo, sha)
+    clean = source_archive(repo, sha)
     assert not clean.dirty
     (repo / "src" / "a.txt").write_text("changed, not committed\n")
     (repo / "untracked.txt").write_text("new\n")
-    dirty = workspace.source_archive(repo, sha)
+    dirty = source_archive(repo, sha)
     assert dirty.dirty
     assert _members(dirty.data) == {"src/a.txt": b"committed\n"}
 
@@ -55,7 +56,7 @@ def test_archive_is_exactly_the_commit_even_with_a_dirty_tree(repo: Path) -> Non
 def test_archive_of_an_unknown_commit_is_an_infrastructure_error(repo: Path) -> None:
     """The CI's checkout lacks the commit (a shallow clone): not the configuration's fault."""
     with pytest.raises(InfraError, match="cannot read commit 0{40} from the checkout .*: fatal: "):
-        workspace.source_archive(repo, "0" * 40)
+        source_archive(repo, "0" * 40)
 
 
 def test_archive_of_any_size_is_planned_in_parts_that_fit_one_upload() -> None:
@@ -96,7 +97,7 @@ def test_archive_of_any_size_is_planned_in_parts_that_fit_one_upload() -> None:
     ],
 )
 def test_glob_regex(pattern: str, path: str, matches: bool) -> None:
-    assert bool(workspace.glob_regex(pattern.removeprefix("./")).fullmatch(path)) is matches
+    assert bool(glob_regex(pattern.removeprefix("./")).fullmatch(path)) is matches
 
 
 ROOT = "/scratch/run/entry/src"
@@ -104,18 +105,18 @@ ROOT = "/scratch/run/entry/src"
 
 def test_plan_refuses_links_out_of_the_checkout_and_follows_links_inside() -> None:
     listing = [
-        RemoteFile("results", "dir"),
-        RemoteFile("results/ok.xml", "file", 10),
-        RemoteFile("results/inside.xml", "link", link_target="ok.xml"),
-        RemoteFile("results/chain.xml", "link", link_target="inside.xml"),
-        RemoteFile("results/passwd.xml", "link", link_target="/etc/passwd"),
-        RemoteFile("results/up.xml", "link", link_target="../../../../../etc/shadow"),
-        RemoteFile("results/escape-chain.xml", "link", link_target="passwd.xml"),
-        RemoteFile("results/dangling.xml", "link", link_target="missing.xml"),
-        RemoteFile("results/loop.xml", "link", link_target="loop.xml"),
-        RemoteFile("results/big.xml", "file", transfer.MAX_DIRECT_DOWNLOAD + 1),  # fetched in parts
-        RemoteFile("results/huge.xml", "file", DEFAULT_MAX_ARTIFACT_SIZE + 1),
-        RemoteFile("results/other.txt", "file", 1),
+        ListedFile("results", "dir"),
+        ListedFile("results/ok.xml", "file", 10),
+        ListedFile("results/inside.xml", "link", link_target="ok.xml"),
+        ListedFile("results/chain.xml", "link", link_target="inside.xml"),
+        ListedFile("results/passwd.xml", "link", link_target="/etc/passwd"),
+        ListedFile("results/up.xml", "link", link_target="../../../../../etc/shadow"),
+        ListedFile("results/escape-chain.xml", "link", link_target="passwd.xml"),
+        ListedFile("results/dangling.xml", "link", link_target="missing.xml"),
+        ListedFile("results/loop.xml", "link", link_target="loop.xml"),
+        ListedFile("results/big.xml", "file", transfer.MAX_DIRECT_DOWNLOAD + 1),  # fetched in parts
+        ListedFile("results/huge.xml", "file", DEFAULT_MAX_ARTIFACT_SIZE + 1),
+        ListedFile("results/other.txt", "file", 1),
     ]
     plan = plan_artifacts(ROOT, listing, ["results/*.xml"])
     assert plan.files == ("results/big.xml", "results/chain.xml", "results/inside.xml", "results/ok.xml")
@@ -131,7 +132,7 @@ def test_plan_refuses_links_out_of_the_checkout_and_follows_links_inside() -> No
 
 
 def test_plan_refuses_path_tricks_in_names() -> None:
-    listing = [RemoteFile("../x.xml", "file", 1), RemoteFile("a//b.xml", "file", 1)]
+    listing = [ListedFile("../x.xml", "file", 1), ListedFile("a//b.xml", "file", 1)]
     plan = plan_artifacts(ROOT, listing, ["**"])
     assert plan.files == ()
     assert len(plan.refused) == 2
@@ -143,21 +144,21 @@ def test_remote_files_from_the_api_listing() -> None:
         {"name": "results/a.xml", "type": "-", "linkTarget": None, "size": "12"},
         {"name": "results/l.xml", "type": "l", "linkTarget": "/etc/passwd", "size": "11"},
     ]
-    assert workspace.remote_files(listing) == [
-        RemoteFile("results", "dir", 4096), RemoteFile("results/a.xml", "file", 12),
-        RemoteFile("results/l.xml", "link", 11, "/etc/passwd"),
+    assert listed_files(listing) == [
+        ListedFile("results", "dir", 4096), ListedFile("results/a.xml", "file", 12),
+        ListedFile("results/l.xml", "link", 11, "/etc/passwd"),
     ]
 
 
 def test_local_destination_stays_inside(tmp_path: Path) -> None:
     base = tmp_path / "artifacts" / "entry"
-    assert workspace.local_destination(base, "results/a.xml") == (base / "results" / "a.xml").resolve()
+    assert local_destination(base, "results/a.xml") == (base / "results" / "a.xml").resolve()
     with pytest.raises(InfraError):
-        workspace.local_destination(base, "../../evil")
+        local_destination(base, "../../evil")
     base.mkdir(parents=True)
     (base / "link").symlink_to(tmp_path)  # a local symlink planted in the destination
     with pytest.raises(InfraError):
-        workspace.local_destination(base, "link/evil")
+        local_destination(base, "link/evil")
 
 
 def test_prepare_run_creates_the_output_dir_and_uploads_the_parts_once(repo: Path, tmp_path: Path) -> None:
@@ -175,7 +176,7 @@ def test_prepare_run_creates_the_output_dir_and_uploads_the_parts_once(repo: Pat
     (repo / "noise.bin").write_bytes(__import__("os").urandom(5000))
     _git(repo, "add", "noise.bin")
     _git(repo, "commit", "-q", "-m", "noise")
-    archive = workspace.source_archive(repo, _git(repo, "rev-parse", "HEAD"))
+    archive = source_archive(repo, _git(repo, "rev-parse", "HEAD"))
     with start_sandbox(SandboxOptions(root=root, backend="local", port=0, max_ops_size=2048)) as sandbox:
         layout = entry_layout(f"{root}/ci", "run-1", "gcc-1")
         plan = plan_source(archive, layout.run, 2048)

@@ -157,7 +157,8 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
 
 async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
                reporter: Reporter) -> int:
-    from ci_runner import render, runner, transfer, workspace
+    from ci_runner import render, runner, transfer
+    from ci_runner.source_archive import source_archive
     from ci_runner.run_context import RunOptions
     from ci_runner.layout import run_layout
 
@@ -180,7 +181,7 @@ async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapp
             workdir = config.workdir or plan.default_workdir or site_workdir(info)
         source = None  # with --attach too: a resubmitted job needs the same archive (from the cache)
         if config.checkout == "upload":
-            source = transfer.plan_source(workspace.source_archive(plan.cwd, ci.sha), run_layout(workdir, ci.run_id),
+            source = transfer.plan_source(source_archive(plan.cwd, ci.sha), run_layout(workdir, ci.run_id),
                                           info.output_cap)
         specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap,
                                    arrays=config.job_arrays, pack=config.pack)
