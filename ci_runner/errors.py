@@ -33,9 +33,3 @@ class InfraError(CIRunnerError):
     """The cluster or the API failed, not the tests."""
 
     exit_code = 3
-
-
-class CancelledError(CIRunnerError):
-    """The CI cancelled the run (SIGINT/SIGTERM)."""
-
-    exit_code = 130

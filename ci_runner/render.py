@@ -238,14 +238,6 @@ def job_scripts(
     return specs
 
 
-def job_script(
-    config: Config, entry: Entry, ci: CIContext, workdir: str, environ: Mapping[str, str],
-    *, source: SourcePlan | None = None, output_cap: int = SERVER_OUTPUT_CAP,
-) -> JobSpec:
-    """The job script of one entry (see `job_scripts`)."""
-    return job_scripts(config, [entry], ci, workdir, environ, source=source, output_cap=output_cap)[0]
-
-
 def pass_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The `env` template variable: the `pass_env` names present in `environ`. Refuses secret-like names."""
     for name in config.pass_env:

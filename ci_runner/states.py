@@ -131,13 +131,6 @@ def classify(
     return Verdict(Outcome.INFRA, f"unknown Slurm state {state.strip()!r}")
 
 
-def outcome(
-    state: str, exit_code: int | None, signal: int | None = None, *, ci_cancelled: bool = False
-) -> Outcome:
-    """Map a final Slurm state ('CANCELLED by 1234', 'COMPLETED') to what the CI should report (see `classify`)."""
-    return classify(state, exit_code, signal, ci_cancelled=ci_cancelled).outcome
-
-
 # Pending reasons that never resolve by waiting: fail fast instead of waiting for queue_timeout.
 # Per-job limits compare the job itself with a fixed limit, so no amount of waiting helps; group
 # limits (AssocGrp*, QOSGrp*, AssocMaxJobsLimit, ...) free up when other jobs end and are NOT here;

@@ -24,11 +24,16 @@ from ci_runner.render import (
     JOB_END_LINE,
     JobSpec,
     heredoc_delimiter,
-    job_script,
     job_scripts,
 )
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def one_job_script(config: Config, entry: Entry, ci: CIContext, workdir: str, environ: dict[str, str],
+                   **options: object) -> JobSpec:
+    """The job script of one entry, as the run renders it (`job_scripts` of that entry alone)."""
+    return job_scripts(config, [entry], ci, workdir, environ, **options)[0]  # type: ignore[arg-type]
 
 HOSTILE = [
     "$(touch {canary})",
@@ -108,7 +113,7 @@ def test_hostile_values_stay_inert_and_round_trip(tmp_path: Path) -> None:
     hostile = values[0] + values[7]
     config = make_config(tmp_path, script=script, pass_env=("HOSTILE_ENV",), env={"FROM_CONFIG": hostile})
     ci = make_ci(ref=f"refs/heads/{hostile}", repo_url=f"https://example.org/{values[2]}.git")
-    spec = job_script(config, make_entry(matrix), ci, str(tmp_path / "work"), {"HOSTILE_ENV": hostile})
+    spec = one_job_script(config, make_entry(matrix), ci, str(tmp_path / "work"), {"HOSTILE_ENV": hostile})
 
     done = run(spec, tmp_path)
 
@@ -123,7 +128,7 @@ def test_raw_filter_is_not_quoted_so_the_harness_can_see_injection(tmp_path: Pat
     """Control for the test above: an unquoted value does execute, and the canary check notices."""
     canary = tmp_path / "CANARY"
     config = make_config(tmp_path, script="echo {{ v | raw }}\n")
-    spec = job_script(config, make_entry({"v": f"$(touch {canary})"}), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry({"v": f"$(touch {canary})"}), make_ci(), str(tmp_path / "w"), {})
     assert run(spec, tmp_path).returncode == 0
     assert canary.exists()
 
@@ -131,14 +136,14 @@ def test_raw_filter_is_not_quoted_so_the_harness_can_see_injection(tmp_path: Pat
 def test_body_lines_that_look_like_delimiters_are_kept(tmp_path: Path) -> None:
     body = "cat <<'EOF'\nCI_RUNNER_EOF_0000000000000000\n'EOF'\nEOF\necho two\n"
     script = "{% raw %}" + body + "{% endraw %}"
-    spec = job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
     done = run(spec, tmp_path)
     assert (done.returncode, done.stdout) == (0, b"CI_RUNNER_EOF_0000000000000000\n'EOF'\ntwo\n")
     assert heredoc_delimiter(body) not in body.split("\n")
 
 
 def test_script_without_trailing_newline(tmp_path: Path) -> None:
-    spec = job_script(make_config(tmp_path, script="echo last"), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(make_config(tmp_path, script="echo last"), make_entry(), make_ci(), str(tmp_path / "w"), {})
     assert run(spec, tmp_path).stdout == b"last\n"
 
 
@@ -156,7 +161,7 @@ def test_script_without_trailing_newline(tmp_path: Path) -> None:
     ],
 )
 def test_user_exit_status_becomes_the_job_status(tmp_path: Path, script: str, code: int) -> None:
-    spec = job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
     done = run(spec, tmp_path)
     assert done.returncode == code, done.stderr
     assert b"not reached" not in done.stdout
@@ -165,7 +170,7 @@ def test_user_exit_status_becomes_the_job_status(tmp_path: Path, script: str, co
 @pytest.mark.parametrize("script, code", [("echo ok\n", 0), ("echo partial; exit 3\n", 3), ("kill -TERM $$\n", 143)])
 def test_job_end_line_is_the_last_output_and_keeps_the_status(tmp_path: Path, script: str, code: int) -> None:
     """The runner watches for this line to check the job state early; the status is the job's."""
-    spec = job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(make_config(tmp_path, script=script), make_entry(), make_ci(), str(tmp_path / "w"), {})
     done = run(spec, tmp_path)
     assert done.returncode == code, done.stderr
     assert done.stderr.decode().endswith(f"{JOB_END_LINE}{code}\n"), done.stderr
@@ -174,7 +179,7 @@ def test_job_end_line_is_the_last_output_and_keeps_the_status(tmp_path: Path, sc
 
 def test_failed_checkout_prints_the_checkout_marker(tmp_path: Path) -> None:
     config = make_config(tmp_path, script="echo never\n", checkout="upload")
-    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
     done = run(spec, tmp_path)
     assert done.returncode == CHECKOUT_FAILED
     assert done.stderr.decode().endswith(f"{CHECKOUT_FAILED_LINE}cannot extract the uploaded archive\n"), done.stderr
@@ -184,7 +189,7 @@ def test_failed_checkout_prints_the_checkout_marker(tmp_path: Path) -> None:
 def test_user_script_runs_in_src_with_the_ci_runner_variables(tmp_path: Path) -> None:
     script = 'pwd; echo "$CI_RUNNER_ENTRY $CI_RUNNER_RUN_ID $CI_RUNNER_PROVIDER $CI_RUNNER_SHA $OMP_NUM_THREADS"\n'
     config = make_config(tmp_path, script=script, env={"OMP_NUM_THREADS": "2"})
-    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
     lines = run(spec, tmp_path).stdout.decode().splitlines()
     assert lines == [spec.layout.src, f"gcc-4 run-1 local {SHA} 2"]
     assert spec.env == {"CI_RUNNER_ENTRY": "gcc-4", "CI_RUNNER_RUN_ID": "run-1"}
@@ -213,7 +218,7 @@ def test_clone_checks_out_the_exact_sha(tmp_path: Path, origin: tuple[Path, str,
     canary = tmp_path / "CANARY"
     config = make_config(tmp_path, checkout="clone", script="git rev-parse HEAD\ncat version.txt\n")
     ci = make_ci(sha=first, repo_url=path.as_uri(), ref=f"refs/heads/$(touch {canary})")
-    spec = job_script(config, make_entry(), ci, str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry(), ci, str(tmp_path / "w"), {})
 
     done = run(spec, tmp_path)
 
@@ -227,7 +232,7 @@ def test_clone_checks_out_the_exact_sha(tmp_path: Path, origin: tuple[Path, str,
 def test_config_env_cannot_disturb_the_checkout(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
     path, first, _ = origin
     config = make_config(tmp_path, checkout="clone", script='echo "$PATH"\n', env={"PATH": "/nowhere"})
-    spec = job_script(config, make_entry(), make_ci(sha=first, repo_url=path.as_uri()), str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry(), make_ci(sha=first, repo_url=path.as_uri()), str(tmp_path / "w"), {})
     done = run(spec, tmp_path)
     assert (done.returncode, done.stdout) == (0, b"/nowhere\n"), done.stderr
 
@@ -235,7 +240,7 @@ def test_config_env_cannot_disturb_the_checkout(tmp_path: Path, origin: tuple[Pa
 def test_clone_of_a_missing_commit_fails_as_checkout(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
     path, _, _ = origin
     config = make_config(tmp_path, checkout="clone", script="echo user script ran\n")
-    spec = job_script(config, make_entry(), make_ci(sha="f" * 40, repo_url=path.as_uri()), str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry(), make_ci(sha="f" * 40, repo_url=path.as_uri()), str(tmp_path / "w"), {})
     done = run(spec, tmp_path)
     assert done.returncode == CHECKOUT_FAILED
     assert b"ci-runner: checkout failed: cannot fetch commit " + b"f" * 40 in done.stderr
@@ -244,7 +249,7 @@ def test_clone_of_a_missing_commit_fails_as_checkout(tmp_path: Path, origin: tup
 
 def test_upload_extracts_the_archive(tmp_path: Path) -> None:
     config = make_config(tmp_path, checkout="upload", script="cat data/hello.txt\n")
-    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
     Path(spec.layout.root).mkdir(parents=True)
     with tarfile.open(spec.layout.archive, "w:gz") as archive:
         content = b"hello from the archive\n"
@@ -257,7 +262,7 @@ def test_upload_extracts_the_archive(tmp_path: Path) -> None:
 
 def test_upload_without_archive_fails_as_checkout(tmp_path: Path) -> None:
     config = make_config(tmp_path, checkout="upload")
-    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}), tmp_path)
+    done = run(one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}), tmp_path)
     assert done.returncode == CHECKOUT_FAILED
     assert b"cannot extract the uploaded archive" in done.stderr
 
@@ -294,14 +299,14 @@ def test_upload_joins_the_parts_into_the_cache_and_the_next_job_uses_the_cache(t
     content = os.urandom(3000)  # incompressible: several parts of 399 bytes
     config, plan = _upload_plan(tmp_path, {"data/a.bin": content})
     assert len(plan.parts) > 5
-    first = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    first = run(one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
     expected = hashlib.sha256(content).hexdigest().encode() + b"  -\n"
     assert (first.returncode, first.stdout) == (0, expected), first.stderr
     cache = Path(plan.cached)
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name, cache.name + ".sha256"]
     assert cache.with_name(cache.name + ".sha256").read_text() == f"{plan.sha256}  {cache.name}\n"
     assert not any(Path(part.path).exists() for part in plan.parts)
-    second = run(job_script(config, make_entry(name="gcc-5"), make_ci(), str(tmp_path / "w"), {}, source=plan),
+    second = run(one_job_script(config, make_entry(name="gcc-5"), make_ci(), str(tmp_path / "w"), {}, source=plan),
                  tmp_path)
     assert (second.returncode, second.stdout) == (0, expected), second.stderr
 
@@ -310,7 +315,7 @@ def test_a_corrupt_part_fails_the_checkout_naming_the_part(tmp_path: Path) -> No
     config, plan = _upload_plan(tmp_path, {"data/a.bin": os.urandom(3000)})
     bad = Path(plan.parts[2].path)
     bad.write_bytes(b"X" + bad.read_bytes()[1:])
-    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    done = run(one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
     assert done.returncode == CHECKOUT_FAILED
     line = done.stderr.decode().splitlines()[0]
     assert line.startswith(f"ci-runner: checkout failed: source part source.tar.gz.part002 of {len(plan.parts)} "
@@ -322,7 +327,7 @@ def test_a_corrupt_cached_archive_is_removed_and_fails_the_checkout(tmp_path: Pa
     config, plan = _upload_plan(tmp_path, {"data/a.bin": b"x"})
     Path(plan.cached).parent.mkdir(parents=True)
     Path(plan.cached).write_bytes(b"not the archive")
-    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    done = run(one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
     assert done.returncode == CHECKOUT_FAILED
     assert b"the cached source archive " + plan.cached.encode() + b" is corrupt" in done.stderr
     assert not Path(plan.cached).exists()
@@ -339,7 +344,7 @@ def test_cache_retention_removes_files_unused_for_a_week(tmp_path: Path) -> None
     recent.write_bytes(b"recent")
     week = time.time() - (CACHE_RETENTION_DAYS + 1) * 86400
     os.utime(old, (week, week))
-    done = run(job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
+    done = run(one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, source=plan), tmp_path)
     assert done.returncode == 0, done.stderr
     assert not old.exists() and recent.exists() and Path(plan.cached).exists()
 
@@ -362,7 +367,7 @@ def test_large_artifacts_are_split_into_parts_with_their_sha256(tmp_path: Path) 
               "exit 3\n")
     config = make_config(tmp_path, script=script, artifacts=("out/**/*.bin",), junit=("results/*.xml",),
                          max_artifact_size=3 * part + 5)
-    spec = job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, output_cap=cap)
+    spec = one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, output_cap=cap)
     done = run(spec, tmp_path)
     assert done.returncode == 3, done.stderr
     parts = artifact_parts_dir(spec.layout)
@@ -488,7 +493,7 @@ def test_template_context(tmp_path: Path) -> None:
     )
     config = make_config(tmp_path, script=script, pass_env=("KEEP", "ABSENT"))
     entry = make_entry({"compiler": "gcc", "ranks": 4}, name="gcc-4", index=3)
-    spec = job_script(config, entry, make_ci(), "/w", {"KEEP": "k", "OTHER": "o"})
+    spec = one_job_script(config, entry, make_ci(), "/w", {"KEEP": "k", "OTHER": "o"})
     assert f"gcc 4 gcc-4 3 {SHA} refs/heads/main https://example.org/r.git run-1 local 1 k\n" in spec.script
 
 
@@ -506,7 +511,7 @@ def test_secret_like_pass_env_names_are_refused(tmp_path: Path, name: str) -> No
 def test_secrets_from_the_environment_never_reach_the_script(tmp_path: Path) -> None:
     environ = {"FIRECREST_CLIENT_SECRET": "s3cr3t-1", "GITHUB_TOKEN": "s3cr3t-2", "KEEP": "fine"}
     config = make_config(tmp_path, script="{{ env.KEEP }}\n", pass_env=("KEEP",))
-    spec = job_script(config, make_entry(), make_ci(), "/w", environ)
+    spec = one_job_script(config, make_entry(), make_ci(), "/w", environ)
     assert "s3cr3t" not in spec.script and "fine" in spec.script
 
 
@@ -531,7 +536,7 @@ def test_sbatch_header(tmp_path: Path) -> None:
     sbatch = {"partition": "debug", "time": "00:15:00", "nodes": 1, "exclusive": True, "requeue": False,
               "constraint": "gpu&(a|b)", "mem-per-cpu": 1.5}
     config = make_config(tmp_path, account="g123")
-    spec = job_script(config, make_entry(sbatch=sbatch), make_ci(), "/scratch/ci", {})
+    spec = one_job_script(config, make_entry(sbatch=sbatch), make_ci(), "/scratch/ci", {})
     out = "/scratch/ci/run-1/output/gcc-4.%j.out"
     assert header(spec) == [
         "#SBATCH --job-name=ci-runner-run-1",
@@ -547,14 +552,14 @@ def test_sbatch_header(tmp_path: Path) -> None:
     ]
     assert spec.script.startswith("#!/bin/bash\n#SBATCH ")
     assert spec.job_name == "ci-runner-run-1"  # the run's: one job list answers for every entry
-    other_entry = job_script(config, make_entry(name="clang-4", sbatch=sbatch), make_ci(), "/scratch/ci", {})
+    other_entry = one_job_script(config, make_entry(name="clang-4", sbatch=sbatch), make_ci(), "/scratch/ci", {})
     assert other_entry.job_name == spec.job_name
-    other_run = job_script(config, make_entry(sbatch=sbatch), make_ci(run_id="run-2"), "/scratch/ci", {})
+    other_run = one_job_script(config, make_entry(sbatch=sbatch), make_ci(run_id="run-2"), "/scratch/ci", {})
     assert other_run.job_name == "ci-runner-run-2" and f"--job-name={other_run.job_name}" in other_run.script
 
 
 def test_entry_account_overrides_config_account(tmp_path: Path) -> None:
-    spec = job_script(make_config(tmp_path, account="g1"), make_entry(sbatch={"account": "g2"}), make_ci(), "/w", {})
+    spec = one_job_script(make_config(tmp_path, account="g1"), make_entry(sbatch={"account": "g2"}), make_ci(), "/w", {})
     assert [line for line in header(spec) if "account" in line] == ["#SBATCH --account=g2"]
 
 
@@ -619,7 +624,7 @@ def test_sbatch_runs_the_script_and_keeps_the_exit_code(tmp_path: Path) -> None:
     value = f"$(touch {canary}) 'q' \"d\" `x`"
     config = make_config(tmp_path, script="printf '%s\\n' {{ v }} \"$CI_RUNNER_REF\"\nexit 3\n")
     ci = make_ci(ref=f"refs/heads/{value}")
-    spec = job_script(config, make_entry({"v": value}, sbatch={"time": "00:02:00"}), ci, str(tmp_path / "w"), {})
+    spec = one_job_script(config, make_entry({"v": value}, sbatch={"time": "00:02:00"}), ci, str(tmp_path / "w"), {})
     Path(spec.layout.working_dir).mkdir(parents=True)  # the run's set-up; the job makes its entry dir
     submitted = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={spec.layout.working_dir}"],

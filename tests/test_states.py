@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ci_runner.states import (
-    Outcome, classify, describe_pending, hopeless_pending, is_infrastructure, is_pending, is_terminal,
-    outcome, worst,
+    Outcome, classify, describe_pending, hopeless_pending, is_infrastructure, is_pending, is_terminal, worst,
 )
 
 O = Outcome
@@ -39,14 +38,14 @@ O = Outcome
     ],
 )
 def test_outcome_table(state: str, exit_code: int | None, signal: int | None, expected: Outcome) -> None:
-    assert outcome(state, exit_code, signal) is expected
+    assert classify(state, exit_code, signal).outcome is expected
 
 
 def test_cancelled_by_the_ci_is_cancelled() -> None:
-    assert outcome("CANCELLED by 1001", 0, 15, ci_cancelled=True) is O.CANCELLED
-    assert outcome("CANCELLED", None, None, ci_cancelled=True) is O.CANCELLED
+    assert classify("CANCELLED by 1001", 0, 15, ci_cancelled=True).outcome is O.CANCELLED
+    assert classify("CANCELLED", None, None, ci_cancelled=True).outcome is O.CANCELLED
     # ci_cancelled only matters for CANCELLED: a job that finished before the cancel keeps its result
-    assert outcome("COMPLETED", 0, 0, ci_cancelled=True) is O.PASSED
+    assert classify("COMPLETED", 0, 0, ci_cancelled=True).outcome is O.PASSED
 
 
 def test_unknown_state_names_the_text() -> None:
