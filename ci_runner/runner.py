@@ -35,7 +35,7 @@ from ci_runner.observer import RunObserver
 from ci_runner.poller import (Ask, Clock, Decision, Ending, Finish, FollowLimits, Follower, Next, RunPace, Started,
                               Step, Waiting, queue_seconds)
 from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission, submissions
-from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile

@@ -14,7 +14,8 @@ from typing import Callable
 
 import pytest
 
-from ci_runner.reporters.base import EntryResult, PlainReporter
+from ci_runner.reporters.base import PlainReporter
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.controls import log_line, neutralise
 from ci_runner.reporters.github import GitHubReporter
 from ci_runner.reporters.gitlab import GitLabReporter

@@ -9,7 +9,8 @@ import pytest
 
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context, supports_color
-from ci_runner.reporters.base import EntryResult, PlainReporter
+from ci_runner.reporters.base import PlainReporter
+from ci_runner.reporters.result import EntryResult
 from ci_runner.states import Outcome
 
 

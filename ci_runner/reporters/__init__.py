@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, TextIO
 
-from ci_runner.reporters.base import EntryResult, PlainReporter, Reporter, supports_color
+from ci_runner.reporters.base import PlainReporter, Reporter, supports_color
+from ci_runner.reporters.result import EntryResult
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext, CIPaths, Provider

@@ -1,4 +1,4 @@
-"""The Reporter interface, the per-entry result, and the plain-text reporter (Jenkins, local shells).
+"""The Reporter interface and the plain-text reporter (Jenkins, local shells).
 
 Reporters are the only code that writes to the CI log. Every call comes from the runner's single
 asyncio thread, in order. Job output arrives in arbitrary chunks; reporters print whole lines only and
@@ -9,32 +9,14 @@ partial lines never end up on one log line.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence, TextIO
 
+from ci_runner.reporters import junit
 from ci_runner.reporters.controls import log_line
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import LineBuffer, format_duration, format_exit_code, strip_ansi
 from ci_runner.states import Outcome
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    """What happened to one entry; built by the runner, read by every reporter."""
-
-    entry: str
-    job_id: str | None
-    state: str                # final Slurm state text, or e.g. "NOT_SUBMITTED"
-    exit_code: int | None     # the job's exit code (Slurm ExitCode R)
-    outcome: Outcome
-    queue_seconds: float | None
-    run_seconds: float | None
-    output_bytes: int
-    remote_dir: str
-    message: str = ""         # one line: why it failed / reason
-    tail: str = ""            # last lines of the output (for summaries of failed entries)
-    artifacts_dir: str | None = None
-    junit_files: tuple[str, ...] = ()
 
 
 class Reporter(Protocol):
@@ -233,8 +215,6 @@ class PlainReporter:
         return lines
 
     def _write_junit(self, results: Sequence[EntryResult], path: Path) -> None:
-        from ci_runner.reporters import junit  # xml parsing only when a report is wanted
-
         try:
             report = junit.build_report(results, warn=self.warning)
             junit.write(report, path)

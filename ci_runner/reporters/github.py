@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from ci_runner.reporters import junit
-from ci_runner.reporters.base import EntryResult, PlainReporter, finished_line, verdict_line
+from ci_runner.reporters.base import PlainReporter, finished_line, verdict_line
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import StyleTracker, format_duration, format_exit_code, tail_lines
 from ci_runner.states import Outcome
 

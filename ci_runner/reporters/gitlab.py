@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from ci_runner.reporters.base import EntryResult, PlainReporter, finished_line
+from ci_runner.reporters.base import PlainReporter, finished_line
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import StyleTracker
 
 DOTENV_NAME = "ci-runner.env"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import format_duration, strip_ansi
 from ci_runner.states import Outcome
 
