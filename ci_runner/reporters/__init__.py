@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, TextIO
 
 from ci_runner.reporters.base import PlainReporter, Reporter, supports_color
+from ci_runner.reporters.junit import JUNIT_NAME
 from ci_runner.reporters.result import EntryResult
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext, CIPaths, Provider
 
 __all__ = ["EntryResult", "PlainReporter", "Reporter", "for_context", "for_failure", "supports_color"]
-
-JUNIT_NAME = "ci-runner-junit.xml"
 
 
 def for_context(

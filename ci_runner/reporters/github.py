@@ -133,7 +133,7 @@ class GitHubReporter(PlainReporter):
         super().run_finished(results, exit_code)
         junit_path = summary_json = None
         if self._report_dir is not None:
-            junit_path = self._report_dir / "ci-runner-junit.xml"
+            junit_path = self._report_dir / junit.JUNIT_NAME
             self._write_junit(results, junit_path)
             summary_json = self._report_dir / "ci-runner-summary.json"
             self._write_file(summary_json, self._redact(summary_document(results, exit_code)), append=False)

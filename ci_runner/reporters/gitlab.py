@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from ci_runner.reporters.base import PlainReporter, finished_line
+from ci_runner.reporters.junit import JUNIT_NAME
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import StyleTracker
 
 DOTENV_NAME = "ci-runner.env"
-JUNIT_NAME = "ci-runner-junit.xml"
 MAX_DOTENV_VARIABLES = 20  # GitLab's default limit for a dotenv report (plan limit `dotenv_variables`)
 
 _SECTION_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
