@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from ci_runner.reporters import junit
-from ci_runner.reporters.base import PlainReporter, finished_line, verdict_line
+from ci_runner.reporters.base import LogReporter, finished_line, verdict_line
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import StyleTracker, format_duration, format_exit_code, tail_lines
 from ci_runner.states import Outcome
@@ -66,7 +66,7 @@ def _random_token() -> str:
     return secrets.token_hex(16)
 
 
-class GitHubReporter(PlainReporter):
+class GitHubReporter(LogReporter):
     """Reporter for GitHub Actions; file paths come from the CIContext (None: that file is not written).
 
     `report_dir`: where the merged JUnit file and the JSON summary go (None: not written).

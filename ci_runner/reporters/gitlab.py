@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from ci_runner.reporters.base import PlainReporter, finished_line
+from ci_runner.reporters.base import LogReporter, finished_line
 from ci_runner.reporters.junit import JUNIT_NAME
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import StyleTracker
@@ -79,7 +79,7 @@ def _dotenv_value(text: str) -> str:
     return " ".join(text.split())
 
 
-class GitLabReporter(PlainReporter):
+class GitLabReporter(LogReporter):
     """Reporter for GitLab CI. `report_dir`: CI_PROJECT_DIR (None: no report files);
     `clock`: Unix time for section markers (tests pass a fixed one)."""
 
