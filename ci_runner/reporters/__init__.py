@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, TextIO
 
 from ci_runner.reporters.base import Reporter
+from ci_runner.reporters.github import GitHubReporter
+from ci_runner.reporters.gitlab import GitLabReporter
 from ci_runner.reporters.junit import JUNIT_NAME
 from ci_runner.reporters.plain import PlainTextReporter, supports_color
 from ci_runner.reporters.result import EntryResult
@@ -38,8 +40,6 @@ def for_context(
     the current directory, where the CI's job script starts.
     """
     if ci.provider == "github":
-        from ci_runner.reporters.github import GitHubReporter
-
         return GitHubReporter(
             stream,
             entries=entries,
@@ -49,8 +49,6 @@ def for_context(
             run_url=ci.run_url,
         )
     if ci.provider == "gitlab":
-        from ci_runner.reporters.gitlab import GitLabReporter
-
         return GitLabReporter(stream, entries=entries, report_dir=_existing_dir(ci.paths.gitlab_project_dir))
     if ci.provider == "jenkins":
         workspace = _existing_dir(ci.paths.jenkins_workspace)
@@ -62,8 +60,6 @@ def for_failure(provider: Provider, paths: CIPaths, stream: TextIO) -> Reporter:
     """A reporter for a run that failed before it had one (`run_failed` only): the configuration
     could not be read, or the CI context not be built."""
     if provider == "github":
-        from ci_runner.reporters.github import GitHubReporter
-
         return GitHubReporter(stream, output_path=paths.github_output, summary_path=paths.github_step_summary)
     return PlainTextReporter(stream)
 

@@ -1,6 +1,6 @@
 """GitHub Actions: log groups, masks, annotations, step outputs and the job summary.
 
-Log layout
+Log layout (what GitHub and GitLab share is in folding.py)
 - One entry in the run: its output goes in a `::group::<entry> (Slurm job N)` … `::endgroup::` block.
 - Several entries side by side: groups cannot interleave, so every output line is prefixed
   `[entry] ` (whole lines only) and each entry's end is one `ci-runner: <entry>: <OUTCOME> (...)` line.

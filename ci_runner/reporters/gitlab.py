@@ -1,6 +1,6 @@
 """GitLab CI: collapsible log sections, a dotenv report and a merged JUnit report.
 
-Log layout
+Log layout (what GitHub and GitLab share is in folding.py)
 - One entry in the run: its output goes in a section
   `\\e[0Ksection_start:<unix ts>:ci_runner_<entry>\\r\\e[0K<header>` … `\\e[0Ksection_end:<ts>:…\\r\\e[0K`.
 - Several entries side by side: sections cannot interleave, so every output line is prefixed
