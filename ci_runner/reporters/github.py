@@ -97,17 +97,17 @@ class GitHubReporter(FoldingReporter):
     # -- interface ------------------------------------------------------------------------
 
     def warning(self, message: str, entry: str | None = None) -> None:
-        self._commands([command("warning", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
+        self._own_lines([command("warning", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
 
     def error(self, message: str, entry: str | None = None) -> None:
-        self._commands([command("error", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
+        self._own_lines([command("error", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
 
     def mask(self, secret: str) -> None:
         """`::add-mask::` per line of the secret (GitHub masks line by line); also redacts report files."""
         lines = [line.strip() for line in secret.splitlines() if line.strip()]
         new = [line for line in lines if line not in self._secrets]
         self._secrets.extend(new)
-        self._commands([command("add-mask", line) for line in new])
+        self._own_lines([command("add-mask", line) for line in new])
 
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
         # Report files are not masked by GitHub (the log is): redact what mask() learned.
@@ -136,7 +136,7 @@ class GitHubReporter(FoldingReporter):
         GitHub marks the line of .ci-runner.yml), `exit-code` and empty JSON objects as step
         outputs, and a short step summary."""
         problems = error_problems(message)
-        self._commands([command("error", text, file=file, line=line, col=col, title="ci-runner")
+        self._own_lines([command("error", text, file=file, line=line, col=col, title="ci-runner")
                         for file, line, col, text in problems])
         if self._output_path is not None:
             outputs = {"exit-code": str(exit_code), "states": "{}", "job-ids": "{}", "outcomes": "{}",
@@ -152,9 +152,6 @@ class GitHubReporter(FoldingReporter):
     # -- log lines ------------------------------------------------------------------------
 
     def _own_lines(self, lines: list[str]) -> None:
-        self._commands(lines)
-
-    def _commands(self, lines: list[str]) -> None:
         """Lines of ci-runner's own: workflow commands are switched on again first."""
         if self._stopped is not None:
             lines = [f"::{self._stopped}::", *lines]
