@@ -30,10 +30,8 @@ def supports_color(stream: TextIO, environ: dict[str, str] | None = None) -> boo
 
 class PlainTextReporter(LogReporter):
     """Clean text for Jenkins and shells: `[entry] line` when several entries run side by side, plain
-    lines when one does; no escape codes unless `color` (then job colours are kept and reset per line).
-
-    `entries`: the names of the run's entries, to decide on prefixes (unknown: always prefix).
-    `junit_path`: where `run_finished` writes the merged JUnit report (None: no file).
+    lines when one does; no escape codes unless `color` (then job colours are kept and reset per line,
+    and side-by-side prefixes get a colour per entry). The arguments are `LogReporter`'s.
     """
 
     def __init__(
