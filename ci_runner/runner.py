@@ -31,7 +31,7 @@ from ci_runner.observer import RunObserver
 from ci_runner.packed_run import PackedJobs
 from ci_runner.poller import Clock, FollowLimits, RunPace
 from ci_runner.render import JobSpec, Submission, submissions
-from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.result import EntryResult
 from ci_runner.run_context import TAIL_LINES, Attempt, EntryProgress, RunContext, RunOptions
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile

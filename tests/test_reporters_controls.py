@@ -14,10 +14,12 @@ from typing import Callable
 
 import pytest
 
-from ci_runner.reporters.base import EntryResult, PlainReporter
+from ci_runner.reporters.base import LogReporter
 from ci_runner.reporters.controls import log_line, neutralise
 from ci_runner.reporters.github import GitHubReporter
 from ci_runner.reporters.gitlab import GitLabReporter
+from ci_runner.reporters.plain import PlainTextReporter
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import tail_lines
 from ci_runner.states import Outcome
 
@@ -62,11 +64,11 @@ def tokens() -> Callable[[], str]:
     return lambda: f"tok{next(counter)}"
 
 
-REPORTERS: dict[str, Callable[[io.StringIO, list[str]], PlainReporter]] = {
+REPORTERS: dict[str, Callable[[io.StringIO, list[str]], LogReporter]] = {
     "github": lambda out, entries: GitHubReporter(out, entries=entries, token=tokens()),
     "gitlab": lambda out, entries: GitLabReporter(out, entries=entries, clock=lambda: 1800000000),
-    "plain": lambda out, entries: PlainReporter(out, entries=entries),
-    "plain-color": lambda out, entries: PlainReporter(out, color=True, entries=entries),
+    "plain": lambda out, entries: PlainTextReporter(out, entries=entries),
+    "plain-color": lambda out, entries: PlainTextReporter(out, color=True, entries=entries),
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context
-from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.github import GitHubReporter, command, escape_data, escape_property
 from ci_runner.states import Outcome
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context
-from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.gitlab import GitLabReporter, dotenv_text, section_name
 from ci_runner.states import Outcome
 

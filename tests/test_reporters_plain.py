@@ -1,4 +1,4 @@
-"""PlainReporter (Jenkins, shells): exact text for a fixed sequence of reporter calls."""
+"""PlainTextReporter (Jenkins, shells): exact text for a fixed sequence of reporter calls."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context, supports_color
-from ci_runner.reporters.base import EntryResult, PlainReporter
+from ci_runner.reporters.plain import PlainTextReporter
+from ci_runner.reporters.result import EntryResult
 from ci_runner.states import Outcome
 
 
@@ -24,7 +25,7 @@ def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> Entry
 
 def test_single_entry_prints_plain_whole_lines_and_summary() -> None:
     out = io.StringIO()
-    reporter = PlainReporter(out, entries=["gcc"])
+    reporter = PlainTextReporter(out, entries=["gcc"])
     reporter.info("3 requests per minute")
     reporter.entry_submitted("gcc", "101", "/scratch/ci/run-1/gcc")
     reporter.entry_waiting("gcc", "PENDING", "Priority", 12.0)
@@ -50,7 +51,7 @@ def test_single_entry_prints_plain_whole_lines_and_summary() -> None:
 
 def test_side_by_side_entries_are_prefixed_and_never_share_a_line() -> None:
     out = io.StringIO()
-    reporter = PlainReporter(out, entries=["gcc", "nvhpc"])
+    reporter = PlainTextReporter(out, entries=["gcc", "nvhpc"])
     reporter.entry_output("gcc", "gcc: first half ")
     reporter.entry_output("nvhpc", "nvhpc line\nnvhpc part")
     reporter.entry_output("gcc", "second half\n")
@@ -79,14 +80,14 @@ def test_side_by_side_entries_are_prefixed_and_never_share_a_line() -> None:
 
 def test_color_keeps_job_styles_and_resets_each_line() -> None:
     out = io.StringIO()
-    reporter = PlainReporter(out, color=True, entries=["a", "b"])
+    reporter = PlainTextReporter(out, color=True, entries=["a", "b"])
     reporter.entry_output("a", "\x1b[31mred\n")
     assert out.getvalue() == "\x1b[36m[a]\x1b[0m \x1b[31mred\x1b[0m\n"
 
 
 def test_mask_is_a_no_op_and_unknown_entries_mean_prefixes() -> None:
     out = io.StringIO()
-    reporter = PlainReporter(out)
+    reporter = PlainTextReporter(out)
     reporter.mask("s3cret")
     reporter.entry_output("only", "x\n")
     assert out.getvalue() == "[only] x\n"
@@ -124,7 +125,7 @@ def test_jenkins_context_writes_junit_into_the_workspace(tmp_path: Path) -> None
                    run_id="jk-1", paths=CIPaths(jenkins_workspace=tmp_path))
     out = io.StringIO()
     reporter = for_context(ci, out, entries=["gcc"])
-    assert type(reporter) is PlainReporter
+    assert type(reporter) is PlainTextReporter
     reporter.run_finished([result("gcc")], 0)
     assert (tmp_path / "ci-runner-junit.xml").is_file()
     assert out.getvalue().endswith(f"ci-runner: JUnit report: {tmp_path / 'ci-runner-junit.xml'}\n")

@@ -1,6 +1,7 @@
 """Reporters: the only code that writes CI log syntax and CI report files.
 
-`for_context` picks the reporter for the detected CI; `base.py` holds the interface.
+`for_context` picks the reporter for the detected CI; `base.py` holds the interface and what every
+reporter shares.
 """
 
 from __future__ import annotations
@@ -8,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, TextIO
 
-from ci_runner.reporters.base import EntryResult, PlainReporter, Reporter, supports_color
+from ci_runner.reporters.base import Reporter
+from ci_runner.reporters.github import GitHubReporter
+from ci_runner.reporters.gitlab import GitLabReporter
+from ci_runner.reporters.junit import JUNIT_NAME
+from ci_runner.reporters.plain import PlainTextReporter, supports_color
+from ci_runner.reporters.result import EntryResult
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext, CIPaths, Provider
 
-__all__ = ["EntryResult", "PlainReporter", "Reporter", "for_context", "for_failure", "supports_color"]
-
-JUNIT_NAME = "ci-runner-junit.xml"
+__all__ = ["EntryResult", "PlainTextReporter", "Reporter", "for_context", "for_failure", "supports_color"]
 
 
 def for_context(
@@ -36,8 +40,6 @@ def for_context(
     the current directory, where the CI's job script starts.
     """
     if ci.provider == "github":
-        from ci_runner.reporters.github import GitHubReporter
-
         return GitHubReporter(
             stream,
             entries=entries,
@@ -47,23 +49,19 @@ def for_context(
             run_url=ci.run_url,
         )
     if ci.provider == "gitlab":
-        from ci_runner.reporters.gitlab import GitLabReporter
-
         return GitLabReporter(stream, entries=entries, report_dir=_existing_dir(ci.paths.gitlab_project_dir))
     if ci.provider == "jenkins":
         workspace = _existing_dir(ci.paths.jenkins_workspace)
-        return PlainReporter(stream, color=color, entries=entries, junit_path=workspace / JUNIT_NAME)
-    return PlainReporter(stream, color=color, entries=entries)
+        return PlainTextReporter(stream, color=color, entries=entries, junit_path=workspace / JUNIT_NAME)
+    return PlainTextReporter(stream, color=color, entries=entries)
 
 
 def for_failure(provider: Provider, paths: CIPaths, stream: TextIO) -> Reporter:
     """A reporter for a run that failed before it had one (`run_failed` only): the configuration
     could not be read, or the CI context not be built."""
     if provider == "github":
-        from ci_runner.reporters.github import GitHubReporter
-
         return GitHubReporter(stream, output_path=paths.github_output, summary_path=paths.github_step_summary)
-    return PlainReporter(stream)
+    return PlainTextReporter(stream)
 
 
 def _existing_dir(path: Path | None) -> Path:

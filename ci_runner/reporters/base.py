@@ -1,4 +1,4 @@
-"""The Reporter interface, the per-entry result, and the plain-text reporter (Jenkins, local shells).
+"""The Reporter interface, and what every reporter shares (`LogReporter`): whole lines, the summary, JUnit.
 
 Reporters are the only code that writes to the CI log. Every call comes from the runner's single
 asyncio thread, in order. Job output arrives in arbitrary chunks; reporters print whole lines only and
@@ -9,32 +9,15 @@ partial lines never end up on one log line.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol, Sequence, TextIO
 
+from ci_runner.reporters import junit
 from ci_runner.reporters.controls import log_line
-from ci_runner.reporters.text import LineBuffer, format_duration, format_exit_code, strip_ansi
+from ci_runner.reporters.result import EntryResult
+from ci_runner.reporters.text import LineBuffer, format_duration, format_exit_code
 from ci_runner.states import Outcome
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    """What happened to one entry; built by the runner, read by every reporter."""
-
-    entry: str
-    job_id: str | None
-    state: str                # final Slurm state text, or e.g. "NOT_SUBMITTED"
-    exit_code: int | None     # the job's exit code (Slurm ExitCode R)
-    outcome: Outcome
-    queue_seconds: float | None
-    run_seconds: float | None
-    output_bytes: int
-    remote_dir: str
-    message: str = ""         # one line: why it failed / reason
-    tail: str = ""            # last lines of the output (for summaries of failed entries)
-    artifacts_dir: str | None = None
-    junit_files: tuple[str, ...] = ()
 
 
 class Reporter(Protocol):
@@ -69,24 +52,6 @@ class Reporter(Protocol):
         where it has a place; the CLI prints it on stderr as well."""
 
 
-def supports_color(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
-    """Colour for plain output (Jenkins, shells), by the usual conventions, in this order:
-    NO_COLOR set and not empty: never; FORCE_COLOR or CLICOLOR_FORCE set, not empty and not `0`:
-    always, also without a terminal (Jenkins' AnsiColor plugin renders the codes of a piped log);
-    else only on a terminal whose TERM is set and not `dumb`.
-
-    The caller (cli.py) passes its environment; reporters never read os.environ themselves.
-    """
-    env = environ or {}
-    if env.get("NO_COLOR"):
-        return False
-    if any(env.get(name, "") not in ("", "0") for name in ("FORCE_COLOR", "CLICOLOR_FORCE")):
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and env.get("TERM", "dumb") != "dumb"
-
-
-_ENTRY_COLORS = ("36", "35", "34", "33", "32", "96", "95", "94")
 _OUTCOME_COLORS = {"PASSED": "32", "FAILED": "31", "TIMEOUT": "31", "INFRA": "33", "CONFIG": "31",
                    "CANCELLED": "33"}
 
@@ -117,10 +82,12 @@ def verdict_line(results: Sequence[EntryResult], exit_code: int) -> str:
     return f"{failed} of {len(results)} {noun} did not pass; exit code {exit_code}"
 
 
-class PlainReporter:
-    """Clean text for Jenkins and shells: `[entry] line` when several entries run side by side, plain
-    lines when one does; no escape codes unless `color` (then job colours are kept and reset per line).
+class LogReporter(ABC):
+    """What every reporter shares: ci-runner's own lines, job output split into whole lines, the summary
+    table and the merged JUnit report. Subclasses decide how an entry's job lines are printed
+    (`_job_lines`) and add their CI's syntax and files.
 
+    `color`: the summary table shows states in colour.
     `entries`: the names of the run's entries, to decide on prefixes (unknown: always prefix).
     `junit_path`: where `run_finished` writes the merged JUnit report (None: no file).
     """
@@ -138,7 +105,6 @@ class PlainReporter:
         self._entries = tuple(entries) if entries is not None else None
         self._junit_path = junit_path
         self._buffers: dict[str, LineBuffer] = {}
-        self._color_of: dict[str, str] = {}
 
     # -- the Reporter interface -------------------------------------------------------------
 
@@ -152,7 +118,7 @@ class PlainReporter:
         self._message(f"error: {_about(entry)}{message}")
 
     def mask(self, secret: str) -> None:
-        """Plain logs have no masking; Jenkins masks its credentials itself."""
+        """No masking by default (plain logs have none; Jenkins masks its credentials itself)."""
 
     def entry_submitted(self, entry: str, job_id: str, remote_dir: str) -> None:
         self._message(f"{entry}: submitted as Slurm job {job_id} in {remote_dir}")
@@ -177,9 +143,9 @@ class PlainReporter:
             self._write_junit(results, self._junit_path)
 
     def run_failed(self, message: str, exit_code: int) -> None:
-        """Nothing to add on a plain log: the CLI prints the error on stderr."""
+        """Nothing to add by default: the CLI prints the error on stderr."""
 
-    # -- hooks for the CI-specific reporters ----------------------------------------------------
+    # -- shared by every reporter, hooks for the CI-specific ones --------------------------------
 
     @property
     def side_by_side(self) -> bool:
@@ -200,22 +166,9 @@ class PlainReporter:
         if lines:
             self._job_lines(entry, [log_line(line) for line in lines])
 
+    @abstractmethod
     def _job_lines(self, entry: str, lines: list[str]) -> None:
-        """Whole lines of one entry's output, already through `log_line`."""
-        if self._color:
-            lines = [line + "\x1b[0m" if "\x1b[" in line else line for line in lines]
-        else:
-            lines = [strip_ansi(line) for line in lines]
-        if self.side_by_side:
-            prefix = self._prefix(entry)
-            lines = [prefix + line for line in lines]
-        self._write_lines(lines)
-
-    def _prefix(self, entry: str) -> str:
-        if not self._color:
-            return f"[{entry}] "
-        code = self._color_of.setdefault(entry, _ENTRY_COLORS[len(self._color_of) % len(_ENTRY_COLORS)])
-        return f"\x1b[{code}m[{entry}]\x1b[0m "
+        """Print whole lines of one entry's output, already through `log_line`."""
 
     def _summary_table(self, results: Sequence[EntryResult]) -> list[str]:
         header = ("entry", "state", "exit code", "queue time", "run time", "output bytes")
@@ -233,8 +186,6 @@ class PlainReporter:
         return lines
 
     def _write_junit(self, results: Sequence[EntryResult], path: Path) -> None:
-        from ci_runner.reporters import junit  # xml parsing only when a report is wanted
-
         try:
             report = junit.build_report(results, warn=self.warning)
             junit.write(report, path)

@@ -1,6 +1,6 @@
 """GitHub Actions: log groups, masks, annotations, step outputs and the job summary.
 
-Log layout
+Log layout (what GitHub and GitLab share is in folding.py)
 - One entry in the run: its output goes in a `::group::<entry> (Slurm job N)` … `::endgroup::` block.
 - Several entries side by side: groups cannot interleave, so every output line is prefixed
   `[entry] ` (whole lines only) and each entry's end is one `ci-runner: <entry>: <OUTCOME> (...)` line.
@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from ci_runner.reporters import junit
-from ci_runner.reporters.base import EntryResult, PlainReporter, finished_line, verdict_line
-from ci_runner.reporters.text import StyleTracker, format_duration, format_exit_code, tail_lines
+from ci_runner.reporters.base import finished_line, verdict_line
+from ci_runner.reporters.folding import FoldingReporter
+from ci_runner.reporters.result import EntryResult
+from ci_runner.reporters.text import format_duration, format_exit_code, tail_lines
 from ci_runner.states import Outcome
 
 MAX_FILE_ANNOTATIONS = 10   # GitHub shows at most 10 error annotations per step
@@ -65,7 +67,7 @@ def _random_token() -> str:
     return secrets.token_hex(16)
 
 
-class GitHubReporter(PlainReporter):
+class GitHubReporter(FoldingReporter):
     """Reporter for GitHub Actions; file paths come from the CIContext (None: that file is not written).
 
     `report_dir`: where the merged JUnit file and the JSON summary go (None: not written).
@@ -83,57 +85,36 @@ class GitHubReporter(PlainReporter):
         run_url: str | None = None,
         token: Callable[[], str] = _random_token,
     ) -> None:
-        super().__init__(stream, color=True, entries=entries)
+        super().__init__(stream, entries=entries, report_dir=report_dir)
         self._output_path = output_path
         self._summary_path = summary_path
-        self._report_dir = report_dir
         self._run_url = run_url
         self._token = token
         self._stopped: str | None = None      # the active stop-commands token
-        self._group: str | None = None        # the entry whose group is open
-        self._styles: dict[str, StyleTracker] = {}
         self._secrets: list[str] = []
         self._file_annotations = 0
 
     # -- interface ------------------------------------------------------------------------
 
     def warning(self, message: str, entry: str | None = None) -> None:
-        self._commands([command("warning", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
+        self._own_lines([command("warning", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
 
     def error(self, message: str, entry: str | None = None) -> None:
-        self._commands([command("error", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
+        self._own_lines([command("error", message, title=f"ci-runner: {entry}" if entry else "ci-runner")])
 
     def mask(self, secret: str) -> None:
         """`::add-mask::` per line of the secret (GitHub masks line by line); also redacts report files."""
         lines = [line.strip() for line in secret.splitlines() if line.strip()]
         new = [line for line in lines if line not in self._secrets]
         self._secrets.extend(new)
-        self._commands([command("add-mask", line) for line in new])
-
-    def entry_submitted(self, entry: str, job_id: str, remote_dir: str) -> None:
-        if not self.side_by_side and self._group is None:
-            self._group = entry
-            self._commands([command("group", f"{entry} (Slurm job {job_id})")])
-        super().entry_submitted(entry, job_id, remote_dir)
-
-    def entry_finished(self, result: EntryResult) -> None:
-        self._output_lines(result.entry, self._buffer(result.entry).flush())
-        lines = []
-        if self._group == result.entry:
-            lines.append("::endgroup::")
-            self._group = None
-        lines.append(f"ci-runner: {finished_line(result)}")
-        lines += self._annotations(result)
-        self._commands(lines)
+        self._own_lines([command("add-mask", line) for line in new])
 
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
         # Report files are not masked by GitHub (the log is): redact what mask() learned.
         results = [replace(r, message=self._redact(r.message), tail=self._redact(r.tail)) for r in results]
-        super().run_finished(results, exit_code)
-        junit_path = summary_json = None
+        super().run_finished(results, exit_code)  # the table and the JUnit report
+        summary_json = None
         if self._report_dir is not None:
-            junit_path = self._report_dir / "ci-runner-junit.xml"
-            self._write_junit(results, junit_path)
             summary_json = self._report_dir / "ci-runner-summary.json"
             self._write_file(summary_json, self._redact(summary_document(results, exit_code)), append=False)
         if self._output_path is not None:
@@ -143,7 +124,7 @@ class GitHubReporter(PlainReporter):
                 "job-ids": json.dumps({r.entry: r.job_id for r in results}, sort_keys=True),
                 "outcomes": json.dumps({r.entry: r.outcome.name for r in results}, sort_keys=True),
                 "summary": str(summary_json or ""),
-                "junit": str(junit_path or ""),
+                "junit": str(self._junit_path or ""),
             }
             self._write_file(self._output_path, self._redact(self._output_text(outputs)), append=True)
         if self._summary_path is not None:
@@ -155,7 +136,7 @@ class GitHubReporter(PlainReporter):
         GitHub marks the line of .ci-runner.yml), `exit-code` and empty JSON objects as step
         outputs, and a short step summary."""
         problems = error_problems(message)
-        self._commands([command("error", text, file=file, line=line, col=col, title="ci-runner")
+        self._own_lines([command("error", text, file=file, line=line, col=col, title="ci-runner")
                         for file, line, col, text in problems])
         if self._output_path is not None:
             outputs = {"exit-code": str(exit_code), "states": "{}", "job-ids": "{}", "outcomes": "{}",
@@ -171,28 +152,28 @@ class GitHubReporter(PlainReporter):
     # -- log lines ------------------------------------------------------------------------
 
     def _own_lines(self, lines: list[str]) -> None:
-        self._commands(lines)
-
-    def _commands(self, lines: list[str]) -> None:
         """Lines of ci-runner's own: workflow commands are switched on again first."""
         if self._stopped is not None:
             lines = [f"::{self._stopped}::", *lines]
             self._stopped = None
         self._write_lines(lines)
 
+    def _block_start(self, entry: str, job_id: str) -> str:
+        return command("group", f"{entry} (Slurm job {job_id})")
+
+    def _block_end(self, entry: str) -> str:
+        return "::endgroup::"
+
     def _job_lines(self, entry: str, lines: list[str]) -> None:
-        style = self._styles.setdefault(entry, StyleTracker())
-        prefix = f"[{entry}] " if self.side_by_side else ""
-        out = []
+        """Job lines with workflow commands switched off first (a fresh token each time)."""
+        stop = []
         if self._stopped is None:
             self._stopped = self._token()
-            out.append(f"::stop-commands::{self._stopped}")
-        for line in lines:
-            styled = style.restyle(line)
-            out.append(prefix + styled + ("\x1b[0m" if style.active else ""))
-        self._write_lines(out)
+            stop.append(f"::stop-commands::{self._stopped}")
+        self._write_lines(stop + self._styled_lines(entry, lines))
 
-    def _annotations(self, result: EntryResult) -> list[str]:
+    def _finished_notes(self, result: EntryResult) -> list[str]:
+        """An annotation for an entry that did not pass, and one per failed JUnit testcase with a file."""
         if result.outcome is Outcome.PASSED:
             return []
         kind = "warning" if result.outcome is Outcome.CANCELLED else "error"

@@ -1,6 +1,6 @@
 """GitLab CI: collapsible log sections, a dotenv report and a merged JUnit report.
 
-Log layout
+Log layout (what GitHub and GitLab share is in folding.py)
 - One entry in the run: its output goes in a section
   `\\e[0Ksection_start:<unix ts>:ci_runner_<entry>\\r\\e[0K<header>` … `\\e[0Ksection_end:<ts>:…\\r\\e[0K`.
 - Several entries side by side: sections cannot interleave, so every output line is prefixed
@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from ci_runner.reporters.base import EntryResult, PlainReporter, finished_line
-from ci_runner.reporters.text import StyleTracker
+from ci_runner.reporters.folding import FoldingReporter
+from ci_runner.reporters.result import EntryResult
 
 DOTENV_NAME = "ci-runner.env"
-JUNIT_NAME = "ci-runner-junit.xml"
 MAX_DOTENV_VARIABLES = 20  # GitLab's default limit for a dotenv report (plan limit `dotenv_variables`)
 
 _SECTION_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -78,7 +77,7 @@ def _dotenv_value(text: str) -> str:
     return " ".join(text.split())
 
 
-class GitLabReporter(PlainReporter):
+class GitLabReporter(FoldingReporter):
     """Reporter for GitLab CI. `report_dir`: CI_PROJECT_DIR (None: no report files);
     `clock`: Unix time for section markers (tests pass a fixed one)."""
 
@@ -91,31 +90,9 @@ class GitLabReporter(PlainReporter):
         clock: Callable[[], float] = time.time,
         collapsed: bool = False,
     ) -> None:
-        super().__init__(
-            stream, color=True, entries=entries,
-            junit_path=report_dir / JUNIT_NAME if report_dir is not None else None,
-        )
-        self._report_dir = report_dir
+        super().__init__(stream, entries=entries, report_dir=report_dir)
         self._clock = clock
         self._collapsed = collapsed
-        self._section: str | None = None
-        self._styles: dict[str, StyleTracker] = {}
-
-    def entry_submitted(self, entry: str, job_id: str, remote_dir: str) -> None:
-        if not self.side_by_side and self._section is None:
-            self._section = entry
-            header = f"ci-runner: {entry} (Slurm job {job_id})"
-            self._write_lines([section_start(section_name(entry), header, self._now(), self._collapsed)])
-        super().entry_submitted(entry, job_id, remote_dir)
-
-    def entry_finished(self, result: EntryResult) -> None:
-        self._output_lines(result.entry, self._buffer(result.entry).flush())
-        lines = []
-        if self._section == result.entry:
-            lines.append(section_end(section_name(result.entry), self._now()))
-            self._section = None
-        lines.append(f"ci-runner: {finished_line(result)}")
-        self._write_lines(lines)
 
     def run_finished(self, results: Sequence[EntryResult], exit_code: int) -> None:
         super().run_finished(results, exit_code)
@@ -132,14 +109,12 @@ class GitLabReporter(PlainReporter):
             return
         self._message(f"dotenv report: {path}")
 
-    def _job_lines(self, entry: str, lines: list[str]) -> None:
-        style = self._styles.setdefault(entry, StyleTracker())
-        prefix = f"[{entry}] " if self.side_by_side else ""
-        out = []
-        for line in lines:
-            styled = style.restyle(line)
-            out.append(prefix + styled + ("\x1b[0m" if style.active else ""))
-        self._write_lines(out)
+    def _block_start(self, entry: str, job_id: str) -> str:
+        header = f"ci-runner: {entry} (Slurm job {job_id})"
+        return section_start(section_name(entry), header, self._now(), self._collapsed)
+
+    def _block_end(self, entry: str) -> str:
+        return section_end(section_name(entry), self._now())
 
     def _now(self) -> int:
         return int(self._clock())

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ci_runner.reporters.base import EntryResult
+from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import format_duration, strip_ansi
 from ci_runner.states import Outcome
 
+JUNIT_NAME = "ci-runner-junit.xml"  # the merged report's file name, in the directory the CI reads reports from
 MAX_FILE_BYTES = 50 * 1024 * 1024
 SYNTHETIC_SUITE = "ci-runner"
 _XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
