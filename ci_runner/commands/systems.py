@@ -37,9 +37,9 @@ def systems(system: str | None) -> int:
         names = ", ".join(str(s.get("name")) for s in found) or "none"
         raise InfraError(f"FirecREST has no system named {chosen!r}; systems: {names}")
     unhealthy = []
-    for entry in shown:
-        name = str(entry.get("name"))
-        services = entry.get("servicesHealth") or []
+    for listed in shown:
+        name = str(listed.get("name"))
+        services = listed.get("servicesHealth") or []
         bad = [service for service in services if not service.get("healthy")]
         if bad:
             unhealthy.append(name)
