@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from run_process import (
+from helpers.run_process import (
     CI_RUNNER,
     cancel_jobs,
     ci_runner,

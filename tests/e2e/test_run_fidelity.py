@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_process import (
+from helpers.run_process import (
     cancel_jobs,
     ci_runner,
     git_repo,

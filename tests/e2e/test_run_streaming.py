@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from run_process import (
+from helpers.run_process import (
     cancel_jobs,
     ci_runner,
     git_repo,

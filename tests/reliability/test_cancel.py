@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from reliability_harness import (
+from helpers.reliability_harness import (
     ACTIVE,
     CLI,
     SandboxProcess,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from reliability_harness import (
+from helpers.reliability_harness import (
     ACTIVE,
     SandboxProcess,
     api_request_times,

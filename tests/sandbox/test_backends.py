@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from firecrest_clients import cancel_active, cancel_refused
+from helpers.firecrest_clients import cancel_active, cancel_refused
 
 from ci_runner.sandbox.backends import Backend, BackendError, pick_backend
 

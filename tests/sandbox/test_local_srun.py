@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from firecrest_clients import cancel_active
-from markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import cancel_active
+from helpers.markers import SLOW_ON_SLURM
 
 from ci_runner.sandbox.backends import Backend, pick_backend
 from ci_runner.sandbox.backends.sbatch_options import parse_time_limit

@@ -9,7 +9,7 @@ import firecrest as fc
 import httpx
 import jwt
 import pytest
-from firecrest_clients import StaticToken, auth_for, poll, raw_client, running_sandbox, sync_client
+from helpers.firecrest_clients import StaticToken, auth_for, poll, raw_client, running_sandbox, sync_client
 
 from ci_runner.sandbox.server import Sandbox
 

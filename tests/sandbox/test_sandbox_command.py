@@ -11,7 +11,7 @@ from pathlib import Path
 import firecrest as fc
 import httpx
 import pytest
-from firecrest_clients import poll, script
+from helpers.firecrest_clients import poll, script
 
 from ci_runner.sandbox.command import sandbox as sandbox_command
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from firecrest_clients import CHECKER, EXAMPLES, QUEUE_SLACK, OpenApiChecker, bearer, poll, raw_client, running_sandbox
+from helpers.firecrest_clients import CHECKER, EXAMPLES, QUEUE_SLACK, OpenApiChecker, bearer, poll, raw_client, running_sandbox
 
 from ci_runner.sandbox.server import Sandbox
 

@@ -9,8 +9,8 @@ import firecrest as fc
 import httpx
 import pytest
 import requests
-from firecrest_clients import QUEUE_SLACK, auth_for, poll, running_sandbox, script, sync_client, wait_terminal
-from markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import QUEUE_SLACK, auth_for, poll, running_sandbox, script, sync_client, wait_terminal
+from helpers.markers import SLOW_ON_SLURM
 
 from ci_runner.sandbox.faults import FaultInjector, Faults, corrupted
 from ci_runner.sandbox.server import Sandbox

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from firecrest_clients import QUEUE_SLACK, bearer, cancel_refused, poll, raw_client, running_sandbox, script
-from markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import QUEUE_SLACK, bearer, cancel_refused, poll, raw_client, running_sandbox, script
+from helpers.markers import SLOW_ON_SLURM
 
 from ci_runner.sandbox.files import CHANNEL_SLACK, CLOSED_SLACK
 from ci_runner.sandbox.server import Sandbox

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import firecrest as fc
 import pytest
-from firecrest_clients import (
+from helpers.firecrest_clients import (
     QUEUE_SLACK, async_client, bearer, cancel_refused, poll, raw_client, running_sandbox, script, sync_client,
     wait_terminal,
 )
-from markers import SLOW_ON_SLURM
-from slurm_time_limit import time_out_at_next_check
+from helpers.markers import SLOW_ON_SLURM
+from helpers.slurm_time_limit import time_out_at_next_check
 
 from ci_runner.sandbox.server import Sandbox
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import firecrest as fc
 import httpx
 import pytest
-from firecrest_clients import running_sandbox, sync_client
+from helpers.firecrest_clients import running_sandbox, sync_client
 
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.requestlog import RequestLog, RequestRecord

@@ -1,4 +1,4 @@
-"""Marks shared by test modules (imported by the modules next to it and below)."""
+"""Marks shared by test modules."""
 
 from __future__ import annotations
 

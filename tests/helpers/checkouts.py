@@ -1,4 +1,4 @@
-"""Git checkouts for tests that need a project as a user has it (imported by test modules next to it)."""
+"""Git checkouts for tests that need a project as a user has it."""
 
 from __future__ import annotations
 

@@ -6,56 +6,14 @@ import asyncio
 from typing import Any
 
 import pytest
+from helpers.listing_cluster import OUT, Clock, ListingCluster, status
 
 from ci_runner.cluster import ApiError, JobStatus
 from ci_runner.observer import RunObserver, SharedRequest
 
-OUT = "/w/run/output"
-
-
-def status(job_id: str, state: str = "RUNNING") -> JobStatus:
-    return JobStatus(job_id, state, None, None, None, None, None, None, name="ci-runner-run")
-
-
-class FakeCluster:
-    """Answers after `delay` (simulated by an event the test sets), counts the requests."""
-
-    def __init__(self) -> None:
-        self.jobs: list[JobStatus] = [status("1"), status("2")]
-        self.files: dict[str, int] = {"a.1.out": 10, "b.2.out": 0}
-        self.calls: list[str] = []
-        self.gate: asyncio.Event | None = None
-        self.fail_next = False
-
-    async def _answer(self, what: str) -> None:
-        self.calls.append(what)
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail_next:
-            self.fail_next = False
-            raise ApiError(f"{what}: HTTP 503", 503)
-
-    async def jobs_named(self, name: str) -> list[JobStatus]:
-        await self._answer("jobs")
-        return list(self.jobs)
-
-    async def list_files(self, path: str, *, recursive: bool = False) -> list[dict[str, Any]]:
-        await self._answer("ls")
-        assert path == OUT and not recursive
-        return [{"name": name, "type": "-", "size": str(size)} for name, size in self.files.items()] + [
-            {"name": "subdir", "type": "d", "size": "4096"}]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def test_followers_asking_together_share_one_request_of_each_kind() -> None:
-    cluster, clock = FakeCluster(), Clock()
+    cluster, clock = ListingCluster(), Clock()
     observer = RunObserver(cluster, "ci-runner-run", OUT, clock)
 
     async def main() -> list[Any]:
@@ -73,7 +31,7 @@ def test_followers_asking_together_share_one_request_of_each_kind() -> None:
 
 
 def test_an_answer_older_than_asked_for_is_not_reused_a_newer_one_is() -> None:
-    cluster, clock = FakeCluster(), Clock()
+    cluster, clock = ListingCluster(), Clock()
     observer = RunObserver(cluster, "ci-runner-run", OUT, clock)
 
     async def main() -> None:
@@ -88,7 +46,7 @@ def test_an_answer_older_than_asked_for_is_not_reused_a_newer_one_is() -> None:
 
 
 def test_a_request_already_on_its_way_before_the_need_is_not_enough() -> None:
-    cluster, clock = FakeCluster(), Clock()
+    cluster, clock = ListingCluster(), Clock()
     observer = RunObserver(cluster, "ci-runner-run", OUT, clock)
 
     async def main() -> tuple[Any, Any]:
@@ -108,7 +66,7 @@ def test_a_request_already_on_its_way_before_the_need_is_not_enough() -> None:
 
 
 def test_a_failed_request_fails_its_waiters_and_the_next_need_sends_again() -> None:
-    cluster, clock = FakeCluster(), Clock()
+    cluster, clock = ListingCluster(), Clock()
     observer = RunObserver(cluster, "ci-runner-run", OUT, clock)
 
     async def main() -> JobStatus | None:
@@ -122,7 +80,7 @@ def test_a_failed_request_fails_its_waiters_and_the_next_need_sends_again() -> N
 
 
 def test_a_cancelled_follower_does_not_cancel_the_others_request() -> None:
-    cluster, clock = FakeCluster(), Clock()
+    cluster, clock = ListingCluster(), Clock()
     observer = RunObserver(cluster, "ci-runner-run", OUT, clock)
 
     async def main() -> JobStatus | None:
@@ -140,7 +98,7 @@ def test_a_cancelled_follower_does_not_cancel_the_others_request() -> None:
 
 
 def test_sizes_only_for_the_run_s_output_directory() -> None:
-    observer = RunObserver(FakeCluster(), "ci-runner-run", OUT, Clock())
+    observer = RunObserver(ListingCluster(), "ci-runner-run", OUT, Clock())
     with pytest.raises(ValueError, match="output directory"):
         asyncio.run(observer.size("/elsewhere/a.1.out", 0.0))
 

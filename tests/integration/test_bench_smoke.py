@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOOL_COLUMNS = ("baseline-head", "baseline-tail", "ci-runner")
 ROWS = ("1 log latency", "2 transfer amplification", "3 completeness", "4 API requests", "5 scale", "5b economy",
         "5c pack", "6 job end", "7 peak RSS", "8 cold start")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 GITHUB_WORKFLOWS = [*sorted(p for p in (ROOT / "examples" / "github").glob("*.yml") if not p.name.startswith(".")),
                     ROOT / "examples" / "reframe" / "github-workflow.yml"]

@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from ci_runner import config
 from ci_runner.schema import REGENERATE, readme_reference, reference_markdown
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def objects(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""A real Slurm TIMEOUT without waiting out sbatch's one-minute minimum (imported by test modules)."""
+"""A real Slurm TIMEOUT without waiting out sbatch's one-minute minimum."""
 
 from __future__ import annotations
 

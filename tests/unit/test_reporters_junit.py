@@ -68,7 +68,7 @@ def test_single_entry_keeps_classnames_and_reads_failures(tmp_path: Path) -> Non
 
 # ReFrame 4.10.4's --report-junit file of examples/reframe (entry gnu, ProductCheck asked to fail), as
 # written on the cluster under <workdir>/<run-id>/<entry>/src; only the workdir is shortened.
-REFRAME_JUNIT = Path(__file__).parent / "data" / "reframe-4.10.4-junit.xml"
+REFRAME_JUNIT = Path(__file__).resolve().parents[1] / "data" / "reframe-4.10.4-junit.xml"
 CHECK_FILE = "examples/reframe/checks/example_checks.py"
 
 

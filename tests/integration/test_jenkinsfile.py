@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JENKINSFILE = (ROOT / "examples" / "jenkins" / "Jenkinsfile").read_text()
 STEP = re.compile(r"sh\((?:[^)]*?)label: '([^']+)', script: '''\n(.*?)'''|sh label: '([^']+)', script: '''\n(.*?)'''",
                   re.S)

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from checkouts import git_checkout
+from helpers.checkouts import git_checkout
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VERSION = "4.62.0"
 NPM_CACHE = Path(os.environ.get("CI_RUNNER_NPM_DIR", Path.home() / ".cache" / "ci-runner-npm"))
 GITLAB_CI_LOCAL = NPM_CACHE / "node_modules" / ".bin" / "gitlab-ci-local"

@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-CORPUS = Path(__file__).parent / "data" / "bad"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad"
 CLI = str(Path(sys.executable).parent / "ci-runner")
 FAKE_SECRET = "corpus-client-secret-6f1d2a"
 OUTSIDE_SECRET = "outside-file-secret-93be07"

@@ -1,7 +1,7 @@
 """The follower's decisions (ci_runner/poller.py): alone, and driving whole runs on a simulated cluster.
 
 The first tests feed a `Follower` answers and clock values. The others run `runner.run` on simulated
-time (tests/virtual_time.py) against `FakeCluster` (tests/fake_cluster.py) with the real RunObserver,
+time (tests/helpers/virtual_time.py) against `FakeCluster` (tests/helpers/fake_cluster.py) with the real RunObserver,
 OutputReader and RequestBudget: minutes of a job take milliseconds, with no server and no sleep.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_cluster import FakeCluster, FakeJob
-from virtual_time import VirtualTimeLoop, run_simulated
+from helpers.fake_cluster import FakeCluster, FakeJob
+from helpers.virtual_time import VirtualTimeLoop, run_simulated
 
 from ci_runner import runner
 from ci_runner.budget import max_in_window

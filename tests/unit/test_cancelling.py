@@ -1,4 +1,4 @@
-"""cancel.py against a simulated cluster (tests/fake_cluster.py) on simulated time: `ci-runner cancel`
+"""cancel.py against a simulated cluster (tests/helpers/fake_cluster.py) on simulated time: `ci-runner cancel`
 by job id and from a state file, and the run's cancel of every unfinished entry. The real thing, with
 signals and Slurm, is tests/reliability/test_cancel.py and tests/e2e/test_run_cancel.py."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_cluster import FakeCluster, FakeJob
-from virtual_time import VirtualTimeLoop, run_simulated
+from helpers.fake_cluster import FakeCluster, FakeJob
+from helpers.virtual_time import VirtualTimeLoop, run_simulated
 
 from ci_runner import cancel, statefile
 from ci_runner.cluster import ApiError

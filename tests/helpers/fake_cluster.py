@@ -1,5 +1,5 @@
 """A simulated cluster for the runner's and the poller's tests: jobs whose states and output follow a
-script in simulated time (tests/virtual_time.py), behind the part of `cluster.Cluster` the runner
+script in simulated time (tests/helpers/virtual_time.py), behind the part of `cluster.Cluster` the runner
 uses, with the real `RequestBudget` and a request log.
 
 Every request waits for the budget, then `latency` seconds (the server samples the job or the file

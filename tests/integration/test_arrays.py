@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_observer import OUT, Clock, FakeCluster, status
+from helpers.listing_cluster import OUT, Clock, ListingCluster, status
 
 from ci_runner import arrays, layout
 from ci_runner.ci import CIContext
@@ -114,8 +114,8 @@ def test_arrays_can_be_turned_off(tmp_path: Path) -> None:
 
 # -- finding a task in the job list ----------------------------------------------------------------
 
-def _observer(jobs: list, files: dict[str, int]) -> tuple[RunObserver, FakeCluster]:
-    cluster, clock = FakeCluster(), Clock()
+def _observer(jobs: list, files: dict[str, int]) -> tuple[RunObserver, ListingCluster]:
+    cluster, clock = ListingCluster(), Clock()
     cluster.jobs = jobs
     cluster.files = files
     return RunObserver(cluster, "ci-runner-run", OUT, clock), cluster

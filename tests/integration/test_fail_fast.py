@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from checkouts import git_checkout
+from helpers.checkouts import git_checkout
 
 from ci_runner import runcommand
 from ci_runner.cluster import Cluster, RetryPolicy

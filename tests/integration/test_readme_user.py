@@ -14,12 +14,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from checkouts import git_checkout
+from helpers.checkouts import git_checkout
 from click.testing import CliRunner
 
 from ci_runner.cli import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 

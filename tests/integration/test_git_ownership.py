@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from checkouts import git_checkout
+from helpers.checkouts import git_checkout
 
 from ci_runner import ci, workspace
 

@@ -11,7 +11,7 @@ from collections import deque
 
 import pytest
 
-from virtual_time import VirtualTimeLoop
+from helpers.virtual_time import VirtualTimeLoop
 
 from ci_runner.budget import RequestBudget, max_in_window
 

@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 OUTPUT_BLOCK = re.compile(r"^([A-Za-z0-9_-]+)<<(\S+)\n(.*?)\n\2$", re.M | re.S)
 

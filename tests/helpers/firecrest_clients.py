@@ -1,7 +1,7 @@
 """pyfirecrest's own v2 clients pointed at a sandbox, with every JSON response checked against the
 FirecREST v2 OpenAPI description (tests/data/firecrest-v2-openapi.json), plus small polling helpers.
 
-Not a test module: the sandbox tests import it (pytest puts this directory on sys.path).
+Not a test module: the sandbox tests import it.
 """
 
 from __future__ import annotations
