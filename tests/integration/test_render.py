@@ -593,9 +593,14 @@ def test_options_ci_runner_owns_cannot_be_set(tmp_path: Path, name: str) -> None
     assert "set by ci-runner" in render_error(make_config(tmp_path), entry=make_entry(sbatch={name: "x"}))
 
 
-@pytest.mark.parametrize("name, value", [("BAD-NAME", "x"), ("CI_RUNNER_SHA", "x"), ("OK", "a\0b")])
-def test_bad_config_env(tmp_path: Path, name: str, value: str) -> None:
-    render_error(make_config(tmp_path, env={name: value}))
+@pytest.mark.parametrize("name, value, problem", [
+    ("BAD-NAME", "x", "env: 'BAD-NAME' is not a usable environment variable name"),
+    ("CI_RUNNER_SHA", "x", "env: 'CI_RUNNER_SHA' is not a usable environment variable name"),
+    ("OK", "a\0b", "env.OK: value contains a NUL byte"),
+])
+def test_bad_config_env(tmp_path: Path, name: str, value: str, problem: str) -> None:
+    config = make_config(tmp_path, env={name: value})
+    assert render_error(config) == f"{config.path}: {problem}"
 
 
 def test_one_spec_per_entry_in_order(tmp_path: Path) -> None:
