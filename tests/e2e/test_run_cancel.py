@@ -18,8 +18,8 @@ from helpers.run_process import (
     job_state,
     recorded_jobs,
     runner_env,
-    wait_until,
 )
+from helpers.waiting import wait_until
 
 
 SLEEPER = """\

@@ -19,9 +19,9 @@ from helpers.run_process import (
     recorded_jobs,
     run_to_end,
     runner_env,
-    wait_until,
 )
 from helpers.slurm_time_limit import time_out_at_next_check
+from helpers.waiting import wait_until
 
 from ci_runner.budget import max_in_window
 from ci_runner.render import JOB_END_LINE

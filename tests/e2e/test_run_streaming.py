@@ -19,8 +19,8 @@ from helpers.run_process import (
     recorded_jobs,
     run_to_end,
     runner_env,
-    wait_until,
 )
+from helpers.waiting import wait_until
 
 from ci_runner.render import JOB_END_LINE
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import httpx
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.backends import Backend, BackendError
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
@@ -171,24 +171,13 @@ def cancel_refused(job_id: str, reason: str) -> str:
             f"{job_id}\nscancel: error: Kill job error on job id {job_id}: {reason}\n")
 
 
-def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    """Call `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
 
 def wait_terminal(client: fc.v2.Firecrest, system: str, job_id: str, timeout: float = QUEUE_SLACK) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         job = client.job_info(system, job_id)[0]
         return job if job["status"]["state"].startswith(TERMINAL) else None
 
-    return poll(done, timeout, 0.2, f"job {job_id} to end")
+    return wait_until(done, timeout, f"job {job_id} to end", 0.2)
 
 
 def script(*lines: str) -> str:

@@ -14,11 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from helpers.waiting import wait_until
 
 CLI = str(Path(sys.executable).parent / "ci-runner")
 START_DEADLINE = 20.0
@@ -38,17 +39,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `condition` until it returns something truthy; AssertionError naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -79,7 +69,7 @@ class SandboxProcess:
         self.log_file = self.root.parent / f"sandbox-{self.port}.log"
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._listening, START_DEADLINE, f"the sandbox on port {self.port}")
+        wait_until(self._listening, START_DEADLINE, f"the sandbox on port {self.port}", interval=0.1)
 
     def _listening(self) -> bool:
         assert self.process is not None
