@@ -9,8 +9,8 @@ import firecrest as fc
 import httpx
 import pytest
 import requests
-from helpers.firecrest_clients import QUEUE_SLACK, auth_for, poll, running_sandbox, script, sync_client, wait_terminal
-from helpers.markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import QUEUE_SLACK, auth_for, running_sandbox, script, sync_client, wait_terminal
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.faults import FaultInjector, Faults, corrupted
 from ci_runner.sandbox.server import Sandbox
@@ -109,7 +109,7 @@ def test_job_not_found_window_after_submit(tmp_path: Path) -> None:
             except fc.UnexpectedStatusException:
                 return False
 
-        poll(visible, 10, 0.2, "the job to become visible")
+        wait_until(visible, 10, "the job to become visible", 0.2)
 
 
 def test_quota_per_minute_per_client(tmp_path: Path) -> None:
@@ -130,7 +130,6 @@ def backend(backend_name: str) -> str:
     return backend_name
 
 
-@SLOW_ON_SLURM
 def test_pending_delay_holds_jobs_pending(tmp_path: Path, backend: str) -> None:
     for sb in start(tmp_path, Faults(pending_delay=4.0), backend=backend):
         client = sync_client(sb)
