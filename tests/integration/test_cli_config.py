@@ -170,6 +170,7 @@ def test_render_prints_every_entry_with_a_header(repo: Path) -> None:
     assert "#SBATCH --partition=gpu" in done.stdout
 
 
+@pytest.mark.slow  # several ci-runner processes (2-4 s)
 def test_render_arrays_shows_the_scripts_as_submitted(repo: Path, tmp_path: Path) -> None:
     """Entries with the same sbatch options are one job array: --arrays prints (or writes) its script."""
     write_config(repo, MATRIX)
@@ -188,6 +189,7 @@ def test_render_arrays_shows_the_scripts_as_submitted(repo: Path, tmp_path: Path
     assert single.stdout.count("#!/bin/bash") == 4 and "--array" not in single.stdout
 
 
+@pytest.mark.slow  # several ci-runner processes (2-4 s)
 def test_render_arrays_shows_a_packed_job_and_validate_says_it_is_packed(repo: Path, tmp_path: Path) -> None:
     """`pack: true`: --arrays prints the one packed job (its steps), validate names it; an include
     that sets a non-step option is refused at its line, by validate and render alike."""

@@ -135,6 +135,7 @@ def test_list_files_recursive_with_hidden_files_and_links(sandbox: Sandbox) -> N
     assert listing["results/deep/a.xml"]["type"] == "-" and listing["results"]["type"] == "d"
     assert listing["escape"]["type"] == "l" and listing["escape"]["linkTarget"] == "/etc/passwd"
 
+@pytest.mark.slow  # streams past a server's cap (2-4 s)
 def test_output_cap_gives_413_and_the_reader_streams_past_it(tmp_path: Path) -> None:
     sb = start(tmp_path, max_ops_size=64 * 1024)
     try:
@@ -212,6 +213,7 @@ def test_cancel_running_job(sandbox: Sandbox) -> None:
 
 # -- faults ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # waits out the retries' back-off (2-4 s)
 def test_5xx_and_dropped_connections_are_retried(tmp_path: Path) -> None:
     sb = start(tmp_path, faults=Faults(error_rate=0.3, drop_rate=0.1, seed=5))
     try:

@@ -72,6 +72,7 @@ def use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
         monkeypatch.setenv(name, value)
 
 
+@pytest.mark.slow  # a run's retries against a closed port: 6-8 s each
 @pytest.mark.parametrize("broken", ["FIRECREST_URL", "AUTH_TOKEN_URL"])
 @pytest.mark.parametrize("backend_name", ["local"])
 def test_a_closed_port_before_the_first_submit_fails_fast_and_names_what_to_check(

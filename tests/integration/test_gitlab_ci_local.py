@@ -142,6 +142,7 @@ def run_gitlab_ci_local(repo: Path, variables: dict[str, str], *extra: str) -> s
     return log
 
 
+@pytest.mark.slow  # a whole pipeline through gitlab-ci-local: 8 s and more
 def test_example_pipeline_includes_the_released_component(tmp_path: Path, sandbox: object, gitlab: str) -> None:
     repo = tmp_path / "project"
     repo.mkdir()
@@ -187,6 +188,7 @@ def jobs_listed(log: str) -> set[str]:
     return {line.split()[0] for line in lines[header + 1:] if line.strip()}
 
 
+@pytest.mark.slow  # a whole pipeline through gitlab-ci-local: 8 s and more
 def test_the_component_project_tests_its_component_and_releases_on_a_version_tag(tmp_path: Path) -> None:
     repo = tmp_path / "ci-runner-component"
     shutil.copytree(ROOT / "gitlab-templates", repo)

@@ -34,6 +34,7 @@ def resolved(requirement: str, tmp_path: Path) -> set[str]:
     return {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower() for item in install}
 
 
+@pytest.mark.slow  # a pip install into a new venv: about 15 s
 def test_a_plain_install_does_not_pull_the_sandbox_server(tmp_path: Path) -> None:
     names = resolved(".", tmp_path)
     assert {"pyfirecrest", "click", "jinja2"} <= names

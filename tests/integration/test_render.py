@@ -597,7 +597,7 @@ def test_options_ci_runner_owns_cannot_be_set(tmp_path: Path, name: str) -> None
     ("BAD-NAME", "x", "env: 'BAD-NAME' is not a usable environment variable name"),
     ("CI_RUNNER_SHA", "x", "env: 'CI_RUNNER_SHA' is not a usable environment variable name"),
     ("OK", "a\0b", "env.OK: value contains a NUL byte"),
-])
+], ids=["BAD-NAME-x", "CI_RUNNER_SHA-x", "OK-a\x00b"])
 def test_bad_config_env(tmp_path: Path, name: str, value: str, problem: str) -> None:
     config = make_config(tmp_path, env={name: value})
     assert render_error(config) == f"{config.path}: {problem}"

@@ -151,6 +151,7 @@ def run_and_scan(sandbox: Sandbox, repo: Path, env: dict[str, str], secrets: lis
     return {"stdout": stdout, "found": {k: v for k, v in found.items() if v}}
 
 
+@pytest.mark.slow  # a whole `ci-runner run`, on real Slurm when it works: 7-11 s
 def test_client_secret_and_tokens_never_leak(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)
@@ -160,6 +161,7 @@ def test_client_secret_and_tokens_never_leak(sandbox: Sandbox, tmp_path: Path) -
     assert result["found"] == {}
 
 
+@pytest.mark.slow  # a whole `ci-runner run`, on real Slurm when it works: 7-11 s
 def test_api_key_never_leaks(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)
@@ -169,6 +171,7 @@ def test_api_key_never_leaks(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result["found"] == {}
 
 
+@pytest.mark.slow  # a whole `ci-runner run`, on real Slurm when it works: 7-11 s
 def test_github_log_masks_the_credentials(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)

@@ -65,6 +65,7 @@ def test_steps_run_in_order_with_their_ids_and_their_output_reaches_the_job_outp
     assert [line for line in lines if line != "to-stderr"] == ["first 0 1", "outer 1", "inner 2", "status=0"]
 
 
+@pytest.mark.slow  # steps that run for seconds (2-4 s)
 def test_a_two_cpu_job_runs_at_most_two_one_cpu_steps_at_once(backend: Backend, tmp_path: Path) -> None:
     job_id, lines = run_job(backend, tmp_path, script(
         "#SBATCH --ntasks=2",
@@ -113,6 +114,7 @@ def test_exit_codes_and_signals_give_sruns_status_and_messages(backend: Backend,
         assert re.fullmatch(pattern, line), (line, lines)
 
 
+@pytest.mark.slow  # waits out a time limit (2-4 s)
 def test_a_step_past_its_time_limit_is_ended_with_the_time_limit_messages(backend: Backend, tmp_path: Path) -> None:
     """A one-minute step (3 s with time_scale 0.05): slurmstepd's TIME LIMIT line, SIGTERM, srun's lines."""
     job_id, lines = run_job(backend, tmp_path, script(

@@ -80,6 +80,7 @@ def sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name)
 
 
+@pytest.mark.slow  # replays jobs that run for seconds (2-4 s)
 def test_replay_recorded_real_server_exchanges(sb: Sandbox) -> None:
     replay = Replay(sb)
     auth = bearer(sb)

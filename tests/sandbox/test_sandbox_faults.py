@@ -28,6 +28,7 @@ def status_of(call: object, *args: object) -> int:
     return error.value.responses[-1].status_code
 
 
+@pytest.mark.slow  # waits out the latency (2-4 s)
 def test_latency_makes_a_short_client_timeout_expire(tmp_path: Path) -> None:
     for sb in start(tmp_path, Faults(latency=2.0)):
         client = sync_client(sb)
@@ -38,6 +39,7 @@ def test_latency_makes_a_short_client_timeout_expire(tmp_path: Path) -> None:
         assert client.systems()[0]["name"] == sb.system
 
 
+@pytest.mark.slow  # many requests for a rate (2-4 s)
 def test_server_errors_at_the_configured_rate(tmp_path: Path) -> None:
     for sb in start(tmp_path, Faults(error_rate=1.0, error_statuses=(502,))):
         assert status_of(sync_client(sb).systems) == 502
@@ -92,6 +94,7 @@ def test_faults_reach_the_token_endpoint_only_when_asked(tmp_path: Path) -> None
             auth_for(sb).get_access_token()
 
 
+@pytest.mark.slow  # waits out the job-not-found window (2-4 s)
 def test_job_not_found_window_after_submit(tmp_path: Path) -> None:
     for sb in start(tmp_path, Faults(not_found_window=3.0)):
         client = sync_client(sb)
@@ -130,6 +133,7 @@ def backend(backend_name: str) -> str:
     return backend_name
 
 
+@pytest.mark.slow  # waits out a 4 s pending delay
 def test_pending_delay_holds_jobs_pending(tmp_path: Path, backend: str) -> None:
     for sb in start(tmp_path, Faults(pending_delay=4.0), backend=backend):
         client = sync_client(sb)

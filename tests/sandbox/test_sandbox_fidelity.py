@@ -77,6 +77,7 @@ def test_tail_of_a_large_file_answers_like_the_real_server(files_sb: Sandbox, be
     assert (took >= TIMEOUT) == (status in (408, 500)), took  # the real server answers those when its timeout expires
 
 
+@pytest.mark.slow  # many requests (2-4 s)
 def test_view_head_and_download_share_the_output_rules(files_sb: Sandbox) -> None:
     path = files_sb.root / "big.out"
     path.write_bytes(b"a" * (LIMIT + CLOSED_SLACK + 4096))
@@ -200,6 +201,7 @@ def delayed_sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name, faults=Faults(pending_delay=2))
 
 
+@pytest.mark.slow  # waits out a pending delay (2-4 s)
 def test_job_times_show_the_true_start_after_a_pending_delay(delayed_sb: Sandbox) -> None:
     sb = delayed_sb
     with raw_client(sb) as raw:

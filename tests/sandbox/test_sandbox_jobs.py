@@ -23,6 +23,7 @@ def sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name)
 
 
+@pytest.mark.slow  # a job that writes for seconds (2-4 s)
 def test_follow_output_while_running_then_completed(sb: Sandbox) -> None:
     client = sync_client(sb)
     out = f"{sb.root}/follow.out"
@@ -159,6 +160,7 @@ def test_async_client_lifecycle(sb: Sandbox) -> None:
     assert {"a.out", "b.out"} <= {entry["name"] for entry in listing}
 
 
+@pytest.mark.slow  # waits out a time limit (2-4 s)
 def test_time_limit_gives_timeout(sb: Sandbox, backend_name: str) -> None:
     """A job over its `--time` ends TIMEOUT. The local backend scales `--time` so one minute ends after
     3 s; on Slurm (smallest limit one minute, checked every 30 s: 60-90 s) the running job's limit is
