@@ -1,7 +1,7 @@
 """Run every benchmark, print one table (baselines and ci-runner side by side), write JSON.
 
     python bench/run_all.py            # full run (see bench/README.md for the expected time)
-    python bench/run_all.py --smoke    # tiny sizes, seconds; what tests/test_bench_smoke.py runs
+    python bench/run_all.py --smoke    # tiny sizes, seconds; what tests/integration/test_bench_smoke.py runs
     python bench/run_all.py --only latency,rss --json /tmp/b.json
 
 Progress goes to stderr; the table (markdown) goes to stdout. Absolute numbers are reported, never asserted.

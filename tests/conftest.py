@@ -2,7 +2,7 @@
 
 Policy: a test marked `slurm` runs on real Slurm. Without Slurm it is skipped on a user's machine,
 but fails in CI (env CI set), where .ci/run starts Slurm: a silent skip there would hide the very
-tests that matter.
+tests that matter. Which tests are also `slow` without saying so: `pytest_collection_modifyitems`.
 """
 
 from __future__ import annotations
@@ -45,9 +45,23 @@ def _slurm_policy(request: pytest.FixtureRequest) -> None:
     pytest.skip("Slurm is not available on this machine")
 
 
+TESTS = Path(__file__).resolve().parent
+SLOW_KINDS = ("e2e", "reliability")  # whole `ci-runner run`s as processes: seconds each, minutes together
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow` also for every test of tests/e2e and tests/reliability and every `slurm` test (real Slurm
+    jobs on a shared Slurm: 5-15 s each), so that `-m "not slow"` runs in under 2 minutes."""
+    slow_dirs = {TESTS / kind for kind in SLOW_KINDS}
+    for item in items:
+        if slow_dirs & set(item.path.resolve().parents) or item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def backend_name(request: pytest.FixtureRequest) -> str:
-    """Both sandbox backends; the `slurm` one follows the marker policy above."""
+    """Both sandbox backends; the `slurm` one follows the marker policy above (and is `slow`)."""
     return request.param
 
 

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from real_firecrest import TOKEN_TTL, RealFirecrest, find_real_firecrest, scancel, slurm_state
-from run_process import ci_runner, git_repo, recorded_jobs, runner_env, wait_until
-from slurm_time_limit import time_out_at_next_check
+from helpers.real_firecrest import TOKEN_TTL, RealFirecrest, find_real_firecrest, scancel, slurm_state
+from helpers.run_process import ci_runner, git_repo, recorded_jobs, runner_env
+from helpers.slurm_time_limit import time_out_at_next_check
+from helpers.waiting import wait_until
 
 from ci_runner.budget import RequestBudget
 from ci_runner.cluster import Cluster, Credentials

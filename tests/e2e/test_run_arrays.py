@@ -11,7 +11,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, runner_env, wait_until
+from helpers.run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, runner_env
+from helpers.waiting import wait_until
 
 from ci_runner import states
 from ci_runner.render import JOB_END_LINE

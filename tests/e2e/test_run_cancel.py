@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from run_process import (
+from helpers.run_process import (
     CI_RUNNER,
     cancel_jobs,
     ci_runner,
@@ -18,8 +18,8 @@ from run_process import (
     job_state,
     recorded_jobs,
     runner_env,
-    wait_until,
 )
+from helpers.waiting import wait_until
 
 
 SLEEPER = """\

@@ -1,5 +1,5 @@
 """`ci-runner run` as a subprocess in simulated Jenkins and GitLab environments against the sandbox:
-the exact log lines each CI gets and the report files it picks up (GitHub: tests/test_action_steps.py
+the exact log lines each CI gets and the report files it picks up (GitHub: tests/integration/test_action_steps.py
 and tests/e2e/test_run_commands.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from run_process import CI_RUNNER, git_repo, runner_env
+from helpers.run_process import CI_RUNNER, git_repo, runner_env
 
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_process import CI_RUNNER, cancel_jobs, ci_runner, git_repo, recorded_jobs, runner_env
+from helpers.run_process import CI_RUNNER, cancel_jobs, ci_runner, git_repo, recorded_jobs, runner_env
 
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_process import (
+from helpers.run_process import (
     cancel_jobs,
     ci_runner,
     git_repo,
@@ -21,8 +21,8 @@ from run_process import (
     recorded_jobs,
     run_to_end,
     runner_env,
-    wait_until,
 )
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_process import (
+from helpers.run_process import (
     cancel_jobs,
     ci_runner,
     entry_lines,
@@ -19,9 +19,9 @@ from run_process import (
     recorded_jobs,
     run_to_end,
     runner_env,
-    wait_until,
 )
-from slurm_time_limit import time_out_at_next_check
+from helpers.slurm_time_limit import time_out_at_next_check
+from helpers.waiting import wait_until
 
 from ci_runner.budget import max_in_window
 from ci_runner.render import JOB_END_LINE

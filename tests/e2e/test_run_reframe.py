@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from run_process import git_repo, run_to_end, runner_env
+from helpers.run_process import git_repo, run_to_end, runner_env
 
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from run_process import cancel_jobs, ci_runner, git_repo, runner_env, wait_until
+from helpers.run_process import cancel_jobs, ci_runner, git_repo, runner_env
+from helpers.waiting import wait_until
 
 from ci_runner.render import JOB_END_LINE
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox

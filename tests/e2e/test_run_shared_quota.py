@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from run_process import cancel_jobs, ci_runner, git_repo, recorded_jobs, runner_env
+from helpers.run_process import cancel_jobs, ci_runner, git_repo, recorded_jobs, runner_env
 
 from ci_runner.budget import max_in_window
 from ci_runner.sandbox.faults import Faults

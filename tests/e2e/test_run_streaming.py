@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from run_process import (
+from helpers.run_process import (
     cancel_jobs,
     ci_runner,
     git_repo,
@@ -19,8 +19,8 @@ from run_process import (
     recorded_jobs,
     run_to_end,
     runner_env,
-    wait_until,
 )
+from helpers.waiting import wait_until
 
 from ci_runner.render import JOB_END_LINE
 

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from run_process import cancel_jobs, ci_runner, git_repo, recorded_jobs, run_to_end, runner_env
+from helpers.run_process import cancel_jobs, ci_runner, git_repo, recorded_jobs, run_to_end, runner_env
 
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from reliability_harness import SandboxProcess
+from helpers.reliability_harness import SandboxProcess
 
 _ROWS: dict[str, dict[str, Any]] = {}
 _OUTCOMES: dict[str, str] = {}

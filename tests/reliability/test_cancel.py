@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from reliability_harness import (
+from helpers.reliability_harness import (
     ACTIVE,
     CLI,
     SandboxProcess,
@@ -25,9 +25,9 @@ from reliability_harness import (
     scancel_named,
     slurm_jobs_named,
     start_run,
-    wait_for,
     write_config,
 )
+from helpers.waiting import wait_until
 
 from ci_runner.budget import max_in_window
 from ci_runner.render import job_name
@@ -74,12 +74,16 @@ def test_cancel(signals: str, phase: str, tmp_path: Path, sandbox_factory: Calla
     cleanup_used = False
     try:
         if phase == "pending":
-            wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "PENDING"], 60, "a pending job")
-            wait_for(lambda: (state_of(state_path) or {}).get("job_id"), 30, "the job id in the state file")
+            wait_until(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "PENDING"], 60, "a pending job",
+                       interval=0.1)
+            wait_until(lambda: (state_of(state_path) or {}).get("job_id"), 30, "the job id in the state file",
+                       interval=0.1)
         elif phase == "running":
-            wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60, "a running job")
+            wait_until(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60, "a running job",
+                       interval=0.1)
         else:
-            wait_for(lambda: (state_of(state_path) or {}).get("state") == "SUBMITTING", 60, "the submit in flight")
+            wait_until(lambda: (state_of(state_path) or {}).get("state") == "SUBMITTING", 60, "the submit in flight",
+                       interval=0.1)
             assert not slurm_jobs_named(name), "the submit should still be in flight (3 s latency)"
         sent = time.monotonic()
         process.send_signal(SIGNALS[signals][0])
@@ -99,7 +103,7 @@ def test_cancel(signals: str, phase: str, tmp_path: Path, sandbox_factory: Calla
             assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
             assert "Traceback" not in cleanup.stderr
         try:
-            wait_for(lambda: not active_jobs(name), 20, "no queued or running job of the run")
+            wait_until(lambda: not active_jobs(name), 20, "no queued or running job of the run", interval=0.1)
             left = "none"
         except AssertionError:
             left = ", ".join(f"{j['JobId']}:{j['JobState']}" for j in active_jobs(name))

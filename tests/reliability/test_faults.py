@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from reliability_harness import (
+from helpers.reliability_harness import (
     ACTIVE,
     SandboxProcess,
     api_request_times,
@@ -30,9 +30,9 @@ from reliability_harness import (
     start_run,
     streamed_output,
     submitted_jobs,
-    wait_for,
     write_config,
 )
+from helpers.waiting import wait_until
 
 from ci_runner.budget import max_in_window
 from ci_runner.render import job_name
@@ -117,12 +117,12 @@ def test_fault(scenario: Scenario, tmp_path: Path, sandbox_factory: Callable[...
     process = start_run(repo, run_env(sandbox, run_id), ["--requests-per-minute", str(BUDGET)])
     try:
         if scenario.restart:
-            job = wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60,
-                           "the job to run")[0]
+            job = wait_until(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60,
+                             "the job to run", interval=0.1)[0]
             # ... and the runner follows it: a crash right after the submit would leave the first server
             # (the one that knows the submit, hence the job-not-found window) without a job request.
-            wait_for(lambda: any(is_job_list(r) for r in sandbox.requests()), 60,
-                     "the runner to ask for the job's state")
+            wait_until(lambda: any(is_job_list(r) for r in sandbox.requests()), 60,
+                       "the runner to ask for the job's state", interval=0.1)
             sandbox.crash()
             time.sleep(scenario.outage)  # the outage itself (not a wait for a condition)
             assert slurm_state(job["JobId"]) in ACTIVE | {"COMPLETED", "FAILED"}, "the job must outlive the server"
@@ -173,7 +173,8 @@ def test_gives_up_with_infrastructure_exit_code(tmp_path: Path, sandbox_factory:
     record_scenario(expected=3, budget=BUDGET, note="server killed for good mid-job")
     process = start_run(repo, run_env(sandbox, run_id), ["--requests-per-minute", str(BUDGET)])
     try:
-        wait_for(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60, "the job to run")
+        wait_until(lambda: [j for j in slurm_jobs_named(name) if j.get("JobState") == "RUNNING"], 60, "the job to run",
+                   interval=0.1)
         sandbox.crash()
         result = finish(process, RUN_TIMEOUT)
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from firecrest_clients import cancel_active, cancel_refused
+from helpers.firecrest_clients import cancel_active, cancel_refused
 
 from ci_runner.sandbox.backends import Backend, BackendError, pick_backend
 
@@ -198,6 +198,7 @@ def test_pending_delay_keeps_job_pending_with_begintime_then_cancel(backend: Bac
     assert again.value.message == cancel_refused(job_id, "Job/step already completing or completed")
 
 
+@pytest.mark.slow  # waits out a time limit (2-4 s)
 def test_time_limit_ends_job_as_timeout_with_signal_15(tmp_path: Path, workdir: Path) -> None:
     """The local backend's emulation of Slurm's TIMEOUT. Real Slurm's TIMEOUT (a one-minute minimum
     limit, ~65 s) is checked once through the API, in test_sandbox_jobs.test_time_limit_gives_timeout."""

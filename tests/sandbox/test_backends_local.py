@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.backends import BackendError, pick_backend
 from ci_runner.sandbox.backends.local import LocalBackend
@@ -21,13 +21,6 @@ def script(*lines: str) -> str:
 
 def status_of(backend: LocalBackend, job_id: str) -> dict[str, Any]:
     return backend.jobs([job_id])[0]["status"]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -50,12 +43,12 @@ def test_jobs_queue_for_free_slots_with_reason_resources(make_backend: Callable[
     first = backend.submit(gate, str(tmp_path), {})
     second = backend.submit(gate, str(tmp_path), {})
 
-    wait_until(lambda: status_of(backend, first)["state"] == "RUNNING")
-    wait_until(lambda: status_of(backend, second)["stateReason"] == "Resources")
+    wait_until(lambda: status_of(backend, first)["state"] == "RUNNING", 30, "the first job to run")
+    wait_until(lambda: status_of(backend, second)["stateReason"] == "Resources", 30, "the second job to wait for Resources")
     assert status_of(backend, second)["state"] == "PENDING"
 
     (tmp_path / "go").touch()
-    wait_until(lambda: status_of(backend, second)["state"] == "COMPLETED")
+    wait_until(lambda: status_of(backend, second)["state"] == "COMPLETED", 30, "the second job to complete")
     assert status_of(backend, first)["state"] == "COMPLETED"
 
 
@@ -65,9 +58,9 @@ def test_timeout_kills_a_job_ignoring_sigterm_after_kill_wait(make_backend: Call
         script("#SBATCH -t 1", "trap 'echo ignored TERM' TERM", "while :; do sleep 0.05; done"), str(tmp_path), {}
     )
 
-    wait_until(lambda: status_of(backend, job_id)["state"] == "TIMEOUT")
-    wait_until(lambda: "ignored TERM" in (tmp_path / f"slurm-{job_id}.out").read_text())
-    wait_until(lambda: not backend._jobs[job_id].live)  # the slot is free once SIGKILL took it
+    wait_until(lambda: status_of(backend, job_id)["state"] == "TIMEOUT", 30, "the job to time out")
+    wait_until(lambda: "ignored TERM" in (tmp_path / f"slurm-{job_id}.out").read_text(), 30, "the job to ignore TERM")
+    wait_until(lambda: not backend._jobs[job_id].live, 30, "the job's slot to be free")  # the slot is free once SIGKILL took it
 
     assert status_of(backend, job_id)["exitCode"] == 0 and status_of(backend, job_id)["interruptSignal"] == 15
 
@@ -76,7 +69,7 @@ def test_finished_jobs_are_forgotten_after_min_job_age(make_backend: Callable[..
     backend = make_backend(min_job_age=0.5)
     job_id = backend.submit(script("true"), str(tmp_path), {})
 
-    wait_until(lambda: backend.jobs([job_id]) == [])
+    wait_until(lambda: backend.jobs([job_id]) == [], 30, "the job to leave the list")
 
     assert backend.metadata(job_id) is None
     with pytest.raises(BackendError, match="Invalid job id specified"):
@@ -87,7 +80,7 @@ def test_cancelling_a_finished_job_fails_like_scancel_and_keeps_its_state(
         make_backend: Callable[..., LocalBackend], tmp_path: Path) -> None:
     backend = make_backend()
     job_id = backend.submit(script("true"), str(tmp_path), {})
-    wait_until(lambda: status_of(backend, job_id)["state"] == "COMPLETED")
+    wait_until(lambda: status_of(backend, job_id)["state"] == "COMPLETED", 30, "the job to complete")
 
     with pytest.raises(BackendError, match="Job/step already completing or completed"):
         backend.cancel(job_id, 5)
@@ -98,7 +91,7 @@ def test_job_killed_by_a_signal_fails_with_that_signal(make_backend: Callable[..
     backend = make_backend()
     job_id = backend.submit(script("kill -9 $$"), str(tmp_path), {})
 
-    wait_until(lambda: status_of(backend, job_id)["state"] == "FAILED")
+    wait_until(lambda: status_of(backend, job_id)["state"] == "FAILED", 30, "the job to fail")
 
     assert status_of(backend, job_id)["exitCode"] == 0 and status_of(backend, job_id)["interruptSignal"] == 9
 
@@ -108,7 +101,7 @@ def test_missing_working_dir_runs_in_tmp_like_slurmstepd(make_backend: Callable[
     out = tmp_path / "nd.out"
     job_id = backend.submit(script(f"#SBATCH -o {out}", "pwd"), str(tmp_path / "missing"), {})
 
-    wait_until(lambda: status_of(backend, job_id)["state"] == "COMPLETED")
+    wait_until(lambda: status_of(backend, job_id)["state"] == "COMPLETED", 30, "the job to complete")
 
     assert out.read_text().splitlines() == [
         f"slurmstepd: error: couldn't chdir to `{tmp_path / 'missing'}': No such file or directory: going to /tmp instead",
@@ -119,7 +112,8 @@ def test_missing_working_dir_runs_in_tmp_like_slurmstepd(make_backend: Callable[
 def test_close_kills_running_jobs(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "spool")
     job_id = backend.submit(script("sleep 300 & echo $! > child.pid; wait"), str(tmp_path), {})
-    wait_until(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text().strip() != "")
+    wait_until(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text().strip() != "", 30,
+               "the child's pid file")
     child = int((tmp_path / "child.pid").read_text())
     leader = backend._jobs[job_id].proc
     assert leader is not None
@@ -127,7 +121,8 @@ def test_close_kills_running_jobs(tmp_path: Path) -> None:
     backend.close()
 
     assert leader.returncode is not None
-    wait_until(lambda: not os.path.exists(f"/proc/{child}") or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[1][:3])
+    wait_until(lambda: not os.path.exists(f"/proc/{child}") or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[1][:3],
+               30, "the child to end")
 
 
 def test_time_limit_is_reported_unscaled(make_backend: Callable[..., LocalBackend], tmp_path: Path) -> None:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from firecrest_clients import cancel_active
-from markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import QUEUE_SLACK, cancel_active
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.backends import Backend, pick_backend
 from ci_runner.sandbox.backends.sbatch_options import parse_time_limit
 from ci_runner.sandbox.backends.srun import SrunError, parse_time
 
-QUEUE_SLACK = 180.0  # seconds a Slurm job may wait behind other developers' jobs on this 2-CPU machine
 TERMINAL = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY")
 STEP = "srun --quiet --exact --nodes=1 --ntasks=1"  # how pack mode starts a step
 
@@ -43,13 +41,6 @@ def script(*lines: str) -> str:
     return "\n".join(["#!/bin/bash", "#SBATCH --output=out-%j.txt", "#SBATCH --time=5", *lines]) + "\n"
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = QUEUE_SLACK) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} never happened"
-        time.sleep(0.1)
-
-
 def state(backend: Backend, job_id: str) -> str:
     return str(backend.jobs([job_id])[0]["status"]["state"])
 
@@ -57,7 +48,7 @@ def state(backend: Backend, job_id: str) -> str:
 def run_job(backend: Backend, workdir: Path, text: str) -> tuple[str, list[str]]:
     """Submit `text`, wait for its end; its id and the lines of its output file."""
     job_id = backend.submit(text, str(workdir), {})
-    wait_until(lambda: state(backend, job_id).startswith(TERMINAL), f"the end of job {job_id}")
+    wait_until(lambda: state(backend, job_id).startswith(TERMINAL), QUEUE_SLACK, f"the end of job {job_id}", 0.1)
     return job_id, (workdir / f"out-{job_id}.txt").read_text().splitlines()
 
 
@@ -74,6 +65,7 @@ def test_steps_run_in_order_with_their_ids_and_their_output_reaches_the_job_outp
     assert [line for line in lines if line != "to-stderr"] == ["first 0 1", "outer 1", "inner 2", "status=0"]
 
 
+@pytest.mark.slow  # steps that run for seconds (2-4 s)
 def test_a_two_cpu_job_runs_at_most_two_one_cpu_steps_at_once(backend: Backend, tmp_path: Path) -> None:
     job_id, lines = run_job(backend, tmp_path, script(
         "#SBATCH --ntasks=2",
@@ -122,7 +114,7 @@ def test_exit_codes_and_signals_give_sruns_status_and_messages(backend: Backend,
         assert re.fullmatch(pattern, line), (line, lines)
 
 
-@SLOW_ON_SLURM
+@pytest.mark.slow  # waits out a time limit (2-4 s)
 def test_a_step_past_its_time_limit_is_ended_with_the_time_limit_messages(backend: Backend, tmp_path: Path) -> None:
     """A one-minute step (3 s with time_scale 0.05): slurmstepd's TIME LIMIT line, SIGTERM, srun's lines."""
     job_id, lines = run_job(backend, tmp_path, script(
@@ -140,12 +132,13 @@ def test_cancelling_the_job_ends_its_steps(backend: Backend, tmp_path: Path) -> 
     job_id = backend.submit(script(f"{STEP} /bin/bash -c 'echo $$ > step.pid; exec sleep 300'", "echo after"),
                             str(tmp_path), {})
     pid_file = tmp_path / "step.pid"
-    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), "the step's start")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), QUEUE_SLACK, "the step's start",
+               0.1)
     pid = int(pid_file.read_text())
     backend.cancel(job_id, os.getuid())
-    wait_until(lambda: not _alive(pid), f"the end of the step's process {pid}", timeout=30)
+    wait_until(lambda: not _alive(pid), 30, f"the end of the step's process {pid}", 0.1)
     output = tmp_path / f"out-{job_id}.txt"
-    wait_until(lambda: "task 0: Terminated" in output.read_text(), f"srun's last line in {output}", timeout=30)
+    wait_until(lambda: "task 0: Terminated" in output.read_text(), 30, f"srun's last line in {output}", 0.1)
     lines = output.read_text().splitlines()
     assert any(re.fullmatch(rf"slurmstepd-\S+: error: \*\*\* STEP {job_id}\.0 ON \S+ CANCELLED AT \S+ \*\*\*", line)
                for line in lines), lines

@@ -9,7 +9,8 @@ import firecrest as fc
 import httpx
 import jwt
 import pytest
-from firecrest_clients import StaticToken, auth_for, poll, raw_client, running_sandbox, sync_client
+from helpers.firecrest_clients import StaticToken, auth_for, raw_client, running_sandbox, sync_client
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.server import Sandbox
 
@@ -80,7 +81,7 @@ def test_expired_token_is_refused(tmp_path: Path) -> None:
             except fc.UnexpectedStatusException as error:
                 return error.responses[-1].json()["message"]
 
-        assert poll(refused, 10, 0.2, "the token to expire") == "Access token expired"
+        assert wait_until(refused, 10, "the token to expire", 0.2) == "Access token expired"
 
 
 def test_client_refreshes_before_expiry_and_keeps_working(tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_client_refreshes_before_expiry_and_keeps_working(tmp_path: Path) -> Non
             assert client.systems()[0]["name"] == sb.system
             return sb.request_log.count("POST", "/auth/token") >= 2
 
-        poll(refreshed, 15, 0.2, "a second token request")
+        wait_until(refreshed, 15, "a second token request", 0.2)
         assert {r.status for r in sb.request_log.records} == {200}
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import firecrest as fc
 import httpx
 import pytest
-from firecrest_clients import poll, script
+from helpers.firecrest_clients import script
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.command import sandbox as sandbox_command
 
@@ -33,8 +34,8 @@ def test_serves_until_signalled_then_stops_its_jobs(tmp_path: Path, stop_signal:
          "--env-file", str(env_file), "--system", "testsys", "--quota-per-minute", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        poll(lambda: env_file.exists() and env_file.read_text().count("\n") == 5 or process.poll() is not None,
-             30, 0.05, "the env file")
+        wait_until(lambda: env_file.exists() and env_file.read_text().count("\n") == 5 or process.poll() is not None,
+                   30, "the env file")
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         env = read_env(env_file)
         assert list(env) == NAMES and env["FIRECREST_CLIENT_ID"] == "me" and env["FIRECREST_SYSTEM"] == "testsys"
@@ -45,8 +46,8 @@ def test_serves_until_signalled_then_stops_its_jobs(tmp_path: Path, stop_signal:
         client.timeout = 30
         assert client.systems()[0]["fileSystems"][0]["path"] == os.path.realpath(root)
         job_id = client.submit("testsys", str(root), script_str=script("#SBATCH -o s.out", "echo $$ > pid", "sleep 300"))["jobId"]
-        poll(lambda: client.job_info("testsys", job_id)[0]["status"]["state"] == "RUNNING"
-             and (root / "pid").exists() and (root / "pid").read_text().strip(), 30, 0.1, "the job to run")
+        wait_until(lambda: client.job_info("testsys", job_id)[0]["status"]["state"] == "RUNNING"
+                   and (root / "pid").exists() and (root / "pid").read_text().strip(), 30, "the job to run", 0.1)
         job_pid = int((root / "pid").read_text())
 
         process.send_signal(stop_signal)
@@ -56,8 +57,8 @@ def test_serves_until_signalled_then_stops_its_jobs(tmp_path: Path, stop_signal:
         assert "# sandbox stopped" in err
         with pytest.raises(httpx.ConnectError):
             httpx.get(env["FIRECREST_URL"] + "/status/liveness/", timeout=5)
-        poll(lambda: not Path(f"/proc/{job_pid}").exists() or "zombie" in Path(f"/proc/{job_pid}/status").read_text().lower()
-             or " Z " in Path(f"/proc/{job_pid}/stat").read_text(), 15, 0.1, "the job's process to end")
+        wait_until(lambda: not Path(f"/proc/{job_pid}").exists() or "zombie" in Path(f"/proc/{job_pid}/status").read_text().lower()
+                   or " Z " in Path(f"/proc/{job_pid}/stat").read_text(), 15, "the job's process to end", 0.1)
         assert root.exists(), "a --root given by the user is kept"
     finally:
         if process.poll() is None:
@@ -71,8 +72,8 @@ def test_a_site_s_quota_of_10_a_minute_is_enforced_by_default(tmp_path: Path) ->
     process = subprocess.Popen([*CI_RUNNER, "sandbox", "--backend", "local", "--root", str(tmp_path / "root"),
                                 "--env-file", str(env_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        poll(lambda: env_file.exists() and env_file.read_text().count("\n") == 5 or process.poll() is not None,
-             30, 0.05, "the env file")
+        wait_until(lambda: env_file.exists() and env_file.read_text().count("\n") == 5 or process.poll() is not None,
+                   30, "the env file")
         env = read_env(env_file)
         token = httpx.post(env["AUTH_TOKEN_URL"], timeout=30, data={
             "grant_type": "client_credentials", "client_id": env["FIRECREST_CLIENT_ID"],

@@ -11,7 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from firecrest_clients import CHECKER, EXAMPLES, QUEUE_SLACK, OpenApiChecker, bearer, poll, raw_client, running_sandbox
+from helpers.firecrest_clients import (
+    CHECKER, EXAMPLES, QUEUE_SLACK, OpenApiChecker, bearer, raw_client, running_sandbox,
+)
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.server import Sandbox
 
@@ -77,6 +80,7 @@ def sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name)
 
 
+@pytest.mark.slow  # replays jobs that run for seconds (2-4 s)
 def test_replay_recorded_real_server_exchanges(sb: Sandbox) -> None:
     replay = Replay(sb)
     auth = bearer(sb)
@@ -85,11 +89,11 @@ def test_replay_recorded_real_server_exchanges(sb: Sandbox) -> None:
             return raw.get(f"/compute/{sb.system}/jobs/{replay.jobs[real_id]}", headers=auth).json()["jobs"][0]
 
         def wait_state(real_id: str, prefix: str) -> None:
-            poll(lambda: job(real_id)["status"]["state"].startswith(prefix), QUEUE_SLACK, 0.2, f"{real_id} {prefix}")
+            wait_until(lambda: job(real_id)["status"]["state"].startswith(prefix), QUEUE_SLACK, f"{real_id} {prefix}", 0.2)
 
         def wait_file(name: str, size: int) -> None:
             path = Path(replay.home) / "examples" / name
-            poll(lambda: path.exists() and path.stat().st_size == size, QUEUE_SLACK, 0.2, f"{name} of {size} bytes")
+            wait_until(lambda: path.exists() and path.stat().st_size == size, QUEUE_SLACK, f"{name} of {size} bytes", 0.2)
 
         before = {  # what must have happened on the cluster before the recorded request was made
             "tail bytes=+1 (whole file from byte 1)": lambda: wait_file("ok.out", 7),

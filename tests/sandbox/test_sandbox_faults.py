@@ -9,8 +9,8 @@ import firecrest as fc
 import httpx
 import pytest
 import requests
-from firecrest_clients import QUEUE_SLACK, auth_for, poll, running_sandbox, script, sync_client, wait_terminal
-from markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import QUEUE_SLACK, auth_for, running_sandbox, script, sync_client, wait_terminal
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.faults import FaultInjector, Faults, corrupted
 from ci_runner.sandbox.server import Sandbox
@@ -28,6 +28,7 @@ def status_of(call: object, *args: object) -> int:
     return error.value.responses[-1].status_code
 
 
+@pytest.mark.slow  # waits out the latency (2-4 s)
 def test_latency_makes_a_short_client_timeout_expire(tmp_path: Path) -> None:
     for sb in start(tmp_path, Faults(latency=2.0)):
         client = sync_client(sb)
@@ -38,6 +39,7 @@ def test_latency_makes_a_short_client_timeout_expire(tmp_path: Path) -> None:
         assert client.systems()[0]["name"] == sb.system
 
 
+@pytest.mark.slow  # many requests for a rate (2-4 s)
 def test_server_errors_at_the_configured_rate(tmp_path: Path) -> None:
     for sb in start(tmp_path, Faults(error_rate=1.0, error_statuses=(502,))):
         assert status_of(sync_client(sb).systems) == 502
@@ -92,6 +94,7 @@ def test_faults_reach_the_token_endpoint_only_when_asked(tmp_path: Path) -> None
             auth_for(sb).get_access_token()
 
 
+@pytest.mark.slow  # waits out the job-not-found window (2-4 s)
 def test_job_not_found_window_after_submit(tmp_path: Path) -> None:
     for sb in start(tmp_path, Faults(not_found_window=3.0)):
         client = sync_client(sb)
@@ -109,7 +112,7 @@ def test_job_not_found_window_after_submit(tmp_path: Path) -> None:
             except fc.UnexpectedStatusException:
                 return False
 
-        poll(visible, 10, 0.2, "the job to become visible")
+        wait_until(visible, 10, "the job to become visible", 0.2)
 
 
 def test_quota_per_minute_per_client(tmp_path: Path) -> None:
@@ -130,7 +133,7 @@ def backend(backend_name: str) -> str:
     return backend_name
 
 
-@SLOW_ON_SLURM
+@pytest.mark.slow  # waits out a 4 s pending delay
 def test_pending_delay_holds_jobs_pending(tmp_path: Path, backend: str) -> None:
     for sb in start(tmp_path, Faults(pending_delay=4.0), backend=backend):
         client = sync_client(sb)

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from firecrest_clients import QUEUE_SLACK, bearer, cancel_refused, poll, raw_client, running_sandbox, script
-from markers import SLOW_ON_SLURM
+from helpers.firecrest_clients import QUEUE_SLACK, bearer, cancel_refused, raw_client, running_sandbox, script
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.files import CHANNEL_SLACK, CLOSED_SLACK
 from ci_runner.sandbox.server import Sandbox
@@ -77,6 +77,7 @@ def test_tail_of_a_large_file_answers_like_the_real_server(files_sb: Sandbox, be
     assert (took >= TIMEOUT) == (status in (408, 500)), took  # the real server answers those when its timeout expires
 
 
+@pytest.mark.slow  # many requests (2-4 s)
 def test_view_head_and_download_share_the_output_rules(files_sb: Sandbox) -> None:
     path = files_sb.root / "big.out"
     path.write_bytes(b"a" * (LIMIT + CLOSED_SLACK + 4096))
@@ -127,7 +128,7 @@ def job_of(raw: httpx.Client, sb: Sandbox, job_id: str) -> dict[str, Any]:
 def test_cancel_of_a_finished_unknown_or_malformed_job_is_scancels_500(sb: Sandbox) -> None:
     with raw_client(sb) as raw:
         job_id = submit(raw, sb, script("#SBATCH -o done.out", "true")).json()["jobId"]
-        poll(lambda: job_of(raw, sb, job_id)["status"]["state"] == "COMPLETED", QUEUE_SLACK, 0.2, "COMPLETED")
+        wait_until(lambda: job_of(raw, sb, job_id)["status"]["state"] == "COMPLETED", QUEUE_SLACK, "COMPLETED", 0.2)
 
         def cancel(target: str) -> tuple[int, Any]:
             answer = raw.delete(f"/compute/{sb.system}/jobs/{target}", headers=bearer(sb))
@@ -200,7 +201,7 @@ def delayed_sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name, faults=Faults(pending_delay=2))
 
 
-@SLOW_ON_SLURM
+@pytest.mark.slow  # waits out a pending delay (2-4 s)
 def test_job_times_show_the_true_start_after_a_pending_delay(delayed_sb: Sandbox) -> None:
     sb = delayed_sb
     with raw_client(sb) as raw:
@@ -211,10 +212,10 @@ def test_job_times_show_the_true_start_after_a_pending_delay(delayed_sb: Sandbox
         estimate = pending["time"]
         assert submitted + 1 <= estimate["start"] <= int(time.time()) + 3  # the begin time, Slurm's estimate
         assert (estimate["end"], estimate["elapsed"], estimate["limit"]) == (estimate["start"] + 120, 0, 120)
-        running = poll(lambda: (job := job_of(raw, sb, job_id))["status"]["state"] != "PENDING" and job,
-                       QUEUE_SLACK, 0.1, "start")
-        done = poll(lambda: (job := job_of(raw, sb, job_id))["status"]["state"] == "COMPLETED" and job,
-                    QUEUE_SLACK, 0.2, "end")
+        running = wait_until(lambda: (job := job_of(raw, sb, job_id))["status"]["state"] != "PENDING" and job,
+                             QUEUE_SLACK, "start", 0.1)
+        done = wait_until(lambda: (job := job_of(raw, sb, job_id))["status"]["state"] == "COMPLETED" and job,
+                          QUEUE_SLACK, "end", 0.2)
     if running["status"]["state"] == "RUNNING":
         assert running["time"]["end"] is None and running["time"]["suspended"] == 0
     times = done["time"]

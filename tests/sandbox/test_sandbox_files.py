@@ -10,7 +10,7 @@ from pathlib import Path
 
 import firecrest as fc
 import pytest
-from firecrest_clients import bearer, raw_client, running_sandbox, sync_client
+from helpers.firecrest_clients import bearer, raw_client, running_sandbox, sync_client
 
 from ci_runner.sandbox.server import Sandbox
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import firecrest as fc
 import pytest
-from firecrest_clients import (
-    QUEUE_SLACK, async_client, bearer, cancel_refused, poll, raw_client, running_sandbox, script, sync_client,
-    wait_terminal,
+from helpers.firecrest_clients import (
+    QUEUE_SLACK, async_client, bearer, cancel_refused, raw_client, running_sandbox, script, sync_client, wait_terminal,
 )
-from markers import SLOW_ON_SLURM
-from slurm_time_limit import time_out_at_next_check
+from helpers.slurm_time_limit import time_out_at_next_check
+from helpers.waiting import wait_until
 
 from ci_runner.sandbox.server import Sandbox
 
@@ -24,6 +23,7 @@ def sb(backend_name: str, tmp_path: Path) -> Iterator[Sandbox]:
     yield from running_sandbox(tmp_path, backend_name)
 
 
+@pytest.mark.slow  # a job that writes for seconds (2-4 s)
 def test_follow_output_while_running_then_completed(sb: Sandbox) -> None:
     client = sync_client(sb)
     out = f"{sb.root}/follow.out"
@@ -53,7 +53,7 @@ def test_follow_output_while_running_then_completed(sb: Sandbox) -> None:
         offset += len(chunk.encode())
         return job if job["status"]["state"].startswith(("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")) else None
 
-    job = poll(finished, QUEUE_SLACK, 0.1, "the job to complete")
+    job = wait_until(finished, QUEUE_SLACK, "the job to complete", 0.1)
     text += read_chunk()  # drain after the terminal state
 
     assert seen_running, "never read output while the job was RUNNING"
@@ -81,7 +81,7 @@ def test_env_vars_reach_the_job(sb: Sandbox) -> None:
 def test_cancel_running_job(sb: Sandbox) -> None:
     client = sync_client(sb)
     job_id = client.submit(sb.system, str(sb.root), script_str=script("#SBATCH -o can.out", "echo up", "sleep 300"))["jobId"]
-    poll(lambda: client.job_info(sb.system, job_id)[0]["status"]["state"] == "RUNNING", QUEUE_SLACK, 0.2, "RUNNING")
+    wait_until(lambda: client.job_info(sb.system, job_id)[0]["status"]["state"] == "RUNNING", QUEUE_SLACK, "RUNNING", 0.2)
 
     assert client.cancel_job(sb.system, job_id) == {}
 
@@ -160,7 +160,7 @@ def test_async_client_lifecycle(sb: Sandbox) -> None:
     assert {"a.out", "b.out"} <= {entry["name"] for entry in listing}
 
 
-@SLOW_ON_SLURM
+@pytest.mark.slow  # waits out a time limit (2-4 s)
 def test_time_limit_gives_timeout(sb: Sandbox, backend_name: str) -> None:
     """A job over its `--time` ends TIMEOUT. The local backend scales `--time` so one minute ends after
     3 s; on Slurm (smallest limit one minute, checked every 30 s: 60-90 s) the running job's limit is
@@ -169,8 +169,8 @@ def test_time_limit_gives_timeout(sb: Sandbox, backend_name: str) -> None:
     job_id = client.submit(sb.system, str(sb.root), script_str=script("#SBATCH --time=1", "#SBATCH -o to.out",
                                                                       "sleep 300"))["jobId"]
     if backend_name == "slurm":
-        poll(lambda: client.job_info(sb.system, job_id)[0]["status"]["state"] == "RUNNING", QUEUE_SLACK, 0.2,
-             "the job to run")
+        wait_until(lambda: client.job_info(sb.system, job_id)[0]["status"]["state"] == "RUNNING", QUEUE_SLACK,
+                   "the job to run", 0.2)
         time_out_at_next_check(job_id)
     job = wait_terminal(client, sb.system, job_id, timeout=QUEUE_SLACK + 120)
     assert job["status"] == {"state": "TIMEOUT", "stateReason": "TimeLimit", "exitCode": 0, "interruptSignal": 15}

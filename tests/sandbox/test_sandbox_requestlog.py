@@ -10,7 +10,7 @@ from pathlib import Path
 import firecrest as fc
 import httpx
 import pytest
-from firecrest_clients import running_sandbox, sync_client
+from helpers.firecrest_clients import running_sandbox, sync_client
 
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.requestlog import RequestLog, RequestRecord
@@ -57,6 +57,7 @@ def test_http_view_and_reset(sb: Sandbox) -> None:
     assert sb.request_log.records == []
 
 
+@pytest.mark.slow  # waits on a 4 s answer
 def test_a_request_is_logged_at_its_arrival_before_its_answer(tmp_path: Path) -> None:
     """A site's quota counts arrivals, so the log does too; and whoever has the answer finds the request
     in the log (it is recorded before the last byte is sent)."""
