@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 PACKAGE = PROJECT / "ci_runner"
 DESIGN = PROJECT / "docs" / "design.md"
 
