@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ci_runner import matrix
+from ci_runner.config_schema import schema as config_schema
+
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
 REGENERATE = ('python -c "from pathlib import Path; from ci_runner.schema import update_readme; '
@@ -66,9 +69,7 @@ def _rows(node: dict[str, Any], prefix: str) -> Iterator[tuple[str, dict[str, An
 
 def reference_markdown(schema: dict[str, Any] | None = None) -> str:
     """The README's configuration reference: one table row per key, then the matrix expansion rules."""
-    from ci_runner import config, matrix
-
-    schema = schema if schema is not None else config.schema()
+    schema = schema if schema is not None else config_schema()
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for key, node, required in _rows(schema, ""):
         lines.append(f"| `{key}` | {_type_text(node)} | {_default_text(node, required)} | "
