@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ci_runner import __version__
+from ci_runner.config_defaults import CONFIG_FILE
 from ci_runner.errors import CIRunnerError, UsageError
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ GITLAB_MAX_PARALLEL = 200  # GitLab rejects a `parallel: matrix:` with more jobs
 RENDER_WORKDIR = "/tmp/ci-runner"  # placeholder base directory for dry runs without a configured workdir
 
 _CONFIG_OPTION = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=".ci-runner.yml",
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=CONFIG_FILE,
     show_default=True, help="Configuration file.")
 
 
@@ -228,7 +229,7 @@ The CI's own variables (GITHUB_*, CI_*, JENKINS_URL, BUILD_*, GIT_*) give the co
 
 @cli.command("run", help="Submit the matrix entries as Slurm jobs, stream their output live, exit with the "
              "most severe outcome.\n\n" + RUN_ENVIRONMENT_HELP + "\n\n" + EXIT_CODES_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=".ci-runner.yml",
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=CONFIG_FILE,
               show_default=True, help="Configuration file.")
 @click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Run only this entry (repeatable).")
 @click.option("--system", help="FirecREST system (overrides the configuration).")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from ci_runner import pack as packed
 from ci_runner import statefile, states, transfer, workspace
 from ci_runner.cancel import cancel_unfinished, find_job
-from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
+from ci_runner.config_defaults import DEFAULT_CLEANUP, DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, DEFAULT_RESUBMIT
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
 from ci_runner.cluster import JobStatus
 from ci_runner.layout import PACK_PREFIX, job_found, split_task_id, task_id
@@ -40,6 +40,7 @@ from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
 from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, utf8_len
+from ci_runner.units import format_size
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster
@@ -62,12 +63,12 @@ class RunOptions:
     source: SourcePlan | None = None  # checkout: upload
     queue_timeout: float | None = None
     max_concurrent_submits: int = 4
-    resubmit: int = 0                # automatic resubmits on infrastructure states
+    resubmit: int = DEFAULT_RESUBMIT  # automatic resubmits on infrastructure states
     attach: bool = False             # resume following the jobs of the state file
     artifacts: tuple[str, ...] = ()
     junit: tuple[str, ...] = ()
     artifacts_dir: Path = Path("ci-runner-artifacts")
-    cleanup: bool = False
+    cleanup: bool = DEFAULT_CLEANUP
     not_found_grace: float = 60.0    # "job not found" right after submit is normal this long
     cancel_deadline: float = 2.0     # SIGINT/SIGTERM: every cancel request must be sent within this
     max_output: int = DEFAULT_MAX_OUTPUT  # bytes printed per job before skipping to the tail of its output
