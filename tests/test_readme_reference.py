@@ -7,8 +7,8 @@ from typing import Any, Iterator
 
 from jsonschema import Draft202012Validator
 
+from ci_runner.config_reference import REGENERATE, readme_reference, reference_markdown
 from ci_runner.config_schema import schema
-from ci_runner.schema import REGENERATE, readme_reference, reference_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

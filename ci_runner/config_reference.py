@@ -1,7 +1,7 @@
 """The configuration reference in README.md, generated from `schema.json` and the matrix rules.
 
-Regenerate after changing either:
-`python -c "from pathlib import Path; from ci_runner.schema import update_readme; update_readme(Path('README.md'))"`
+Regenerate after changing either with the command in `REGENERATE` (tests/test_readme_reference.py
+fails, and prints it, while the README is stale).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ci_runner.config_schema import schema as config_schema
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
-REGENERATE = ('python -c "from pathlib import Path; from ci_runner.schema import update_readme; '
+REGENERATE = ('python -c "from pathlib import Path; from ci_runner.config_reference import update_readme; '
               "update_readme(Path('README.md'))\"")
 
 
