@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, format_size
+from ci_runner.config_defaults import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import InfraError
+from ci_runner.units import format_size
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import transfer
 from ci_runner.artifact_selection import listed_files, local_destination, plan_artifacts
-from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE
+from ci_runner.config_defaults import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import CIRunnerError
 from ci_runner.stream import SERVER_OUTPUT_CAP
 

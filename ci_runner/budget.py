@@ -45,7 +45,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Awaitable, Callable
 
-DEFAULT_REQUESTS_PER_MINUTE = 10  # the smallest site quota we know of
+from ci_runner.config_defaults import DEFAULT_REQUESTS_PER_MINUTE
+
 DECREASE = 0.5  # after a 429 the rate is multiplied by this (at most once per window)
 FLOOR = 1.0  # requests per minute: the rate never goes below
 RECOVERY_MINUTES = 10.0  # the rate grows by limit / RECOVERY_MINUTES per minute (at least 1): half → full in 5

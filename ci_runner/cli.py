@@ -14,6 +14,7 @@ import click
 
 from ci_runner import __version__
 from ci_runner.commands.render import RENDER_WORKDIR
+from ci_runner.config_defaults import CONFIG_FILE
 from ci_runner.errors import CIRunnerError
 
 EXIT_CODES_HELP = """\b
@@ -80,7 +81,7 @@ _register_sandbox()
 # Each command's module (ci_runner/commands/) is imported inside its click function.
 
 _CONFIG_OPTION = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=".ci-runner.yml",
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=CONFIG_FILE,
     show_default=True, help="Configuration file.")
 
 
@@ -147,7 +148,7 @@ The CI's own variables (GITHUB_*, CI_*, JENKINS_URL, BUILD_*, GIT_*) give the co
 
 @cli.command("run", help="Submit the matrix entries as Slurm jobs, stream their output live, exit with the "
              "most severe outcome.\n\n" + RUN_ENVIRONMENT_HELP + "\n\n" + EXIT_CODES_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=".ci-runner.yml",
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=CONFIG_FILE,
               show_default=True, help="Configuration file.")
 @click.option("--entry", "entry_names", multiple=True, metavar="NAME", help="Run only this entry (repeatable).")
 @click.option("--system", help="FirecREST system (overrides the configuration).")

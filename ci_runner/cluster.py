@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
 from ci_runner.budget import RequestBudget
-from ci_runner.config import DEFAULT_API_RETRY_LIMIT
+from ci_runner.config_defaults import DEFAULT_API_RETRY_LIMIT
 from ci_runner.errors import InfraError, SubmitRejected, UsageError
 from ci_runner.scheduler_messages import is_slurm_answer, job_already_over, sbatch_rejection
 from ci_runner.stream import SERVER_OUTPUT_CAP

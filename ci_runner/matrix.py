@@ -33,7 +33,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from ci_runner.config import Config, Scalar, same_value
+from ci_runner.config import Config
+from ci_runner.config_values import Scalar, same_value
 from ci_runner.errors import ConfigError, UsageError
 
 MAX_NAME = 64

@@ -61,8 +61,10 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from ci_runner.ci import CIContext
-from ci_runner.config import Config, Scalar, same_value
+from ci_runner.config import Config
+from ci_runner.config_values import Scalar, same_value
 from ci_runner.errors import ConfigError
+from ci_runner.reserved import RESERVED_SBATCH, TEMPLATE_NAMES
 from ci_runner.steps import allocation_cpus, own_options, refusal, step_cpus
 from ci_runner.arrays import array_script, group_tasks
 from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
@@ -75,24 +77,11 @@ from ci_runner.transfer import ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_
 CHECKOUT_FAILED = 199  # exit code of a failed checkout; above 128+64, so no signal death looks like it
 CHECKOUT_FAILED_LINE = "ci-runner: checkout failed: "  # printed by the job script before it exits CHECKOUT_FAILED
 JOB_END_LINE = "ci-runner: job script exited with status "  # + the status: the job script's last output
-CONTEXT_NAMES = ("matrix", "entry", "ci", "env")
 
 _SBATCH_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _SBATCH_VALUE = re.compile(r"[!$-&(-\[\]-~]+")  # printable ASCII minus space " # ' \
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW(OR)?D|CREDENTIAL|PRIVATE|(?:^|_)KEY(?:$|_)|APIKEY", re.I)
-_OWN_OPTIONS = {
-    "job-name": "ci-runner names the job after the entry",
-    "output": "ci-runner streams the output from its own file",
-    "error": "ci-runner merges stderr into the output file",
-    "input": "batch jobs read no input",
-    "chdir": "the job runs in the entry directory; use `cd` in the script",
-    "wrap": "the job script is generated from `script`/`template`",
-    "array": "one entry is one job; use the matrix",
-    "wait": "ci-runner follows the job itself",
-    "parsable": "ci-runner reads the job id from the API",
-    "test-only": "the job must really run",
-}
 _INLINE = "<script>"
 
 
@@ -354,8 +343,8 @@ def _option_lines(config: Config, entry: Entry) -> str:
         if not valid:
             hint = f"; did you mean {name.replace('_', '-')!r}?" if "_" in name else ""
             raise ConfigError(f"{where}: not a long sbatch option name (write it without dashes){hint}")
-        if name in _OWN_OPTIONS:
-            raise ConfigError(f"{where}: set by ci-runner ({_OWN_OPTIONS[name]})")
+        if name in RESERVED_SBATCH:
+            raise ConfigError(f"{where}: set by ci-runner ({RESERVED_SBATCH[name]})")
         options[name] = value
     lines = []
     for name, value in options.items():
@@ -570,11 +559,11 @@ def _value(config: Config, name: str, value: object) -> str:
 
 
 def _context(config: Config, entry: Entry, ci: CIContext, passed: Mapping[str, str]) -> dict[str, Any]:
-    clash = sorted(set(entry.values) & set(CONTEXT_NAMES))
+    clash = sorted(set(entry.values) & set(TEMPLATE_NAMES))
     if clash:
         raise ConfigError(
             f"{config.path}: matrix variable(s) {', '.join(clash)} clash with the template names "
-            f"{', '.join(CONTEXT_NAMES)}; rename the axis"
+            f"{', '.join(TEMPLATE_NAMES)}; rename the axis"
         )
     matrix = dict(entry.values)
     return {
@@ -702,6 +691,6 @@ def _script_offset(config: Config) -> int | None:
 
 def _available(context: Mapping[str, Any]) -> str:
     """A hint listing the template variables, for undefined-name errors."""
-    names = [name for name in context if name not in CONTEXT_NAMES] + list(CONTEXT_NAMES)
+    names = [name for name in context if name not in TEMPLATE_NAMES] + list(TEMPLATE_NAMES)
     passed = ", ".join(context.get("env", {})) or "none"
     return f"template variables: {', '.join(names)}; env has the pass_env variables that are set: {passed}"

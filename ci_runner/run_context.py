@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ci_runner import pack as packed
-from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT
+from ci_runner.config_defaults import DEFAULT_CLEANUP, DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, DEFAULT_RESUBMIT
 from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP
 
 if TYPE_CHECKING:
@@ -43,12 +43,12 @@ class RunOptions:
     source: SourcePlan | None = None  # checkout: upload
     queue_timeout: float | None = None
     max_concurrent_submits: int = 4
-    resubmit: int = 0                # automatic resubmits on infrastructure states
+    resubmit: int = DEFAULT_RESUBMIT  # automatic resubmits on infrastructure states
     attach: bool = False             # resume following the jobs of the state file
     artifacts: tuple[str, ...] = ()
     junit: tuple[str, ...] = ()
     artifacts_dir: Path = Path("ci-runner-artifacts")
-    cleanup: bool = False
+    cleanup: bool = DEFAULT_CLEANUP
     not_found_grace: float = 60.0    # "job not found" right after submit is normal this long
     cancel_deadline: float = 2.0     # SIGINT/SIGTERM: every cancel request must be sent within this
     max_output: int = DEFAULT_MAX_OUTPUT  # bytes printed per job before skipping to the tail of its output

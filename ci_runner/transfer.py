@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ci_runner.cluster import MAX_DIRECT_UPLOAD, RemoteFileMissing
-from ci_runner.config import format_size
 from ci_runner.errors import InfraError, UsageError
+from ci_runner.units import format_size
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster

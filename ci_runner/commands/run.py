@@ -138,7 +138,7 @@ def _entries(plan: _Plan, request: RunRequest) -> tuple[list[Entry], str]:
 
 
 def _with_overrides(config: Config, request: RunRequest) -> Config:
-    from ci_runner.config import parse_duration
+    from ci_runner.units import parse_duration
 
     changes: dict[str, Any] = {}
     if request.checkout:

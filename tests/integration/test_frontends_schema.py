@@ -164,7 +164,7 @@ def test_the_component_project_is_complete() -> None:
 
 
 def test_component_inputs_are_typed_like_the_cli_options() -> None:
-    from ci_runner.config import parse_duration
+    from ci_runner.units import parse_duration
 
     inputs = next(yaml.safe_load_all(COMPONENT.read_text()))["spec"]["inputs"]
     assert inputs["requests-per-minute"]["type"] == "number" and inputs["requests-per-minute"]["default"] == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ci_runner import transfer, workspace
-from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE
+from ci_runner.config_defaults import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import InfraError, UsageError
 from ci_runner.artifact_selection import ListedFile, glob_regex, listed_files, local_destination, plan_artifacts
 from ci_runner.source_archive import SourceArchive, source_archive

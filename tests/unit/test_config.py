@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ci_runner import config
-from ci_runner.config import (
-    Config,
-    ConfigError,
-    InvalidDuration,
-    InvalidSize,
-    format_size,
-    load,
-    parse_duration,
-    parse_size,
-    slurm_time,
-)
+from ci_runner import config, config_defaults
+from ci_runner.config import Config, ConfigError, load
+from ci_runner.units import InvalidDuration, InvalidSize, format_size, parse_duration, parse_size, slurm_time
 
 BODY = "script: echo hi\n"
 
@@ -92,10 +83,10 @@ def test_defaults(tmp_path: Path) -> None:
     assert loaded.script == "echo hi"
     assert loaded.checkout == "clone" and loaded.queue_timeout is None and loaded.sbatch == {}
     assert loaded.matrix == config.MatrixSpec()
-    assert loaded.requests_per_minute == config.DEFAULT_REQUESTS_PER_MINUTE
+    assert loaded.requests_per_minute == config_defaults.DEFAULT_REQUESTS_PER_MINUTE
     assert loaded.junit == () and loaded.artifacts == () and loaded.env == {}
-    assert loaded.max_output == config.DEFAULT_MAX_OUTPUT == 256 * 1024 * 1024
-    assert loaded.api_retry_limit == config.DEFAULT_API_RETRY_LIMIT == 120.0
+    assert loaded.max_output == config_defaults.DEFAULT_MAX_OUTPUT == 256 * 1024 * 1024
+    assert loaded.api_retry_limit == config_defaults.DEFAULT_API_RETRY_LIMIT == 120.0
 
 
 def test_system_may_come_from_the_matrix(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from typing import Any, Iterator
 
 from jsonschema import Draft202012Validator
 
-from ci_runner import config
-from ci_runner.schema import REGENERATE, readme_reference, reference_markdown
+from ci_runner.config_reference import REGENERATE, readme_reference, reference_markdown
+from ci_runner.config_schema import schema
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -31,12 +31,12 @@ def test_readme_reference_matches_the_schema() -> None:
 
 
 def test_schema_is_valid_draft_2020_12() -> None:
-    Draft202012Validator.check_schema(config.schema())
-    assert config.schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema())
+    assert schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
 def test_every_property_has_a_description_and_no_unknown_keys_pass() -> None:
-    found = list(objects(config.schema()))
+    found = list(objects(schema()))
     assert len(found) >= 3  # top level, matrix, include items
     for path, node in found:
         for name, child in node["properties"].items():
@@ -46,6 +46,6 @@ def test_every_property_has_a_description_and_no_unknown_keys_pass() -> None:
 
 def test_reference_lists_every_top_level_key() -> None:
     text = reference_markdown()
-    for name in config.schema()["properties"]:
+    for name in schema()["properties"]:
         assert f"| `{name}` |" in text
     assert "### Matrix expansion" in text and "fits no combination" in text

@@ -1,7 +1,7 @@
 """The configuration reference in README.md, generated from `schema.json` and the matrix rules.
 
-Regenerate after changing either:
-`python -c "from pathlib import Path; from ci_runner.schema import update_readme; update_readme(Path('README.md'))"`
+Regenerate after changing either with the command in `REGENERATE` (tests/test_readme_reference.py
+fails, and prints it, while the README is stale).
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ci_runner import matrix
+from ci_runner.config_schema import schema as config_schema
+
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
-REGENERATE = ('python -c "from pathlib import Path; from ci_runner.schema import update_readme; '
+REGENERATE = ('python -c "from pathlib import Path; from ci_runner.config_reference import update_readme; '
               "update_readme(Path('README.md'))\"")
 
 
@@ -66,9 +69,7 @@ def _rows(node: dict[str, Any], prefix: str) -> Iterator[tuple[str, dict[str, An
 
 def reference_markdown(schema: dict[str, Any] | None = None) -> str:
     """The README's configuration reference: one table row per key, then the matrix expansion rules."""
-    from ci_runner import config, matrix
-
-    schema = schema if schema is not None else config.schema()
+    schema = schema if schema is not None else config_schema()
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for key, node, required in _rows(schema, ""):
         lines.append(f"| `{key}` | {_type_text(node)} | {_default_text(node, required)} | "
