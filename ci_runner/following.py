@@ -12,7 +12,7 @@ from ci_runner import pack as packed
 from ci_runner import states
 from ci_runner.cluster import JobStatus
 from ci_runner.poller import Ask, Decision, Ending, Finish, Follower, Next, Started, Step, Waiting, queue_seconds
-from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE
+from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 from ci_runner.run_context import TAIL_LINE_CHARS, TAIL_LINES, Attempt, EntryProgress, PackProgress, RunContext
 from ci_runner.states import Outcome

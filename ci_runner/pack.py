@@ -39,7 +39,8 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ci_runner.render import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission, heredoc_delimiter
+from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission
+from ci_runner.render import heredoc_delimiter
 from ci_runner.states import Outcome, Verdict, base_state, classify, is_infrastructure
 
 PIPE_BUF = 4096  # POSIX: a pipe write of at most this many bytes is never interleaved with others
@@ -104,7 +105,7 @@ _STEP_FUNCTION = (
 
 def packed_script(specs: Sequence[JobSpec], allocation_header: str, options: Sequence[Sequence[str]],
                   steps: Iterable[int] | None = None, description: str = "") -> str:
-    """The packed job's batch script: `allocation_header` (render.allocation_header), then entry
+    """The packed job's batch script: `allocation_header` (sbatch_header.allocation_header), then entry
     `specs[i]`'s commands as step i with srun options `options[i]` (step_options), for each i of
     `steps` (all by default; a subset for a resubmit), all started at once. The job's stream is the
     records of the module docstring, then its own last line JOB_END_LINE with 0 when every step

@@ -17,7 +17,7 @@ from ci_runner.errors import CIRunnerError
 from ci_runner.following import JobFollowing
 from ci_runner.layout import PACK_PREFIX
 from ci_runner.matrix import Entry
-from ci_runner.render import JobSpec, Submission
+from ci_runner.job_spec import JobSpec, Submission
 from ci_runner.run_context import Attempt, EntryProgress, PackProgress, RunContext
 from ci_runner.states import Outcome
 

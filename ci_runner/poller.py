@@ -47,7 +47,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Union
 
 from ci_runner import states
-from ci_runner.render import CHECKOUT_FAILED_LINE, JOB_END_LINE
+from ci_runner.job_spec import CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 
 if TYPE_CHECKING:

@@ -1,5 +1,8 @@
 """Render each matrix entry's Slurm batch script. Pure: no cluster, no CI, no printing.
 
+The header comes from sbatch_header.py, the user's script from script_template.py, and the result is
+a job_spec.JobSpec; this module puts them together with the prologue, the checkout and the epilogue.
+
 Layout of a generated script:
 
 1. `#!/bin/bash` and the `#SBATCH` header: `--job-name`, `--output`/`--error` (one file, see
@@ -51,145 +54,26 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from dataclasses import dataclass, replace
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Mapping, Sequence
 
-import jinja2
-import yaml
-from jinja2.sandbox import SandboxedEnvironment
-
+from ci_runner.arrays import group_tasks
+from ci_runner.artifact_selection import glob_tokens
 from ci_runner.ci import CIContext
 from ci_runner.config import Config
-from ci_runner.config_values import Scalar, same_value
 from ci_runner.errors import ConfigError
-from ci_runner.reserved import RESERVED_SBATCH, TEMPLATE_NAMES
-from ci_runner.steps import allocation_cpus, own_options, refusal, step_cpus
-from ci_runner.arrays import array_script, group_tasks
+from ci_runner.job_spec import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE, JobSpec, job_name
 from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
 from ci_runner.matrix import Entry
+from ci_runner.sbatch_header import allocation_header, option_lines, own_lines, step_options
+from ci_runner.script_template import ScriptTemplate, template_context
 from ci_runner.stream import SERVER_OUTPUT_CAP
-from ci_runner.artifact_selection import glob_tokens
-from ci_runner.transfer import ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, \
-    artifact_parts_dir, download_part_size
+from ci_runner.transfer import (ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, artifact_parts_dir,
+                                download_part_size)
 
-CHECKOUT_FAILED = 199  # exit code of a failed checkout; above 128+64, so no signal death looks like it
-CHECKOUT_FAILED_LINE = "ci-runner: checkout failed: "  # printed by the job script before it exits CHECKOUT_FAILED
-JOB_END_LINE = "ci-runner: job script exited with status "  # + the status: the job script's last output
 
-_SBATCH_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
-_SBATCH_VALUE = re.compile(r"[!$-&(-\[\]-~]+")  # printable ASCII minus space " # ' \
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW(OR)?D|CREDENTIAL|PRIVATE|(?:^|_)KEY(?:$|_)|APIKEY", re.I)
-_INLINE = "<script>"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One entry's batch script and where it lives on the cluster.
-
-    `env` is for the submit call: only comma-free identifiers (FirecREST passes it through
-    `sbatch --export=ALL,K=V,...`); `config.env` is exported by the script itself. For a task of a
-    job array (`layout.array`), `header` is the array's and `commands` that task's branch.
-    """
-
-    entry: Entry
-    header: str    # the #SBATCH lines (of a packed entry: its packed job's, the allocation)
-    commands: str  # what the job runs, after the header
-    layout: EntryLayout
-    env: Mapping[str, str]
-    step_options: tuple[str, ...] = ()  # a packed entry: the srun options of its job step
-
-    @property
-    def script(self) -> str:
-        """The entry's batch script as a job of its own would run it."""
-        return "#!/bin/bash\n" + self.header + self.commands
-
-    @property
-    def job_name(self) -> str:
-        """The Slurm job name in the header: the run's (one state list answers for every entry)."""
-        return job_name(self.layout.run.root.rsplit("/", 1)[-1])
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One sbatch: the job of one entry, or a job array whose task i runs entry `specs[i]`
-    (`tasks`: which of them; all but for a resubmit)."""
-
-    specs: tuple[JobSpec, ...]
-    tasks: tuple[int, ...] = ()
-
-    @property
-    def is_array(self) -> bool:
-        return self.specs[0].layout.array is not None
-
-    @property
-    def is_pack(self) -> bool:
-        """The steps of one packed job (its script: pack.submitted_script)."""
-        return self.specs[0].layout.pack is not None
-
-    @property
-    def script(self) -> str:
-        """The script of a job or a job array (a packed job's: pack.submitted_script)."""
-        if self.is_pack:
-            raise ValueError("a packed job's script is pack.submitted_script's")
-        if not self.is_array:
-            return self.specs[0].script
-        first = self.specs[0]
-        array = first.layout.array
-        assert array is not None
-        names = ", ".join(spec.entry.name for spec in self.specs)
-        return array_script(first.header, [(spec.entry.name, spec.commands) for spec in self.specs],
-                            self.tasks or range(len(self.specs)),
-                            f"job array {array[0]} of run {first.layout.run.root.rsplit('/', 1)[-1]} "
-                            f"(entries {names})", CHECKOUT_FAILED)
-
-    @property
-    def working_dir(self) -> str:
-        return self.specs[0].layout.working_dir
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The submit environment: what every task's entry has in common."""
-        first = dict(self.specs[0].env)
-        return {k: v for k, v in first.items() if all(spec.env.get(k) == v for spec in self.specs)}
-
-
-def submissions(specs: Sequence[JobSpec]) -> list[Submission]:
-    """The submits of a run: one per packed job (its steps' specs in step order), one per job array
-    (its tasks' specs in task order), one per other entry; in the order of each one's first entry."""
-    groups: dict[tuple[str, int], list[JobSpec]] = {}  # in the order of each group's first entry
-    for position, spec in enumerate(specs):
-        if spec.layout.pack is not None:
-            key = ("pack", spec.layout.pack[0])
-        elif spec.layout.array is not None:
-            key = ("array", spec.layout.array[0])
-        else:
-            key = ("job", position)
-        groups.setdefault(key, []).append(spec)
-    return [Submission(tuple(group)) for group in groups.values()]
-
-
-class _Quoted(str):
-    """Text that is already a shell word (from `shquote`) or deliberately raw (from `raw`)."""
-
-
-def shquote(value: object) -> _Quoted:
-    """Jinja filter: `value` as one inert shell word."""
-    return value if isinstance(value, _Quoted) else _Quoted(shlex.quote(str(value)))
-
-
-def _raw(value: object) -> _Quoted:
-    return _Quoted(str(value))
-
-
-def job_name(run_id: str) -> str:
-    """`ci-runner-<run id>`, restricted to `[A-Za-z0-9._-]`: every job of a run has it, so one
-    `GET /compute/{system}/jobs?name=` lists them all, and the run id keeps concurrent runs (two
-    branches, a re-run) apart. Which entry a job is comes from its submit answer, or, after a lost
-    answer, from its output file (cluster.find_job)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"ci-runner-{run_id}")
 
 
 def job_scripts(
@@ -204,9 +88,9 @@ def job_scripts(
     system and sbatch options become the tasks of one job array (arrays.py); else one job each.
     `pack`: the entries of each system are the steps of one packed job instead (pack.py; numbered
     in the order of each system's first entry, steps in entry order)."""
-    template = _Template.load(config)
+    template = ScriptTemplate.load(config)
     passed = pass_env(config, environ)
-    options = [_option_lines(config, entry) for entry in entries]
+    options = [option_lines(config, entry) for entry in entries]
     keys = [(entry.system, lines) for entry, lines in zip(entries, options)]
     placed = group_tasks(keys) if arrays and not pack else [None] * len(entries)
     packs: dict[str, list[Entry]] = {}
@@ -249,9 +133,9 @@ def pass_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
 
 def _job(
     config: Config, entry: Entry, ci: CIContext, layout: EntryLayout, option_lines: str, passed: Mapping[str, str],
-    template: _Template, source: SourcePlan | None, output_cap: int,
+    template: ScriptTemplate, source: SourcePlan | None, output_cap: int,
 ) -> JobSpec:
-    context = _context(config, entry, ci, passed)
+    context = template_context(config, entry, ci, passed)
     body = template.render(context)
     ours = {
         "CI_RUNNER_ENTRY": entry.name,
@@ -269,98 +153,8 @@ def _job(
         ]
     )
     submit_env = {"CI_RUNNER_ENTRY": entry.name, "CI_RUNNER_RUN_ID": ci.run_id}
-    header = _own_lines(layout, job_name(ci.run_id)) + option_lines
+    header = own_lines(layout, job_name(ci.run_id)) + option_lines
     return JobSpec(entry=entry, header=header, commands=commands, layout=layout, env=submit_env)
-
-
-def sbatch_header(config: Config, entry: Entry, layout: EntryLayout, name: str) -> str:
-    """The `#SBATCH` lines for `entry`. Raises ConfigError for an option sbatch could misread."""
-    return _own_lines(layout, name) + _option_lines(config, entry)
-
-
-def allocation_header(config: Config, layout: EntryLayout, name: str) -> str:
-    """The `#SBATCH` lines of a packed job (pack.py): the run's job name, the job's one output file
-    (`layout`: a step's, layout.pack_layout) and `account:` plus the top-level `sbatch:` options,
-    which describe the allocation its entries' steps share."""
-    allocation = Entry(name="packed allocation", index=-1, values={}, sbatch=config.sbatch, system=config.system)
-    return _own_lines(layout, name) + _option_lines(config, allocation)
-
-
-def step_options(config: Config, entry: Entry) -> tuple[str, ...]:
-    """The srun options of `entry`'s step in a packed job: its sbatch options that the top-level
-    `sbatch` does not set to the same value (an include's), as `--name=value` (true: `--name`, false:
-    none). Raises ConfigError naming the entry and the option when a step cannot set it (config.py
-    reports it at its line first; this is the wall for a Config not made by config.load)."""
-    options = []
-    for name, value in own_options(entry.sbatch, config.sbatch, same_value).items():
-        reason = refusal(name)
-        if reason is not None:
-            raise ConfigError(f"{config.path}: matrix.include: sbatch.{name} (entry {entry.name}): "
-                              f"not a job step option (pack: true): {reason}")
-        if value is not False:
-            options.append(f"--{name}" if value is True else f"--{name}={value}")
-    return tuple(options)
-
-
-def pack_notes(config: Config, specs: Sequence[JobSpec]) -> list[str]:
-    """What the log says about each packed job before it is submitted: its entries, and when their
-    steps need more CPUs than the allocation has, that steps wait inside it (or cannot start)."""
-    notes = []
-    for submission in submissions(specs):
-        if not submission.is_pack:
-            continue
-        first = submission.specs[0]
-        note = (f"packed job {first.layout.pack[0]} (system {first.entry.system}): "  # type: ignore[index]
-                f"{len(submission.specs)} entries as the steps of one allocation")
-        cpus = allocation_cpus(config.sbatch)
-        if cpus is not None:
-            need = {spec.entry.name: step_cpus(config.sbatch, spec.entry.sbatch) for spec in submission.specs}
-            too_big = [name for name, n in need.items() if n > cpus]
-            if too_big:
-                note += (f"; {', '.join(too_big)} ask(s) for more CPUs than its {cpus}: their steps cannot start")
-            elif sum(need.values()) > cpus:
-                note += (f" of {cpus} CPUs; together they need {sum(need.values())}: steps that do not fit wait "
-                         "inside it for the others")
-        notes.append(note)
-    return notes
-
-
-def _own_lines(layout: EntryLayout, name: str) -> str:
-    """The #SBATCH lines ci-runner owns: the run's job name and the output file (stderr merged)."""
-    return "".join(f"#SBATCH --{option}={value}\n" for option, value in
-                   (("job-name", name), ("output", layout.slurm_output), ("error", layout.slurm_output)))
-
-
-def _option_lines(config: Config, entry: Entry) -> str:
-    """The #SBATCH lines of `account:` and the entry's `sbatch:` options (what tells two entries' jobs
-    apart besides their commands). Raises ConfigError for an option sbatch could misread."""
-    options: dict[str, Scalar] = {}
-    if config.account and "account" not in entry.sbatch:
-        options["account"] = config.account
-    for name, value in entry.sbatch.items():
-        valid = _SBATCH_NAME.fullmatch(name) is not None
-        where = f"{config.path}: sbatch.{name if valid else repr(name)} (entry {entry.name})"
-        if not valid:
-            hint = f"; did you mean {name.replace('_', '-')!r}?" if "_" in name else ""
-            raise ConfigError(f"{where}: not a long sbatch option name (write it without dashes){hint}")
-        if name in RESERVED_SBATCH:
-            raise ConfigError(f"{where}: set by ci-runner ({RESERVED_SBATCH[name]})")
-        options[name] = value
-    lines = []
-    for name, value in options.items():
-        if value is False:
-            continue
-        if value is True:
-            lines.append(f"#SBATCH --{name}\n")
-            continue
-        text = str(value)
-        if not _SBATCH_VALUE.fullmatch(text):
-            raise ConfigError(
-                f"{config.path}: sbatch.{name} (entry {entry.name}): value {text!r} not allowed in an #SBATCH line; "
-                "use printable ASCII without spaces, quotes, backslashes or '#'"
-            )
-        lines.append(f"#SBATCH --{name}={text}\n")
-    return "".join(lines)
 
 
 def _prologue(
@@ -556,141 +350,3 @@ def _value(config: Config, name: str, value: object) -> str:
     if "\0" in text:
         raise ConfigError(f"{config.path}: {name}: value contains a NUL byte")
     return shlex.quote(text)
-
-
-def _context(config: Config, entry: Entry, ci: CIContext, passed: Mapping[str, str]) -> dict[str, Any]:
-    clash = sorted(set(entry.values) & set(TEMPLATE_NAMES))
-    if clash:
-        raise ConfigError(
-            f"{config.path}: matrix variable(s) {', '.join(clash)} clash with the template names "
-            f"{', '.join(TEMPLATE_NAMES)}; rename the axis"
-        )
-    matrix = dict(entry.values)
-    return {
-        **matrix,
-        "matrix": matrix,
-        "entry": {"name": entry.name, "index": entry.index},
-        "ci": {"sha": ci.sha, "ref": ci.ref, "repo": ci.repo_url, "run_id": ci.run_id, "provider": ci.provider},
-        "env": dict(passed),
-    }
-
-
-@dataclass(frozen=True)
-class _Template:
-    """A compiled job template and how to name its lines in error messages."""
-
-    template: jinja2.Template
-    describe: Callable[[str | None, int | None], str]
-
-    @classmethod
-    def load(cls, config: Config) -> _Template:
-        if (config.script is None) == (config.template is None):
-            raise ConfigError(f"{config.path}: set exactly one of `script` and `template`")
-        environment = _environment(config)
-        name = _INLINE if config.script is not None else str(config.template)
-        describe = _describer(config)
-        try:
-            template = environment.get_template(name)
-        except jinja2.TemplateSyntaxError as error:
-            raise ConfigError(f"{describe(error.filename, error.lineno)}: {error.message}") from error
-        except jinja2.TemplateNotFound as error:
-            raise ConfigError(f"{config.path}: template: file not found: {error.name}") from error
-        return cls(template=template, describe=describe)
-
-    def render(self, context: Mapping[str, Any]) -> str:
-        try:
-            return self.template.render(context)
-        except jinja2.TemplateSyntaxError as error:  # in an included template
-            raise ConfigError(f"{self.describe(error.filename, error.lineno)}: {error.message}") from error
-        except jinja2.TemplateNotFound as error:  # an {% include %} of a missing file
-            where = self.describe(*_template_frame(error.__traceback__))
-            raise ConfigError(f"{where}: template not found: {error.name}") from error
-        except ConfigError:
-            raise
-        except Exception as error:  # sandbox violations, undefined names, errors in expressions
-            filename, lineno = _template_frame(error.__traceback__)
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            if isinstance(error, jinja2.UndefinedError):
-                message += f" ({_available(context)})"
-            raise ConfigError(f"{self.describe(filename, lineno)}: {message}") from error
-
-
-def _environment(config: Config) -> SandboxedEnvironment:
-    base = config.path.parent.resolve()
-
-    def load(name: str) -> tuple[str, str, Callable[[], bool]] | None:
-        if name == _INLINE:
-            return config.script or "", str(config.path), lambda: True
-        path = (Path(name) if Path(name).is_absolute() else base / name).resolve()
-        if not path.is_relative_to(base):  # an absolute name, `..` or a symlink out: files of the CI runner
-            raise ConfigError(f"{config.path}: template {name!r} lies outside {base}; templates (and their "
-                              "includes) must be files in the config file's directory or below")
-        try:
-            return path.read_text(encoding="utf-8"), str(path), lambda: True
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: cannot read template: {error}") from error
-
-    environment = SandboxedEnvironment(
-        loader=jinja2.FunctionLoader(load),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        finalize=shquote,
-    )
-    environment.filters["shquote"] = shquote
-    environment.filters["raw"] = _raw
-    return environment
-
-
-def _template_frame(tb: TracebackType | None) -> tuple[str | None, int | None]:
-    """(file, line) of the innermost template frame of a traceback jinja2 has rewritten."""
-    found: tuple[str | None, int | None] = (None, None)
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if code.co_name in ("template", "top-level template code") or code.co_name.startswith("block "):
-            found = (code.co_filename, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
-
-
-def _describer(config: Config) -> Callable[[str | None, int | None], str]:
-    """Names a template line: `file:line` for template files, the config file's line for inline scripts."""
-    offset = _script_offset(config) if config.script is not None else None
-
-    def describe(filename: str | None, lineno: int | None) -> str:
-        if config.script is not None and filename in (None, str(config.path)):
-            if lineno is None:
-                return f"{config.path}: script"
-            if offset is not None:
-                return f"{config.path}:{offset + lineno}: script line {lineno}"
-            return f"{config.path}: script line {lineno}"
-        name = filename or str(config.template)
-        return f"{name}:{lineno}" if lineno is not None else name
-
-    return describe
-
-
-def _script_offset(config: Config) -> int | None:
-    """Line of the config file just before an inline `script: |` block's first line, if it can be found."""
-    try:
-        root = yaml.compose(config.path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    if not isinstance(root, yaml.MappingNode):
-        return None
-    for key, value in root.value:
-        if key.value == "script" and isinstance(value, yaml.ScalarNode):
-            if value.style == "|" and value.value == config.script:
-                return value.start_mark.line + 1  # 0-based line of `|` + 1 = 1-based line of `|`
-            if value.style in (None, "", "'", '"') and "\n" not in value.value and value.value == config.script:
-                return value.start_mark.line
-    return None
-
-
-def _available(context: Mapping[str, Any]) -> str:
-    """A hint listing the template variables, for undefined-name errors."""
-    names = [name for name in context if name not in TEMPLATE_NAMES] + list(TEMPLATE_NAMES)
-    passed = ", ".join(context.get("env", {})) or "none"
-    return f"template variables: {', '.join(names)}; env has the pass_env variables that are set: {passed}"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ci_runner.config import Config
     from ci_runner.observer import RunObserver
     from ci_runner.poller import Clock, FollowLimits, RunPace
-    from ci_runner.render import JobSpec, Submission
+    from ci_runner.job_spec import JobSpec, Submission
     from ci_runner.reporters.base import Reporter
     from ci_runner.statefile import StateFile
     from ci_runner.states import Outcome

@@ -30,7 +30,7 @@ from ci_runner.layout import job_found, split_task_id, task_id
 from ci_runner.observer import RunObserver
 from ci_runner.packed_run import PackedJobs
 from ci_runner.poller import Clock, FollowLimits, RunPace
-from ci_runner.render import JobSpec, Submission, submissions
+from ci_runner.job_spec import JobSpec, Submission, submissions
 from ci_runner.reporters.result import EntryResult
 from ci_runner.run_context import TAIL_LINES, Attempt, EntryProgress, RunContext, RunOptions
 from ci_runner.states import Outcome

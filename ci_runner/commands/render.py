@@ -19,7 +19,8 @@ def render(config_path: Path, entry_names: tuple[str, ...], out_dir: Path | None
     from ci_runner import ci, config, matrix, pack
     from ci_runner.layout import ARRAY_PREFIX, PACK_PREFIX
     from ci_runner.matrix import select_entries
-    from ci_runner.render import job_scripts, submissions
+    from ci_runner.job_spec import submissions
+    from ci_runner.render import job_scripts
 
     loaded = config.load(config_path)
     entries = select_entries(matrix.expand(loaded), entry_names)

@@ -157,7 +157,7 @@ def _with_overrides(config: Config, request: RunRequest) -> Config:
 
 async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapping[str, str],
                reporter: Reporter) -> int:
-    from ci_runner import render, runner, transfer
+    from ci_runner import render, runner, sbatch_header, transfer
     from ci_runner.source_archive import source_archive
     from ci_runner.run_context import RunOptions
     from ci_runner.layout import run_layout
@@ -185,7 +185,7 @@ async def _run(plan: _Plan, entries: Sequence[Entry], system: str, environ: Mapp
                                           info.output_cap)
         specs = render.job_scripts(config, entries, ci, workdir, environ, source=source, output_cap=info.output_cap,
                                    arrays=config.job_arrays, pack=config.pack)
-        for note in render.pack_notes(config, specs):
+        for note in sbatch_header.pack_notes(config, specs):
             reporter.info(note)
         options = RunOptions.from_config(
             config, run_id=ci.run_id, workdir=workdir, state_file=plan.state_path, system=system, source=source,

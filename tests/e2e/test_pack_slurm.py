@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from ci_runner import pack, render
+from ci_runner import pack, sbatch_header
 from ci_runner.ci import CIContext
 from ci_runner.config import load
 from ci_runner.matrix import expand
-from ci_runner.render import JOB_END_LINE, allocation_header, job_name, job_scripts
+from ci_runner.job_spec import JOB_END_LINE, job_name
+from ci_runner.render import job_scripts
+from ci_runner.sbatch_header import allocation_header
 
 pytestmark = pytest.mark.slurm
 
@@ -57,7 +59,7 @@ def _submit(tmp_path: Path, include: str, ntasks: int) -> tuple[str, list[str], 
     config = load(tmp_path / "ci.yml")
     specs = job_scripts(config, expand(config), CI, str(tmp_path / "work"), {}, pack=True)
     header = allocation_header(config, specs[0].layout, job_name(CI.run_id))
-    script = pack.packed_script(specs, header, [render.step_options(config, spec.entry) for spec in specs])
+    script = pack.packed_script(specs, header, [sbatch_header.step_options(config, spec.entry) for spec in specs])
     output_dir = Path(specs[0].layout.run.output_dir)
     output_dir.mkdir(parents=True)
     (tmp_path / "packed.sh").write_text(script)

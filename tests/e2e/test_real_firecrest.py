@@ -28,7 +28,7 @@ from helpers.waiting import wait_until
 
 from ci_runner.budget import RequestBudget
 from ci_runner.cluster import Cluster, Credentials
-from ci_runner.render import JOB_END_LINE
+from ci_runner.job_spec import JOB_END_LINE
 
 pytestmark = [pytest.mark.real_firecrest, pytest.mark.slurm]
 

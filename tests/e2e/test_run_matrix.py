@@ -24,7 +24,7 @@ from helpers.slurm_time_limit import time_out_at_next_check
 from helpers.waiting import wait_until
 
 from ci_runner.budget import max_in_window
-from ci_runner.render import JOB_END_LINE
+from ci_runner.job_spec import JOB_END_LINE
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 from ci_runner.stream import block_size_for

@@ -16,7 +16,7 @@ from helpers.run_process import cancel_jobs, ci_runner, entry_lines, git_repo, r
 from helpers.waiting import wait_until
 
 from ci_runner import states
-from ci_runner.render import JOB_END_LINE
+from ci_runner.job_spec import JOB_END_LINE
 
 KINDS = ("alpha", "beta", "gamma", "delta")
 LINES = 12

@@ -10,7 +10,7 @@ import pytest
 from helpers.run_process import cancel_jobs, ci_runner, git_repo, runner_env
 from helpers.waiting import wait_until
 
-from ci_runner.render import JOB_END_LINE
+from ci_runner.job_spec import JOB_END_LINE
 from ci_runner.sandbox.server import SandboxOptions, start_sandbox
 
 CONFIG = """\

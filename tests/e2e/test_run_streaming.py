@@ -22,7 +22,7 @@ from helpers.run_process import (
 )
 from helpers.waiting import wait_until
 
-from ci_runner.render import JOB_END_LINE
+from ci_runner.job_spec import JOB_END_LINE
 
 JOB_ROUTE = "/compute/{system_name}/jobs"  # the run's job list (observer.py)
 READ_ROUTES = ("/filesystem/{system_name}/ops/tail", "/filesystem/{system_name}/ops/view")

@@ -16,7 +16,8 @@ from ci_runner.ci import CIContext
 from ci_runner.config import load
 from ci_runner.matrix import expand
 from ci_runner.observer import RunObserver
-from ci_runner.render import job_scripts, submissions
+from ci_runner.job_spec import submissions
+from ci_runner.render import job_scripts
 
 
 def test_entries_with_equal_keys_become_tasks_in_order_and_a_lone_entry_stays_a_job() -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ci_runner import pack, render, steps
+from ci_runner import pack, sbatch_header, steps
 from ci_runner.ci import CIContext
 from ci_runner.config import Config, load
 from ci_runner.errors import ConfigError
 from ci_runner.matrix import Entry, expand
-from ci_runner.render import JOB_END_LINE, JobSpec, allocation_header, job_scripts, job_name
+from ci_runner.job_spec import JOB_END_LINE, JobSpec, job_name, submissions
+from ci_runner.render import job_scripts
+from ci_runner.sbatch_header import allocation_header
 from ci_runner.states import Outcome
 
 CI = CIContext(provider="github", sha="0" * 40, ref="main", repo_url="https://example.org/r.git", run_id="run-7")
@@ -29,7 +31,7 @@ def packed(tmp_path: Path, text: str, workdir: str = "/scratch/ci") -> tuple[Con
     specs = job_scripts(config, entries, CI, workdir, {}, pack=True)
     assert [spec.layout.pack for spec in specs] == [(0, i) for i in range(len(specs))]
     header = allocation_header(config, specs[0].layout, job_name(CI.run_id))
-    options = [render.step_options(config, spec.entry) for spec in specs]
+    options = [sbatch_header.step_options(config, spec.entry) for spec in specs]
     return config, specs, pack.packed_script(specs, header, options)
 
 
@@ -58,14 +60,14 @@ script: |
 def test_each_step_option_of_an_include_reaches_its_step_only(tmp_path: Path, option: str, value: str,
                                                               expected: str) -> None:
     config, specs, _ = packed(tmp_path, BASE.format(include=f"    - {{kind: b, sbatch: {{{option}: {value}}}}}"))
-    assert [render.step_options(config, spec.entry) for spec in specs] == [(), (expected,)]
+    assert [sbatch_header.step_options(config, spec.entry) for spec in specs] == [(), (expected,)]
 
 
 def test_an_option_equal_to_the_allocation_s_is_no_step_option_and_booleans_are_flags(tmp_path: Path) -> None:
     config, specs, _ = packed(tmp_path, BASE.format(include="    - {kind: b, sbatch: {ntasks: 2, time: 10m}}"))
-    assert render.step_options(config, specs[1].entry) == ()
+    assert sbatch_header.step_options(config, specs[1].entry) == ()
     entry = Entry("x", 0, {}, {**config.sbatch, "gres": True, "mem": False}, "local")
-    assert render.step_options(config, entry) == ("--gres",)
+    assert sbatch_header.step_options(config, entry) == ("--gres",)
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -80,7 +82,7 @@ def test_an_option_a_step_cannot_set_is_refused_naming_entry_and_option(tmp_path
     config, specs, _ = packed(tmp_path, BASE.format(include="    - {kind: b, sbatch: {mem: 1G}}"))
     entry = Entry("b", 1, {}, {**config.sbatch, option: value}, "local")
     with pytest.raises(ConfigError) as raised:
-        render.step_options(config, entry)
+        sbatch_header.step_options(config, entry)
     message = str(raised.value)
     assert f"sbatch.{option} (entry b)" in message and words in message and str(config.path) in message
     assert steps.refusal(option) is not None and steps.refusal("mem") is None
@@ -321,7 +323,7 @@ def test_a_step_script_that_cannot_be_written_ends_its_entry_at_once(tmp_path: P
     assert sorted((end.step, end.status, end.how) for end in out.ends) == [(0, 1, "not-started"), (1, 0, "exited")]
 
 
-# -- the run's packed jobs (render.submissions, pack.submitted_script, render.pack_notes) -------------
+# -- the run's packed jobs (job_spec.submissions, pack.submitted_script, sbatch_header.pack_notes)
 
 SYSTEMS = """\
 version: 1
@@ -342,29 +344,29 @@ def test_entries_on_different_systems_are_packed_per_system_each_with_its_own_sc
     (tmp_path / "ci.yml").write_text(SYSTEMS)
     config = load(tmp_path / "ci.yml")
     specs = job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=config.pack)
-    submissions = render.submissions(specs)
-    assert [(s.is_pack, [spec.entry.name for spec in s.specs]) for s in submissions] == [
+    submits = submissions(specs)
+    assert [(s.is_pack, [spec.entry.name for spec in s.specs]) for s in submits] == [
         (True, ["gcc-alps", "clang-alps"]), (True, ["gcc-eiger", "clang-eiger"])]
-    for number, submission in enumerate(submissions):
+    for number, submission in enumerate(submits):
         script = pack.submitted_script(submission)
         assert f"#SBATCH --output=/scratch/ci/run-7/output/pack+{number}.%j.out" in script
         assert script.count("ci_runner_step ") == 2 and "#SBATCH --ntasks=2" in script
-    assert "--cpus-per-task=4" in pack.submitted_script(submissions[1])
-    assert "--cpus-per-task=4" not in pack.submitted_script(submissions[0])
+    assert "--cpus-per-task=4" in pack.submitted_script(submits[1])
+    assert "--cpus-per-task=4" not in pack.submitted_script(submits[0])
     with pytest.raises(ValueError):
-        submissions[0].script  # noqa: B018  (a packed job's script is pack.submitted_script's)
+        submits[0].script  # noqa: B018  (a packed job's script is pack.submitted_script's)
 
 
 def test_the_log_says_when_steps_wait_inside_the_allocation_and_when_one_cannot_start(tmp_path: Path) -> None:
     (tmp_path / "ci.yml").write_text(SYSTEMS)
     config = load(tmp_path / "ci.yml")
     specs = job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=True)
-    notes = render.pack_notes(config, specs)
+    notes = sbatch_header.pack_notes(config, specs)
     assert notes[0] == "packed job 0 (system alps): 2 entries as the steps of one allocation"  # 2 CPUs, 2 steps
     assert notes[1].startswith("packed job 1 (system eiger): 2 entries as the steps of one allocation; ")
     assert "clang-eiger ask(s) for more CPUs than its 2: their steps cannot start" in notes[1]
     (tmp_path / "ci.yml").write_text(SYSTEMS.replace("cpus-per-task: 4", "cpus-per-task: 2"))
     config = load(tmp_path / "ci.yml")
-    notes = render.pack_notes(config, job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=True))
+    notes = sbatch_header.pack_notes(config, job_scripts(config, expand(config), CI, "/scratch/ci", {}, pack=True))
     assert notes[1].endswith("of 2 CPUs; together they need 3: steps that do not fit wait inside it for the others")
-    assert render.pack_notes(config, job_scripts(config, expand(config), CI, "/scratch/ci", {})) == []
+    assert sbatch_header.pack_notes(config, job_scripts(config, expand(config), CI, "/scratch/ci", {})) == []

@@ -18,14 +18,8 @@ from ci_runner.ci import CIContext
 from ci_runner.config import Config
 from ci_runner.errors import ConfigError
 from ci_runner.matrix import Entry
-from ci_runner.render import (
-    CHECKOUT_FAILED,
-    CHECKOUT_FAILED_LINE,
-    JOB_END_LINE,
-    JobSpec,
-    heredoc_delimiter,
-    job_scripts,
-)
+from ci_runner.job_spec import CHECKOUT_FAILED, CHECKOUT_FAILED_LINE, JOB_END_LINE, JobSpec
+from ci_runner.render import heredoc_delimiter, job_scripts
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

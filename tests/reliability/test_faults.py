@@ -35,7 +35,7 @@ from helpers.reliability_harness import (
 from helpers.waiting import wait_until
 
 from ci_runner.budget import max_in_window
-from ci_runner.render import job_name
+from ci_runner.job_spec import job_name
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

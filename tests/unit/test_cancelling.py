@@ -13,7 +13,7 @@ from helpers.virtual_time import VirtualTimeLoop, run_simulated
 from ci_runner import cancel, statefile
 from ci_runner.cluster import ApiError
 from ci_runner.layout import entry_layout
-from ci_runner.render import job_name
+from ci_runner.job_spec import job_name
 from ci_runner.statefile import EntryState, RunState, StateFile
 from ci_runner.states import Outcome
 

@@ -39,7 +39,7 @@ from ci_runner.poller import (
     Started,
     Waiting,
 )
-from ci_runner.render import JOB_END_LINE, JobSpec, job_name
+from ci_runner.job_spec import JOB_END_LINE, JobSpec, job_name
 from ci_runner.reporters.result import EntryResult
 from ci_runner.statefile import EntryState, RunState, StateFile
 from ci_runner.states import Outcome
