@@ -37,36 +37,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
+from ci_runner.api import MAX_DIRECT_UPLOAD, SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing, SlurmRefused
 from ci_runner.budget import RequestBudget
 from ci_runner.config import DEFAULT_API_RETRY_LIMIT
 from ci_runner.errors import InfraError, SubmitRejected, UsageError
 from ci_runner.scheduler_messages import is_slurm_answer, job_already_over, sbatch_rejection
-from ci_runner.stream import SERVER_OUTPUT_CAP
 
 RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
-MAX_DIRECT_UPLOAD = 5 * 1024 * 1024 - 1  # the server's direct-upload limit (max_ops_file_size)
-
-
-class ApiError(InfraError):
-    """FirecREST answered with an unexpected status (after retries)."""
-
-    def __init__(self, message: str, status: int | None = None, server_message: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.server_message = server_message
-
-
-class RemoteFileMissing(ApiError):
-    """The remote file does not exist (404 'No such file or directory')."""
-
-
-class OutputTooLarge(ApiError):
-    """The read was too large for one answer: it reached the server's output cap (413), or, for a
-    `tail` (unbounded), the server's command timeout (408, sometimes 500). Read a smaller range."""
-
-
-class SlurmRefused(ApiError):
-    """FirecREST ran the Slurm command and the command refused (its stderr in `server_message`)."""
 
 
 @dataclass(frozen=True)

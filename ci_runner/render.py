@@ -67,7 +67,7 @@ from ci_runner.steps import allocation_cpus, own_options, refusal, step_cpus
 from ci_runner.arrays import array_script, group_tasks
 from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_layout, pack_layout
 from ci_runner.matrix import Entry
-from ci_runner.stream import SERVER_OUTPUT_CAP
+from ci_runner.api import SERVER_OUTPUT_CAP
 from ci_runner.workspace import glob_tokens
 from ci_runner.transfer import ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, \
     artifact_parts_dir, download_part_size

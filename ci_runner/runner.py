@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import pack as packed
 from ci_runner import statefile, states, transfer, workspace
+from ci_runner.api import SERVER_OUTPUT_CAP
 from ci_runner.cancel import cancel_unfinished, find_job
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
@@ -39,7 +40,8 @@ from ci_runner.reporters.base import EntryResult
 from ci_runner.reporters.text import format_duration
 from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP, OutputReader, utf8_len
+from ci_runner.stream import DEFAULT_TAIL_BYTES, OutputReader
+from ci_runner.utf8_offsets import utf8_len
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster

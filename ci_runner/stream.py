@@ -63,20 +63,18 @@ mode), so the count of skipped bytes may be off by a few bytes; the final offset
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
-REPLACEMENT = "\ufffd"
+from ci_runner.api import SERVER_OUTPUT_CAP, OutputTooLarge, RemoteFileMissing
+from ci_runner.recent_bytes import RecentBytes
+from ci_runner.utf8_offsets import REPLACEMENT, consume_block, consume_view, cut_at_limit, split_tail, tail_start, utf8_len
+
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the default 5 MiB output cap (`block_size_for`)
-SERVER_OUTPUT_CAP = 5 * 1024 * 1024
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
 DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
-OVERLAP = 16  # bytes a tail read re-reads before the offset to notice a rewritten file (`_overlap`)
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
 MIN_BLOCK_SIZE = 64 * 1024  # a `view` that times out halves the block size down to this
-UTF8_PIECE = 64 * 1024  # characters `utf8_len` encodes at a time (memory stays small for any text)
 
 
 def block_size_for(output_cap: int) -> int:
@@ -88,7 +86,7 @@ def block_size_for(output_cap: int) -> int:
 SizeSource = Callable[[str, float], Awaitable["int | None"]]  # (path, newer_than) → size (observer.RunObserver.size)
 
 
-class RemoteFile(Protocol):
+class OutputSource(Protocol):
     """The part of `cluster.Cluster` a reader needs."""
 
     async def tail_from(self, path: str, offset: int) -> str: ...
@@ -98,294 +96,12 @@ class RemoteFile(Protocol):
     async def stat_size(self, path: str) -> int | None: ...
 
 
-def _missing_or_too_large() -> tuple[type[Exception], type[Exception]]:
-    from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
-
-    return RemoteFileMissing, OutputTooLarge
-
-
-def utf8_len(text: str) -> int:
-    """Bytes of `text` in UTF-8, without a copy of the whole text: an ASCII text's length (CPython
-    knows it is ASCII without a scan), else the encoded lengths of pieces of UTF8_PIECE characters."""
-    if text.isascii():
-        return len(text)
-    return sum(len(text[i:i + UTF8_PIECE].encode("utf-8")) for i in range(0, len(text), UTF8_PIECE))
-
-
-@dataclass(frozen=True)
-class TailSplit:
-    """What to do with one tail answer: emit `text`, advance by `consumed` bytes, and whether an
-    ambiguous U+FFFD is left that needs a size-bracketed read."""
-
-    text: str
-    consumed: int
-    ambiguous: bool
-
-
-def split_tail(text: str, exact_total: int | None, final: bool) -> TailSplit:
-    """Decide how much of a tail answer is confirmed.
-
-    `exact_total` is the byte length the text is known to span (from a stable `stat_size` bracket) or
-    None. `final`: the job has ended, so a trailing U+FFFD cannot be completed any more.
-    """
-    body = text.rstrip(REPLACEMENT)
-    trailing = len(text) - len(body)
-    if exact_total is not None:
-        if trailing == 0 or final:
-            return TailSplit(text, exact_total, False)
-        if REPLACEMENT not in body:
-            return TailSplit(body, utf8_len(body), False)
-    first = text.find(REPLACEMENT)
-    if first == -1:
-        return TailSplit(text, utf8_len(text), False)
-    if first >= len(body):  # only a trailing run: withhold it; when final it needs a bracket
-        return TailSplit(body, utf8_len(body), final)
-    prefix = text[:first]
-    return TailSplit(prefix, utf8_len(prefix), True)
-
-
-def cut_at_limit(text: str, start: int, limit: int) -> tuple[str, int]:
-    """The longest prefix of `text` (read from byte `start`) that ends at or before byte `limit`, whole
-    characters only, and its length in bytes. A U+FFFD counts as one byte (an invalid byte)."""
-    room = max(0, limit - start)
-    kept = 0  # characters of `text` kept
-    used = 0  # their bytes
-    for index, segment in enumerate(text.split(REPLACEMENT)):
-        if index:  # the U+FFFD before this segment
-            if used + 1 > room:
-                return text[:kept], used
-            kept, used = kept + 1, used + 1
-        data = segment.encode("utf-8")
-        if used + len(data) > room:
-            cut = room - used
-            while cut > 0 and data[cut] & 0xC0 == 0x80:  # not inside a character
-                cut -= 1
-            return text[:kept] + data[:cut].decode("utf-8"), used + cut
-        kept, used = kept + len(segment), used + len(data)
-    return text, used
-
-
-def tail_start(text: str) -> int:
-    """Where the shown tail begins in `text`, the file from the byte *before* the first candidate byte
-    to its end: after the first newline that has text after it (index 1 when that byte is a newline, i.e.
-    the candidate starts a line); without one, after the first character and the stray continuation
-    bytes (U+FFFD, at most 3) that follow it, so a last line longer than the tail is shown cut."""
-    newline = text.find("\n")
-    if 0 <= newline < len(text) - 1:
-        return newline + 1
-    if not text:
-        return 0
-    return 1 + min(3, len(text) - 1 - len(text[1:].lstrip(REPLACEMENT)))
-
-
-@dataclass(frozen=True)
-class Block:
-    """Result of consuming one `view` block: text to emit, new confirmed offset, carry into the next
-    block, whether EOF was inside the block, and how many U+FFFD were counted as one byte by guess."""
-
-    text: str
-    offset: int
-    carry: int
-    eof: bool
-    guessed: int
-
-
-def consume_block(text: str, block_start: int, block_size: int, skip_to: int, drop: int) -> Block:
-    """Consume the answer of `view(offset=block_start, size=block_size)` (block_start aligned).
-
-    `drop`: leading stray continuation bytes (one U+FFFD each) of a character already emitted.
-    `skip_to`: absolute offset already confirmed (≥ block_start); characters before it are not emitted.
-    Memory: a few copies of the block, never per-character objects (a block is 2 MiB); an ASCII block
-    is sliced without an encoded copy.
-    """
-    block_end = block_start + block_size
-    i = min(drop, len(text))
-    pos = block_start + i  # stray continuation bytes: one byte each
-    if text.find(REPLACEMENT, i) >= 0:
-        return _consume_block_per_character(text, i, pos, block_size, block_end, skip_to, drop)
-    if text.isascii():  # one byte per character: positions are indices, no encoding needed
-        lo = min(len(text), i + max(0, skip_to - pos))
-        hi = min(len(text), max(lo, i + block_end - pos))
-        end_pos = pos + hi - i
-        emitted = text[lo:hi]
-        if end_pos >= block_end:
-            return Block(emitted, end_pos, end_pos - block_end, False, 0)
-        return Block(emitted, max(end_pos, skip_to), 0, True, 0)
-    # Valid UTF-8 only: byte positions come from the encoding itself.
-    data = text[i:].encode("utf-8")
-    lo = min(len(data), max(0, skip_to - pos))
-    while lo < len(data) and data[lo] & 0xC0 == 0x80:  # the first character starting at or after skip_to
-        lo += 1
-    hi = min(len(data), max(lo, block_end - pos))
-    while hi < len(data) and data[hi] & 0xC0 == 0x80:  # the character straddling the block end, whole
-        hi += 1
-    emitted = data[lo:hi].decode("utf-8")
-    end_pos = pos + hi
-    if end_pos >= block_end:
-        return Block(emitted, end_pos, end_pos - block_end, False, 0)
-    return Block(emitted, max(end_pos, skip_to), 0, True, 0)  # EOF inside the block
-
-
-def _consume_block_per_character(text: str, i: int, pos: int, block_size: int, block_end: int, skip_to: int,
-                                 drop: int) -> Block:
-    """`consume_block` for an answer holding U+FFFD: walk the characters (one byte per U+FFFD)."""
-    first = -1  # index in `text` of the first emitted character
-    guessed = 0
-    trailing: list[int] = []  # byte positions of the emitted U+FFFD run at the end (EOF handling)
-    synced = drop > 0  # after dropped carry bytes we are at a character boundary
-    while i < len(text) and pos < block_end:
-        char = text[i]
-        size = 1 if char == REPLACEMENT else utf8_len(char)
-        if char != REPLACEMENT:
-            synced = True
-        elif synced or pos >= skip_to:  # not a stray continuation byte at the block start
-            guessed += 1
-        if pos >= skip_to:
-            if first < 0:
-                first = i
-            if char == REPLACEMENT:
-                trailing.append(pos)
-            else:
-                trailing.clear()
-        pos += size
-        i += 1
-    out = text[first:i] if first >= 0 else ""
-    ends_at_eof = pos < block_end or (
-        i == len(text) and len(text) < block_size and out.endswith(REPLACEMENT)
-    )
-    if not ends_at_eof:
-        return Block(out, pos, pos - block_end, False, guessed)
-    # EOF inside the block: a trailing U+FFFD may be a character still being written; tail mode decides.
-    if trailing:
-        out = out[: len(out) - len(trailing)]
-        guessed -= len(trailing)
-        pos = trailing[0]
-    return Block(out, max(pos, skip_to), 0, True, guessed)
-
-
-def consume_view(text: str, offset: int, block_end: int, block_size: int) -> Block:
-    """Consume the answer of `view(offset=k·S + j, size=S)` that starts exactly at byte `offset`
-    (j = characters the server counts from k·S to `offset`); `block_end` = (k+1)·S.
-
-    Valid text is consumed whole: every character is complete. A trailing run of U+FFFD may be a
-    character cut at the window end (k·S + 2·S) or still being written: it is withheld and read again
-    by the next request. Any other U+FFFD (or an answer of U+FFFD only) falls back to the aligned rule:
-    consume up to `block_end` and the character straddling it, one byte per U+FFFD.
-    """
-    body = text.rstrip(REPLACEMENT)
-    if REPLACEMENT in body or (not body and text):
-        return _consume_block_per_character(text, 0, offset, block_size, block_end, offset, 0)
-    end = offset + utf8_len(body)
-    window_end = block_end + block_size
-    eof = body == text and len(text) < block_size and end < window_end  # the file ends inside the window
-    return Block(body, end, 0, eof, 0)
-
-
-class RecentBytes:
-    """What a reader knows exactly about the bytes just before byte `end` of the file (the last
-    `limit` of them at most): enough to count the characters the server's decode sees from an
-    aligned block start (`chars_since`) and to re-read the last few (`overlap`), without a copy of
-    the text that was emitted.
-
-    The texts are kept as segments in file order: an ASCII text as its byte count alone (its bytes
-    are its characters), another text as its UTF-8 bytes. A log that is mostly ASCII keeps almost
-    nothing; no text keeps more than `limit` bytes. Segments meet at character boundaries (each is a
-    whole text), so decoding them one by one counts what decoding them joined would.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.end = -1  # the byte the known bytes end at (-1: nothing known)
-        self._segments: deque[tuple[int, bytes | None]] = deque()  # (byte count, bytes or None: ASCII)
-        self._size = 0  # bytes known, the sum of the segments' counts (≤ limit)
-        self._last = b""  # the last min(OVERLAP, limit) bytes known
-
-    def forget(self) -> None:
-        self.end, self._size, self._last = -1, 0, b""
-        self._segments.clear()
-
-    def add(self, text: str, start: int, end: int) -> None:
-        """`text` was emitted for the bytes [start, end): keep what it determines exactly, all of it
-        when it holds no U+FFFD (and its UTF-8 spans exactly those bytes), else what follows its last
-        U+FFFD. Bytes known before `start` stay known only when they end at `start`."""
-        if end == start and not text:
-            return
-        last = text.rfind(REPLACEMENT)
-        if last >= 0:
-            self.forget()
-            self._append(text[last + 1:])
-        else:
-            if utf8_len(text) != end - start:
-                self.forget()
-                return
-            if self.end != start:
-                self.forget()
-            self._append(text)
-        self.end = end
-
-    def keep(self, limit: int) -> None:
-        """Keep only the last `limit` bytes from now on (the reader's block size shrank)."""
-        self.limit = limit
-        self._trim()
-
-    def chars_since(self, offset: int, need: int) -> int | None:
-        """Characters the server's decode (`errors="replace"`: a stray continuation byte is one)
-        counts in the `need` bytes before `offset`; None when those bytes are not known exactly."""
-        if need == 0:
-            return 0
-        if self.end != offset or need > self._size:
-            return None
-        chars = 0
-        for count, data in reversed(self._segments):
-            take = min(count, need)
-            chars += take if data is None else len(data[count - take:].decode("utf-8", "replace"))
-            need -= take
-            if need == 0:
-                break
-        return chars
-
-    def overlap(self, offset: int) -> bytes:
-        """The last few bytes (≤ OVERLAP) before `offset`, from a character boundary, when known."""
-        if self.end != offset or not self._last:
-            return b""
-        start = next((i for i, byte in enumerate(self._last) if byte & 0xC0 != 0x80), len(self._last))
-        return self._last[start:]
-
-    def _append(self, text: str) -> None:
-        if not text:
-            return
-        if text.isascii():
-            count, data = min(len(text), self.limit), None
-            last = text[-OVERLAP:].encode("ascii")
-        else:  # the last `limit` characters hold at least the last `limit` bytes
-            data = text[-self.limit:].encode("utf-8")[-self.limit:]
-            count, last = len(data), data[-OVERLAP:]
-        self._segments.append((count, data))
-        self._size += count
-        self._last = (self._last + last)[-OVERLAP:]
-        self._trim()
-
-    def _trim(self) -> None:
-        excess = self._size - self.limit
-        while excess > 0:
-            count, data = self._segments[0]
-            if count <= excess:
-                self._segments.popleft()
-                cut = count
-            else:
-                self._segments[0] = (count - excess, None if data is None else data[excess:])
-                cut = excess
-            self._size -= cut
-            excess -= cut
-        self._last = self._last[len(self._last) - min(len(self._last), self.limit):]
-
-
 class OutputReader:
     """Incremental reader of one remote output file. `poll()` while the job runs, `drain()` after."""
 
     def __init__(
         self,
-        cluster: RemoteFile,
+        cluster: OutputSource,
         path: str,
         *,
         block_size: int | None = None,  # default: `block_size_for(output_cap)`
@@ -524,11 +240,10 @@ class OutputReader:
         if size is None or size <= self.offset or self.offset == 0:
             return 0  # gone (`drain` reports it), or nothing after the head
         start = max(self.offset, size - self.tail_bytes)
-        missing, too_large = _missing_or_too_large()
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, start - 1)  # from the byte before: a line start?
-        except (missing, too_large):
+        except (RemoteFileMissing, OutputTooLarge):
             text = ""  # gone, or grew past the cap since the stat: `drain` reads on from `start`
         self.bytes_read += utf8_len(text)
         index = tail_start(text)
@@ -610,7 +325,6 @@ class OutputReader:
     async def _read(self, final: bool) -> str:
         if self._chunked:
             return await self._read_block()
-        missing, too_large = _missing_or_too_large()
         if not final:
             self._polls_since_stat += 1
         # `stat` first: to bracket an ambiguous U+FFFD, after an idle poll (nothing new ⇒ no `tail`),
@@ -639,10 +353,10 @@ class OutputReader:
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, self.offset - len(overlap))
-        except missing:
+        except RemoteFileMissing:
             self._lost()
             return ""
-        except too_large:
+        except OutputTooLarge:
             self._enter_chunk_mode()
             return await self._read_block()
         self._answered_at = self._clock()
@@ -669,7 +383,6 @@ class OutputReader:
     async def _read_block(self) -> str:
         """Read the block holding the offset, consume it, advance: from the offset itself when the
         bytes since the aligned start are known (`_chars_since`), else aligned (minus the carry)."""
-        missing, too_large = _missing_or_too_large()
         size = self.block_size
         aligned = self.offset - self.offset % size
         chars = self._chars_since(aligned)
@@ -682,13 +395,13 @@ class OutputReader:
         try:
             self.requests += 1
             text = await self.cluster.view(self.path, start, size)
-        except missing:
+        except RemoteFileMissing:
             if self.offset > 0:  # at 0: not written yet
                 self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset, self._carry, self._chunked = 0, 0, False
             self._forget()
             return ""
-        except too_large:
+        except OutputTooLarge:
             if self.block_size <= MIN_BLOCK_SIZE:
                 raise
             self.block_size = max(MIN_BLOCK_SIZE, self.block_size // 2)  # block ends stay block ends

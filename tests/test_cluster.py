@@ -11,13 +11,12 @@ from typing import TypeVar
 import pytest
 
 from ci_runner.budget import RequestBudget
-from ci_runner.cluster import (
-    ApiError, Cluster, Credentials, OutputTooLarge, RemoteFileMissing, RetryPolicy, SystemInfo, script_job_name,
-)
+from ci_runner.api import SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing
+from ci_runner.cluster import Cluster, Credentials, RetryPolicy, SystemInfo, script_job_name
 from ci_runner.errors import UsageError
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
-from ci_runner.stream import SERVER_OUTPUT_CAP, OutputReader
+from ci_runner.stream import OutputReader
 
 T = TypeVar("T")
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=12, request_timeout=10)

@@ -13,17 +13,10 @@ import random
 
 import pytest
 
-from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
-from ci_runner.stream import (
-    MIN_BLOCK_SIZE,
-    OVERLAP,
-    REPLACEMENT,
-    OutputReader,
-    _consume_block_per_character,
-    consume_block,
-    consume_view,
-    split_tail,
-)
+from ci_runner.api import OutputTooLarge, RemoteFileMissing
+from ci_runner.recent_bytes import OVERLAP
+from ci_runner.stream import MIN_BLOCK_SIZE, OutputReader
+from ci_runner.utf8_offsets import REPLACEMENT, _consume_block_per_character, consume_block, consume_view, split_tail
 
 
 class RemoteBytes:
@@ -672,7 +665,7 @@ def test_offset_restored_after_the_limit_does_not_read_the_head_again() -> None:
 
 
 def test_cut_at_limit_counts_bytes_and_keeps_whole_characters() -> None:
-    from ci_runner.stream import cut_at_limit
+    from ci_runner.utf8_offsets import cut_at_limit
 
     assert cut_at_limit("ab€cd", 10, 14) == ("ab", 2)  # € (3 bytes) would cross byte 14
     assert cut_at_limit("ab€cd", 10, 15) == ("ab€", 5)
