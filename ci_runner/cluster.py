@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
-from ci_runner.api import MAX_DIRECT_UPLOAD, SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing, SlurmRefused
+from ci_runner.api import SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing, SlurmRefused
 from ci_runner.budget import RequestBudget
 from ci_runner.config import DEFAULT_API_RETRY_LIMIT
-from ci_runner.errors import InfraError, SubmitRejected, UsageError
+from ci_runner.errors import SubmitRejected, UsageError
 from ci_runner.scheduler_messages import is_slurm_answer, job_already_over, sbatch_rejection
 
 RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
@@ -578,12 +578,8 @@ class Cluster:
                             json={"sourcePath": path, "parent": True})
 
     async def upload(self, data: bytes, directory: str, filename: str) -> None:
-        """Write `data` to directory/filename with a direct upload (below the server's 5 MiB limit)."""
-        if len(data) > MAX_DIRECT_UPLOAD:
-            raise InfraError(
-                f"uploading {filename}: {len(data)} bytes is over FirecREST's direct upload limit "
-                f"({MAX_DIRECT_UPLOAD + 1} bytes); use `checkout: clone` or make the archive smaller"
-            )
+        """Write `data` to directory/filename with one direct upload: at most `api.MAX_DIRECT_UPLOAD`
+        bytes (transfer.py cuts the source archive into such parts and refuses one of too many)."""
         await self._request(f"uploading {filename} to {directory}", "POST",
                             f"/filesystem/{self._sys()}/ops/upload", 204,
                             params={"path": directory}, files={"file": (filename, data)})
