@@ -9,7 +9,7 @@ truncated sequence 2-3), so:
   trailing run of U+FFFD may be a character still being written: it is withheld while the job runs.
   A U+FFFD elsewhere is resolved by bracketing the next read with `stat_size`: when the size is the
   same before and after, the text spans exactly `size - offset` bytes. While the file keeps growing
-  we emit the exact prefix and retry; after the job ended the file is stable, so `drain` resolves it.
+  we emit the exact prefix and retry; after the job ended the file is stable, so `drain_chunks` resolves it.
 * chunk mode: `view` reads of block size S, for a backlog a `tail` cannot return in one answer. Reads
   are sized from what is known: when the last `stat` says that the rest of the file is over 2·S (a
   window), the reader does not ask for it with `tail`; a `tail` that fails anyway (413 at the output
@@ -36,7 +36,7 @@ truncated sequence 2-3), so:
   a U+FFFD that is not a stray continuation byte is counted as one byte (right for invalid single
   bytes, wrong for a genuine U+FFFD or a truncated sequence); each such guess is reported once as a
   warning. An answer of exactly S characters cannot tell that the file ends there: the next read does
-  (an empty answer), and `drain` returns to tail mode once it reached the final size.
+  (an empty answer), and `drain_chunks` returns to tail mode once it reached the final size.
 
 A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
 (requeue): we warn and restart at 0.
@@ -47,15 +47,15 @@ pieces (reporters/text.py, `LineBuffer.batches`). Bench row 7 measures the proce
 
 Request cost: after a poll that found nothing new, the next poll asks `stat` first (one request that
 answers "anything new?" and "shrunk?") and reads only when the file grew, so an idle job costs one
-request per poll. `drain` stats once, then reads until the offset reaches that size (a bound on the
+request per poll. `drain_chunks` stats once, then reads until the offset reaches that size (a bound on the
 number of reads derived from the size); what it cannot read is reported and left in `unread`.
 
 Output limit (`limit`, the config's `max_output`): the reader shows the head of the file up to byte
 `limit` (cut before the character that would cross it; `cut_at_limit`), then `limited` is true: `poll`
-returns "" without a request and `drain` stops there. After the job ended the caller calls
+returns "" without a request and `drain_chunks` stops there. After the job ended the caller calls
 `skip_to_tail`, which moves the offset to `max(offset, size - tail_bytes)` and on to the start of the
 next line (nothing more when that is a line start already; see `tail_start` for a last line longer
-than the tail), and returns the bytes skipped; `drain` then reads the tail as usual. Where the cut or the skip lies in text
+than the tail), and returns the bytes skipped; `drain_chunks` then reads the tail as usual. Where the cut or the skip lies in text
 holding U+FFFD, each U+FFFD there is counted as one byte (an invalid byte: the same guess as chunk
 mode), so the count of skipped bytes may be off by a few bytes; the final offset is the file's size.
 """
@@ -72,7 +72,7 @@ from ci_runner.utf8_offsets import REPLACEMENT, consume_block, consume_view, cut
 
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the default 5 MiB output cap (`block_size_for`)
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
-DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
+DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain_chunks` gives up
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
 MIN_BLOCK_SIZE = 64 * 1024  # a `view` that times out halves the block size down to this
 
@@ -97,7 +97,7 @@ class OutputSource(Protocol):
 
 
 class OutputReader:
-    """Incremental reader of one remote output file. `poll()` while the job runs, `drain()` after."""
+    """Incremental reader of one remote output file. `poll()` while the job runs, `drain_chunks()` after."""
 
     def __init__(
         self,
@@ -150,7 +150,7 @@ class OutputReader:
         self._listing_first = listing_first
         self._clock = clock
         self._answered_at = float("-inf")  # when the last answer about this file arrived
-        self.unread = 0  # after `drain`: bytes of the final file it could not read (0 = complete)
+        self.unread = 0  # after `drain_chunks`: bytes of the final file it could not read (0 = complete)
 
     @property
     def known_size(self) -> int | None:
@@ -183,12 +183,8 @@ class OutputReader:
         self._idle = self.offset == before
         return text
 
-    async def drain(self) -> str:
-        """`drain_chunks` joined (convenient for small outputs; the runner prints chunk by chunk)."""
-        return "".join([text async for text in self.drain_chunks()])
-
     def drain_read_limit(self, size: int) -> int:
-        """Most reads `drain` spends to go from the current offset to `size`."""
+        """Most reads `drain_chunks` spends to go from the current offset to `size`."""
         blocks = -(-max(0, size - self.offset) // self.block_size)
         return blocks + blocks // 8 + DRAIN_EXTRA_READS
 
@@ -228,7 +224,7 @@ class OutputReader:
     async def skip_to_tail(self) -> int:
         """After the job ended with the head `limited`: move the offset to the start of the next line at
         or after `max(offset, size - tail_bytes)` and return the bytes skipped (0 when the head ended at
-        a line start and the rest fits in the tail); `drain` then reads from there to the end.
+        a line start and the rest fits in the tail); `drain_chunks` then reads from there to the end.
         One `stat` and one `tail` (of at most `tail_bytes` + 1 bytes)."""
         if not self.limited:
             return 0
@@ -238,13 +234,13 @@ class OutputReader:
         self._in_tail = True
         self._chunked, self._carry, self._need_bracket, self._idle = False, 0, False, False
         if size is None or size <= self.offset or self.offset == 0:
-            return 0  # gone (`drain` reports it), or nothing after the head
+            return 0  # gone (`drain_chunks` reports it), or nothing after the head
         start = max(self.offset, size - self.tail_bytes)
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, start - 1)  # from the byte before: a line start?
         except (RemoteFileMissing, OutputTooLarge):
-            text = ""  # gone, or grew past the cap since the stat: `drain` reads on from `start`
+            text = ""  # gone, or grew past the cap since the stat: `drain_chunks` reads on from `start`
         self.bytes_read += utf8_len(text)
         index = tail_start(text)
         skipped_text, rest = text[:index], text[index:]
