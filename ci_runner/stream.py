@@ -58,6 +58,10 @@ next line (nothing more when that is a line start already; see `tail_start` for 
 than the tail), and returns the bytes skipped; `drain_chunks` then reads the tail as usual. Where the cut or the skip lies in text
 holding U+FFFD, each U+FFFD there is counted as one byte (an invalid byte: the same guess as chunk
 mode), so the count of skipped bytes may be off by a few bytes; the final offset is the file's size.
+
+Where the pieces live: the byte/character arithmetic in utf8_offsets.py, the bytes known before the
+offset in recent_bytes.py, the reader's mode (part shown, tail or chunk reads) in reader_mode.py,
+which request a read sends first in read_policy.py; this module holds the reader that uses them.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Callable, Protocol
 
 from ci_runner.api import SERVER_OUTPUT_CAP, OutputTooLarge, RemoteFileMissing
+from ci_runner.read_policy import FirstRequest, first_request, shrink_check_due
+from ci_runner.reader_mode import Part, ReaderMode
 from ci_runner.recent_bytes import RecentBytes
 from ci_runner.utf8_offsets import REPLACEMENT, consume_block, consume_view, cut_at_limit, split_tail, tail_start, utf8_len
 
@@ -125,8 +131,7 @@ class OutputReader:
         # one `tail` of the last tail_bytes + 1 bytes must stay under the output cap
         self.tail_bytes = max(1, min(tail_bytes, limit or tail_bytes, output_cap - 2))
         self.skipped = 0  # bytes jumped over by `skip_to_tail`
-        self._in_tail = False  # `skip_to_tail` ran: read to the end, no limit any more
-        self._head_done = False  # the head was cut at the limit
+        self._mode = ReaderMode()  # which part is shown and how it is read, replaced as a whole
         self.cluster = cluster
         self.path = path
         self.block_size = block_size
@@ -136,10 +141,7 @@ class OutputReader:
         self.requests = 0
         self.warnings: list[str] = []
         self._on_warning = on_warning
-        self._chunked = False
-        self._carry = 0
         self._recent = RecentBytes(block_size)  # the exact bytes just before the offset (at most S)
-        self._need_bracket = False
         self._polls_since_stat = 0
         self._warned_guess = False
         self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
@@ -160,12 +162,13 @@ class OutputReader:
     @property
     def chunked(self) -> bool:
         """True while reading a large backlog with `view` blocks."""
-        return self._chunked
+        return self._mode.chunked
 
     @property
     def limited(self) -> bool:
         """The head reached `limit`: nothing more is read until `skip_to_tail` (after the job ended)."""
-        return self.limit is not None and not self._in_tail and (self._head_done or self.offset >= self.limit)
+        part = self._mode.part
+        return self.limit is not None and part is not Part.TAIL and (part is Part.HEAD_CUT or self.offset >= self.limit)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -214,8 +217,8 @@ class OutputReader:
             stalled = stalled + 1 if self.offset == before else 0
             if text:
                 yield text
-        if self.offset >= size:
-            self._chunked = False  # the backlog is read (an answer of S characters cannot tell it ended there)
+        if self.offset >= size and self._mode.chunked:
+            self._mode = self._mode.tailing()  # the backlog is read (an answer of S characters cannot tell it ended there)
         if self.offset < size and not self.limited:
             self.unread = size - self.offset
             self._warn(f"{self.path}: output incomplete: read {self.offset} of {size} bytes after {reads} reads; "
@@ -231,8 +234,8 @@ class OutputReader:
         size = await self._stat()
         if size is not None and await self._restart_if_shrunk(size):
             return 0  # truncated (requeue): read again from 0, limit included
-        self._in_tail = True
-        self._chunked, self._carry, self._need_bracket, self._idle = False, 0, False, False
+        self._mode = ReaderMode(Part.TAIL)
+        self._idle = False
         if size is None or size <= self.offset or self.offset == 0:
             return 0  # gone (`drain_chunks` reports it), or nothing after the head
         start = max(self.offset, size - self.tail_bytes)
@@ -258,12 +261,11 @@ class OutputReader:
         """`_read`, cut at `limit` while the head is shown."""
         before = self.offset
         text = await self._read(final)
-        if self.limit is None or self._in_tail or self.offset <= self.limit:
+        if self.limit is None or self._mode.part is Part.TAIL or self.offset <= self.limit:
             return text
         kept, used = cut_at_limit(text, before, self.limit)
         self.offset = max(before, min(self.limit, before + used))
-        self._chunked, self._carry, self._need_bracket = False, 0, False
-        self._head_done = True  # also when a character crossing the limit left the offset just below it
+        self._mode = ReaderMode(Part.HEAD_CUT)  # also when a character crossing the limit left the offset just below it
         return kept
 
     async def _stat(self, newer_than: float | None = None) -> int | None:
@@ -284,9 +286,7 @@ class OutputReader:
         return self._known_size is not None and self._known_size - start > 2 * self.block_size
 
     def _enter_chunk_mode(self) -> None:
-        self._chunked = True
-        self._carry = 0
-        self._need_bracket = False
+        self._mode = self._mode.chunking()
 
     async def _restart_if_shrunk(self, size: int | None) -> bool:
         if size is not None and size < self.offset:
@@ -298,10 +298,7 @@ class OutputReader:
         """The file is not the one we were reading (truncated, requeued, replaced): warn, start again at 0."""
         self._warn(message)
         self.offset = 0
-        self._chunked = False
-        self._carry = 0
-        self._need_bracket = False
-        self._in_tail = self._head_done = False
+        self._mode = ReaderMode()
         self._forget()
 
     def _overlap(self) -> bytes:
@@ -315,37 +312,39 @@ class OutputReader:
         if self.offset > 0:
             self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset = 0
-        self._need_bracket = False
+        self._mode = self._mode.tailing()
         self._forget()
 
     async def _read(self, final: bool) -> str:
-        if self._chunked:
+        if self._mode.chunked:
             return await self._read_block()
         if not final:
             self._polls_since_stat += 1
         # `stat` first: to bracket an ambiguous U+FFFD, after an idle poll (nothing new ⇒ no `tail`),
         # and every `shrink_check_every` polls (a truncated file that grew again past our offset).
-        shrink_check = not final and self._polls_since_stat >= self.shrink_check_every
-        if not final and self._idle and not (self._need_bracket or shrink_check or self._listing_first()):
+        first = first_request(final=final, idle=self._idle, need_bracket=self._mode.need_bracket,
+                              shrink_check=shrink_check_due(final, self._polls_since_stat, self.shrink_check_every),
+                              listing_first=self._listing_first)
+        if first is FirstRequest.BLOCK:
             # a file followed alone: one bounded read (a block, never a `tail` of a rest that may have
             # grown past the output cap, which the real server answers with a timeout) instead of the size first
             self._enter_chunk_mode()
             return await self._read_block()
-        probe = self._need_bracket or shrink_check or (not final and self._idle)
+        probe = first is FirstRequest.STAT
         # An idle probe may use a listing sent since our last answer; a bracket needs a fresh one.
-        size_before = (await self._stat(None if self._need_bracket else self._answered_at)) if probe else None
+        size_before = (await self._stat(None if self._mode.need_bracket else self._answered_at)) if probe else None
         if probe:
             if size_before is None:
                 self._lost()
                 return ""
             await self._restart_if_shrunk(size_before)
-            if size_before == self.offset and not self._need_bracket:
+            if size_before == self.offset and not self._mode.need_bracket:
                 return ""  # nothing new: no need to read
         overlap = self._overlap()
         if self._too_large_for_tail(self.offset - len(overlap)):
             self._enter_chunk_mode()
             return await self._read_block()
-        bracket = self._need_bracket
+        bracket = self._mode.need_bracket
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, self.offset - len(overlap))
@@ -371,7 +370,7 @@ class OutputReader:
             if size_before is not None and size_before == size_after and size_before >= self.offset:
                 exact = size_before - self.offset
         split = split_tail(text, exact, final)
-        self._need_bracket = split.ambiguous
+        self._mode = self._mode.tailing(split.ambiguous)
         self._remember(split.text, self.offset, self.offset + split.consumed)
         self.offset += split.consumed
         return split.text
@@ -384,8 +383,8 @@ class OutputReader:
         chars = self._chars_since(aligned)
         if chars is not None:
             start = aligned + chars  # the server slices the decoded window by characters: starts at offset
-        elif self._carry:
-            start = self.offset - self._carry  # a block end, hence aligned
+        elif self._mode.carry:
+            start = self.offset - self._mode.carry  # a block end, hence aligned
         else:
             start = aligned
         try:
@@ -394,7 +393,7 @@ class OutputReader:
         except RemoteFileMissing:
             if self.offset > 0:  # at 0: not written yet
                 self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
-            self.offset, self._carry, self._chunked = 0, 0, False
+            self.offset, self._mode = 0, self._mode.tailing()
             self._forget()
             return ""
         except OutputTooLarge:
@@ -408,7 +407,7 @@ class OutputReader:
         if chars is not None:
             block = consume_view(text, self.offset, aligned + size, size)
         else:
-            block = consume_block(text, start, size, self.offset, self._carry)
+            block = consume_block(text, start, size, self.offset, self._mode.carry)
         if block.guessed and not self._warned_guess:
             self._warned_guess = True
             self._warn(
@@ -417,9 +416,7 @@ class OutputReader:
             )
         self._remember(block.text, self.offset, block.offset)
         self.offset = block.offset
-        self._carry = block.carry
-        if block.eof:
-            self._chunked = False
+        self._mode = self._mode.tailing() if block.eof else self._mode.chunking(block.carry)
         return block.text
 
     def _forget(self) -> None:
