@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 
 from ci_runner.read_policy import FirstRequest, first_request, shrink_check_due
@@ -32,21 +34,19 @@ def _never() -> bool:
     raise AssertionError("listing_first is asked only when it decides")
 
 
-def test_first_request() -> None:
-    alone, shared = (lambda: False), (lambda: True)
-    assert first_request(final=False, idle=True, need_bracket=False, shrink_check=False,
-                         listing_first=alone) is FirstRequest.BLOCK
-    assert first_request(final=False, idle=True, need_bracket=False, shrink_check=False,
-                         listing_first=shared) is FirstRequest.STAT
-    assert first_request(final=False, idle=False, need_bracket=False, shrink_check=False,
-                         listing_first=_never) is FirstRequest.TAIL
-    for need_bracket, shrink_check in ((True, False), (False, True)):
-        assert first_request(final=False, idle=True, need_bracket=need_bracket, shrink_check=shrink_check,
-                             listing_first=_never) is FirstRequest.STAT
-    assert first_request(final=True, idle=True, need_bracket=False, shrink_check=False,
-                         listing_first=_never) is FirstRequest.TAIL
-    assert first_request(final=True, idle=False, need_bracket=True, shrink_check=False,
-                         listing_first=_never) is FirstRequest.STAT
+@pytest.mark.parametrize("final, idle, need_bracket, shrink_check, listing_first, expected", [
+    (False, True, False, False, lambda: False, FirstRequest.BLOCK),  # idle, followed alone: one bounded read
+    (False, True, False, False, lambda: True, FirstRequest.STAT),  # idle, one listing for many files
+    (False, False, False, False, _never, FirstRequest.TAIL),  # output flows
+    (False, True, True, False, _never, FirstRequest.STAT),  # an ambiguous U+FFFD: bracket it
+    (False, True, False, True, _never, FirstRequest.STAT),  # the periodic shrink check
+    (True, True, False, False, _never, FirstRequest.TAIL),  # a drain after its one stat
+    (True, False, True, False, _never, FirstRequest.STAT),  # a drain's bracket
+])
+def test_first_request(final: bool, idle: bool, need_bracket: bool, shrink_check: bool,
+                       listing_first: Callable[[], bool], expected: FirstRequest) -> None:
+    assert first_request(final=final, idle=idle, need_bracket=need_bracket, shrink_check=shrink_check,
+                         listing_first=listing_first) is expected
 
 
 def test_shrink_check_due() -> None:
