@@ -23,7 +23,8 @@ from ci_runner.errors import CIRunnerError, InfraError, UsageError
 
 if TYPE_CHECKING:
     from ci_runner.ci import CIContext
-    from ci_runner.cluster import Cluster, RetryPolicy, SystemInfo
+    from ci_runner.api import SystemInfo
+    from ci_runner.cluster import Cluster, RetryPolicy
     from ci_runner.config import Config
     from ci_runner.matrix import Entry
     from ci_runner.reporters import Reporter
@@ -251,7 +252,8 @@ def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_mi
     learns every access token as it is fetched (to mask it); `retry_limit`: seconds one request is
     retried (default: RetryPolicy's)."""
     from ci_runner.budget import RequestBudget
-    from ci_runner.cluster import Cluster, Credentials, RetryPolicy
+    from ci_runner.cluster import Cluster, RetryPolicy
+    from ci_runner.credentials import Credentials
 
     retry = RetryPolicy() if retry_limit is None else RetryPolicy(max_total=retry_limit)
     return Cluster(Credentials.from_env(environ), system or None, budget=RequestBudget(requests_per_minute),

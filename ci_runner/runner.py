@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ci_runner import pack as packed
 from ci_runner import statefile, states, transfer, workspace
-from ci_runner.api import SERVER_OUTPUT_CAP
+from ci_runner.api import SERVER_OUTPUT_CAP, JobStatus
 from ci_runner.cancel import cancel_unfinished, find_job
 from ci_runner.config import DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, format_size
 from ci_runner.errors import CIRunnerError, InfraError, SubmitRejected, UsageError
-from ci_runner.cluster import JobStatus
 from ci_runner.layout import PACK_PREFIX, job_found, split_task_id, task_id
 from ci_runner.matrix import Entry
 from ci_runner.observer import RunObserver

@@ -11,8 +11,9 @@ from typing import TypeVar
 import pytest
 
 from ci_runner.budget import RequestBudget
-from ci_runner.api import SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing
-from ci_runner.cluster import Cluster, Credentials, RetryPolicy, SystemInfo, script_job_name
+from ci_runner.api import SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing, SystemInfo
+from ci_runner.cluster import Cluster, RetryPolicy, script_job_name
+from ci_runner.credentials import Credentials
 from ci_runner.errors import UsageError
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox

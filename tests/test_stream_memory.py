@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ci_runner.budget import RequestBudget
-from ci_runner.cluster import Cluster, Credentials, RetryPolicy
+from ci_runner.cluster import Cluster, RetryPolicy
+from ci_runner.credentials import Credentials
 from ci_runner.reporters.text import LineBuffer
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
 from ci_runner.recent_bytes import OVERLAP, RecentBytes
