@@ -37,7 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
-from ci_runner.api import RETRYABLE_STATUSES, ApiError, JobStatus, OutputTooLarge, RemoteFileMissing, SlurmRefused, SystemInfo
+from ci_runner.api import (
+    RETRYABLE_STATUSES, ApiError, JobStatus, OutputTooLarge, RemoteFileMissing, SlurmRefused, SystemInfo,
+)
 from ci_runner.budget import RequestBudget
 from ci_runner.config import DEFAULT_API_RETRY_LIMIT
 from ci_runner.credentials import Credentials

@@ -74,7 +74,9 @@ from ci_runner.api import SERVER_OUTPUT_CAP, OutputTooLarge, RemoteFileMissing
 from ci_runner.read_policy import FirstRequest, first_request, shrink_check_due
 from ci_runner.reader_mode import Part, ReaderMode
 from ci_runner.recent_bytes import RecentBytes
-from ci_runner.utf8_offsets import REPLACEMENT, consume_block, consume_view, cut_at_limit, split_tail, tail_start, utf8_len
+from ci_runner.utf8_offsets import (
+    REPLACEMENT, consume_block, consume_view, cut_at_limit, split_tail, tail_start, utf8_len,
+)
 
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the default 5 MiB output cap (`block_size_for`)
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
