@@ -53,12 +53,11 @@ class SystemInfo:
     def from_api(cls, entry: Mapping[str, Any]) -> SystemInfo:
         filesystems = [fs for fs in entry.get("fileSystems") or [] if isinstance(fs, dict) and fs.get("path")]
         marked = [fs for fs in filesystems if fs.get("defaultWorkDir")]
-        chosen = (marked or filesystems or [None])[0]
+        chosen = (marked or filesystems)[0] if filesystems else None
         data_operation = entry.get("dataOperation")
         cap = data_operation.get("max_ops_file_size") if isinstance(data_operation, dict) else None
-        valid_cap = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
-        return cls(str(entry.get("name", "")), str(chosen["path"]) if chosen else None,
-                   cap if valid_cap else SERVER_OUTPUT_CAP)
+        output_cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else SERVER_OUTPUT_CAP
+        return cls(str(entry.get("name", "")), str(chosen["path"]) if chosen else None, output_cap)
 
 
 @dataclass(frozen=True)
