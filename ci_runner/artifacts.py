@@ -10,7 +10,7 @@ from ci_runner import transfer
 from ci_runner.artifact_selection import listed_files, local_destination, plan_artifacts
 from ci_runner.config_defaults import DEFAULT_MAX_ARTIFACT_SIZE
 from ci_runner.errors import CIRunnerError
-from ci_runner.stream import SERVER_OUTPUT_CAP
+from ci_runner.api import SERVER_OUTPUT_CAP
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster

@@ -34,86 +34,17 @@ import json as jsonlib
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
+from ci_runner.api import (
+    RETRYABLE_STATUSES, ApiError, JobStatus, OutputTooLarge, RemoteFileMissing, SlurmRefused, SystemInfo,
+)
 from ci_runner.budget import RequestBudget
 from ci_runner.config_defaults import DEFAULT_API_RETRY_LIMIT
-from ci_runner.errors import InfraError, SubmitRejected, UsageError
+from ci_runner.credentials import Credentials
+from ci_runner.errors import SubmitRejected, UsageError
 from ci_runner.scheduler_messages import is_slurm_answer, job_already_over, sbatch_rejection
-from ci_runner.stream import SERVER_OUTPUT_CAP
-
-RETRYABLE_STATUSES = frozenset({408, 424, 500, 502, 503, 504})
-MAX_DIRECT_UPLOAD = 5 * 1024 * 1024 - 1  # the server's direct-upload limit (max_ops_file_size)
-
-
-class ApiError(InfraError):
-    """FirecREST answered with an unexpected status (after retries)."""
-
-    def __init__(self, message: str, status: int | None = None, server_message: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.server_message = server_message
-
-
-class RemoteFileMissing(ApiError):
-    """The remote file does not exist (404 'No such file or directory')."""
-
-
-class OutputTooLarge(ApiError):
-    """The read was too large for one answer: it reached the server's output cap (413), or, for a
-    `tail` (unbounded), the server's command timeout (408, sometimes 500). Read a smaller range."""
-
-
-class SlurmRefused(ApiError):
-    """FirecREST ran the Slurm command and the command refused (its stderr in `server_message`)."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How to reach and authenticate to FirecREST (names of pyfirecrest's CLI)."""
-
-    url: str
-    token_url: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = field(default=None, repr=False)
-    api_key: str | None = field(default=None, repr=False)
-    api_key_header: str = "X-API-Key"
-    system: str | None = None
-
-    def secrets(self) -> tuple[str, ...]:
-        """The values that must never be shown (to mask them in CI logs)."""
-        return tuple(value for value in (self.client_secret, self.api_key) if value)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Credentials:
-        """Read FIRECREST_URL plus either AUTH_TOKEN_URL/FIRECREST_CLIENT_ID/FIRECREST_CLIENT_SECRET or
-        FIRECREST_API_KEY (+ FIRECREST_API_KEY_HEADER); FIRECREST_SYSTEM optional. UsageError names
-        every missing variable (never a value)."""
-        def get(name: str) -> str | None:
-            value = environ.get(name, "").strip()
-            return value or None
-
-        url = get("FIRECREST_URL")
-        api_key = get("FIRECREST_API_KEY")
-        oidc = ["AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET"]
-        missing = [] if url else ["FIRECREST_URL"]
-        if api_key is None:
-            missing += [name for name in oidc if get(name) is None]
-        if missing:
-            how = "" if api_key else " (or FIRECREST_API_KEY instead of the client credentials)"
-            raise UsageError(f"missing environment variable(s) for FirecREST: {', '.join(missing)}{how}")
-        assert url is not None
-        return cls(
-            url=url,
-            token_url=get("AUTH_TOKEN_URL"),
-            client_id=get("FIRECREST_CLIENT_ID"),
-            client_secret=get("FIRECREST_CLIENT_SECRET"),
-            api_key=api_key,
-            api_key_header=get("FIRECREST_API_KEY_HEADER") or "X-API-Key",
-            system=get("FIRECREST_SYSTEM"),
-        )
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -132,60 +63,6 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Full-jitter backoff before retry number `attempt` (1-based)."""
         return rng.uniform(self.base_delay / 2, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-@dataclass(frozen=True)
-class SystemInfo:
-    """What a run needs from a system's entry in `/status/systems`."""
-
-    name: str
-    default_workdir: str | None  # the file system marked defaultWorkDir, else the first; None: none listed
-    output_cap: int  # dataOperation.max_ops_file_size: ops output at or above it is refused (413)
-
-    @classmethod
-    def from_api(cls, entry: Mapping[str, Any]) -> SystemInfo:
-        filesystems = [fs for fs in entry.get("fileSystems") or [] if isinstance(fs, dict) and fs.get("path")]
-        marked = [fs for fs in filesystems if fs.get("defaultWorkDir")]
-        chosen = (marked or filesystems or [None])[0]
-        data_operation = entry.get("dataOperation")
-        cap = data_operation.get("max_ops_file_size") if isinstance(data_operation, dict) else None
-        valid_cap = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
-        return cls(str(entry.get("name", "")), str(chosen["path"]) if chosen else None,
-                   cap if valid_cap else SERVER_OUTPUT_CAP)
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """One job as FirecREST reports it. `state` is verbatim ('CANCELLED by 1001')."""
-
-    job_id: str
-    state: str
-    reason: str | None
-    exit_code: int | None
-    signal: int | None
-    start: float | None
-    end: float | None
-    elapsed: float | None
-    name: str | None = None
-
-    @classmethod
-    def from_api(cls, job: Mapping[str, Any]) -> JobStatus:
-        status = job.get("status") or {}
-        times = job.get("time") or {}
-        state = status.get("state") or ""
-        if isinstance(state, list):
-            state = ",".join(state)
-        return cls(
-            job_id=str(job.get("jobId")),
-            state=str(state),
-            reason=status.get("stateReason"),
-            exit_code=status.get("exitCode"),
-            signal=status.get("interruptSignal"),
-            start=times.get("start"),
-            end=times.get("end"),
-            elapsed=times.get("elapsed"),
-            name=job.get("name"),
-        )
 
 
 class _TokenUnavailable(Exception):
@@ -601,12 +478,8 @@ class Cluster:
                             json={"sourcePath": path, "parent": True})
 
     async def upload(self, data: bytes, directory: str, filename: str) -> None:
-        """Write `data` to directory/filename with a direct upload (below the server's 5 MiB limit)."""
-        if len(data) > MAX_DIRECT_UPLOAD:
-            raise InfraError(
-                f"uploading {filename}: {len(data)} bytes is over FirecREST's direct upload limit "
-                f"({MAX_DIRECT_UPLOAD + 1} bytes); use `checkout: clone` or make the archive smaller"
-            )
+        """Write `data` to directory/filename with one direct upload: at most `api.MAX_DIRECT_UPLOAD`
+        bytes (transfer.py cuts the source archive into such parts and refuses one of too many)."""
         await self._request(f"uploading {filename} to {directory}", "POST",
                             f"/filesystem/{self._sys()}/ops/upload", 204,
                             params={"path": directory}, files={"file": (filename, data)})

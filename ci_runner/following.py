@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from ci_runner import pack as packed
 from ci_runner import states
-from ci_runner.cluster import JobStatus
+from ci_runner.api import JobStatus
 from ci_runner.poller import Ask, Decision, Ending, Finish, Follower, Next, Started, Step, Waiting, queue_seconds
 from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 from ci_runner.run_context import TAIL_LINE_CHARS, TAIL_LINES, Attempt, EntryProgress, PackProgress, RunContext
 from ci_runner.states import Outcome
-from ci_runner.stream import OutputReader, utf8_len
+from ci_runner.stream import OutputReader
+from ci_runner.utf8_offsets import utf8_len
 from ci_runner.units import format_size
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from ci_runner import states
-from ci_runner.cluster import JobStatus
+from ci_runner.api import JobStatus
 from ci_runner.errors import CIRunnerError
 from ci_runner.layout import array_of, split_task_id, task_job_ids
 

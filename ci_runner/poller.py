@@ -51,7 +51,7 @@ from ci_runner.job_spec import CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 
 if TYPE_CHECKING:
-    from ci_runner.cluster import JobStatus
+    from ci_runner.api import JobStatus
 
 STATE_CHECK_EVERY = 60.0  # a running job's state at least this often: TIMEOUT, cancel by others, node failure
 # Requests per poll for the budget share (`RunPace.floor`): an idle cycle is the run's job list and

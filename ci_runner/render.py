@@ -57,6 +57,7 @@ import shlex
 from dataclasses import replace
 from typing import Mapping, Sequence
 
+from ci_runner.api import SERVER_OUTPUT_CAP
 from ci_runner.arrays import group_tasks
 from ci_runner.artifact_selection import glob_tokens
 from ci_runner.ci import CIContext
@@ -67,7 +68,6 @@ from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_la
 from ci_runner.matrix import Entry
 from ci_runner.sbatch_header import allocation_header, option_lines, own_lines, step_options
 from ci_runner.script_template import ScriptTemplate, template_context
-from ci_runner.stream import SERVER_OUTPUT_CAP
 from ci_runner.transfer import (ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, artifact_parts_dir,
                                 download_part_size)
 

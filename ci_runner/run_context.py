@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 
 from ci_runner import pack as packed
 from ci_runner.config_defaults import DEFAULT_CLEANUP, DEFAULT_MAX_ARTIFACT_SIZE, DEFAULT_MAX_OUTPUT, DEFAULT_RESUBMIT
-from ci_runner.stream import DEFAULT_TAIL_BYTES, SERVER_OUTPUT_CAP
+from ci_runner.api import SERVER_OUTPUT_CAP
+from ci_runner.stream import DEFAULT_TAIL_BYTES
 
 if TYPE_CHECKING:
-    from ci_runner.cluster import Cluster, JobStatus
+    from ci_runner.api import JobStatus
+    from ci_runner.cluster import Cluster
     from ci_runner.config import Config
     from ci_runner.observer import RunObserver
     from ci_runner.poller import Clock, FollowLimits, RunPace

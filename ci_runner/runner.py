@@ -37,7 +37,8 @@ from ci_runner.states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
 
 if TYPE_CHECKING:
-    from ci_runner.cluster import Cluster, JobStatus
+    from ci_runner.api import JobStatus
+    from ci_runner.cluster import Cluster
     from ci_runner.reporters.base import Reporter
 
 

@@ -9,7 +9,7 @@ truncated sequence 2-3), so:
   trailing run of U+FFFD may be a character still being written: it is withheld while the job runs.
   A U+FFFD elsewhere is resolved by bracketing the next read with `stat_size`: when the size is the
   same before and after, the text spans exactly `size - offset` bytes. While the file keeps growing
-  we emit the exact prefix and retry; after the job ended the file is stable, so `drain` resolves it.
+  we emit the exact prefix and retry; after the job ended the file is stable, so `drain_chunks` resolves it.
 * chunk mode: `view` reads of block size S, for a backlog a `tail` cannot return in one answer. Reads
   are sized from what is known: when the last `stat` says that the rest of the file is over 2·S (a
   window), the reader does not ask for it with `tail`; a `tail` that fails anyway (413 at the output
@@ -36,7 +36,7 @@ truncated sequence 2-3), so:
   a U+FFFD that is not a stray continuation byte is counted as one byte (right for invalid single
   bytes, wrong for a genuine U+FFFD or a truncated sequence); each such guess is reported once as a
   warning. An answer of exactly S characters cannot tell that the file ends there: the next read does
-  (an empty answer), and `drain` returns to tail mode once it reached the final size.
+  (an empty answer), and `drain_chunks` returns to tail mode once it reached the final size.
 
 A missing file (404) is normal before the job starts. A file smaller than our offset was truncated
 (requeue): we warn and restart at 0.
@@ -47,36 +47,42 @@ pieces (reporters/text.py, `LineBuffer.batches`). Bench row 7 measures the proce
 
 Request cost: after a poll that found nothing new, the next poll asks `stat` first (one request that
 answers "anything new?" and "shrunk?") and reads only when the file grew, so an idle job costs one
-request per poll. `drain` stats once, then reads until the offset reaches that size (a bound on the
+request per poll. `drain_chunks` stats once, then reads until the offset reaches that size (a bound on the
 number of reads derived from the size); what it cannot read is reported and left in `unread`.
 
 Output limit (`limit`, the config's `max_output`): the reader shows the head of the file up to byte
 `limit` (cut before the character that would cross it; `cut_at_limit`), then `limited` is true: `poll`
-returns "" without a request and `drain` stops there. After the job ended the caller calls
+returns "" without a request and `drain_chunks` stops there. After the job ended the caller calls
 `skip_to_tail`, which moves the offset to `max(offset, size - tail_bytes)` and on to the start of the
 next line (nothing more when that is a line start already; see `tail_start` for a last line longer
-than the tail), and returns the bytes skipped; `drain` then reads the tail as usual. Where the cut or the skip lies in text
+than the tail), and returns the bytes skipped; `drain_chunks` then reads the tail as usual. Where the cut or the skip lies in text
 holding U+FFFD, each U+FFFD there is counted as one byte (an invalid byte: the same guess as chunk
 mode), so the count of skipped bytes may be off by a few bytes; the final offset is the file's size.
+
+Where the pieces live: the byte/character arithmetic in utf8_offsets.py, the bytes known before the
+offset in recent_bytes.py, the reader's mode (part shown, tail or chunk reads) in reader_mode.py,
+which request a read sends first in read_policy.py; this module holds the reader that uses them.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
-REPLACEMENT = "\ufffd"
+from ci_runner.api import SERVER_OUTPUT_CAP, OutputTooLarge, RemoteFileMissing
+from ci_runner.read_policy import FirstRequest, first_request, shrink_check_due
+from ci_runner.reader_mode import Part, ReaderMode
+from ci_runner.recent_bytes import RecentBytes
+from ci_runner.utf8_offsets import (
+    REPLACEMENT, consume_block, consume_view, cut_at_limit, split_tail, tail_start, utf8_len,
+)
+
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024  # 2·S = 4 MiB < the default 5 MiB output cap (`block_size_for`)
-SERVER_OUTPUT_CAP = 5 * 1024 * 1024
 DRAIN_EXTRA_READS = 8  # beyond one read per block: the unaligned first block, tail-mode ends, size brackets
-DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain` gives up
-OVERLAP = 16  # bytes a tail read re-reads before the offset to notice a rewritten file (`_overlap`)
+DRAIN_STALLED_READS = 3  # reads in a row without progress before `drain_chunks` gives up
 DEFAULT_TAIL_BYTES = 64 * 1024  # with a `limit`: most bytes of the file's end shown after the job ended
 MIN_BLOCK_SIZE = 64 * 1024  # a `view` that times out halves the block size down to this
-UTF8_PIECE = 64 * 1024  # characters `utf8_len` encodes at a time (memory stays small for any text)
 
 
 def block_size_for(output_cap: int) -> int:
@@ -88,7 +94,7 @@ def block_size_for(output_cap: int) -> int:
 SizeSource = Callable[[str, float], Awaitable["int | None"]]  # (path, newer_than) → size (observer.RunObserver.size)
 
 
-class RemoteFile(Protocol):
+class OutputSource(Protocol):
     """The part of `cluster.Cluster` a reader needs."""
 
     async def tail_from(self, path: str, offset: int) -> str: ...
@@ -98,294 +104,12 @@ class RemoteFile(Protocol):
     async def stat_size(self, path: str) -> int | None: ...
 
 
-def _missing_or_too_large() -> tuple[type[Exception], type[Exception]]:
-    from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
-
-    return RemoteFileMissing, OutputTooLarge
-
-
-def utf8_len(text: str) -> int:
-    """Bytes of `text` in UTF-8, without a copy of the whole text: an ASCII text's length (CPython
-    knows it is ASCII without a scan), else the encoded lengths of pieces of UTF8_PIECE characters."""
-    if text.isascii():
-        return len(text)
-    return sum(len(text[i:i + UTF8_PIECE].encode("utf-8")) for i in range(0, len(text), UTF8_PIECE))
-
-
-@dataclass(frozen=True)
-class TailSplit:
-    """What to do with one tail answer: emit `text`, advance by `consumed` bytes, and whether an
-    ambiguous U+FFFD is left that needs a size-bracketed read."""
-
-    text: str
-    consumed: int
-    ambiguous: bool
-
-
-def split_tail(text: str, exact_total: int | None, final: bool) -> TailSplit:
-    """Decide how much of a tail answer is confirmed.
-
-    `exact_total` is the byte length the text is known to span (from a stable `stat_size` bracket) or
-    None. `final`: the job has ended, so a trailing U+FFFD cannot be completed any more.
-    """
-    body = text.rstrip(REPLACEMENT)
-    trailing = len(text) - len(body)
-    if exact_total is not None:
-        if trailing == 0 or final:
-            return TailSplit(text, exact_total, False)
-        if REPLACEMENT not in body:
-            return TailSplit(body, utf8_len(body), False)
-    first = text.find(REPLACEMENT)
-    if first == -1:
-        return TailSplit(text, utf8_len(text), False)
-    if first >= len(body):  # only a trailing run: withhold it; when final it needs a bracket
-        return TailSplit(body, utf8_len(body), final)
-    prefix = text[:first]
-    return TailSplit(prefix, utf8_len(prefix), True)
-
-
-def cut_at_limit(text: str, start: int, limit: int) -> tuple[str, int]:
-    """The longest prefix of `text` (read from byte `start`) that ends at or before byte `limit`, whole
-    characters only, and its length in bytes. A U+FFFD counts as one byte (an invalid byte)."""
-    room = max(0, limit - start)
-    kept = 0  # characters of `text` kept
-    used = 0  # their bytes
-    for index, segment in enumerate(text.split(REPLACEMENT)):
-        if index:  # the U+FFFD before this segment
-            if used + 1 > room:
-                return text[:kept], used
-            kept, used = kept + 1, used + 1
-        data = segment.encode("utf-8")
-        if used + len(data) > room:
-            cut = room - used
-            while cut > 0 and data[cut] & 0xC0 == 0x80:  # not inside a character
-                cut -= 1
-            return text[:kept] + data[:cut].decode("utf-8"), used + cut
-        kept, used = kept + len(segment), used + len(data)
-    return text, used
-
-
-def tail_start(text: str) -> int:
-    """Where the shown tail begins in `text`, the file from the byte *before* the first candidate byte
-    to its end: after the first newline that has text after it (index 1 when that byte is a newline, i.e.
-    the candidate starts a line); without one, after the first character and the stray continuation
-    bytes (U+FFFD, at most 3) that follow it, so a last line longer than the tail is shown cut."""
-    newline = text.find("\n")
-    if 0 <= newline < len(text) - 1:
-        return newline + 1
-    if not text:
-        return 0
-    return 1 + min(3, len(text) - 1 - len(text[1:].lstrip(REPLACEMENT)))
-
-
-@dataclass(frozen=True)
-class Block:
-    """Result of consuming one `view` block: text to emit, new confirmed offset, carry into the next
-    block, whether EOF was inside the block, and how many U+FFFD were counted as one byte by guess."""
-
-    text: str
-    offset: int
-    carry: int
-    eof: bool
-    guessed: int
-
-
-def consume_block(text: str, block_start: int, block_size: int, skip_to: int, drop: int) -> Block:
-    """Consume the answer of `view(offset=block_start, size=block_size)` (block_start aligned).
-
-    `drop`: leading stray continuation bytes (one U+FFFD each) of a character already emitted.
-    `skip_to`: absolute offset already confirmed (≥ block_start); characters before it are not emitted.
-    Memory: a few copies of the block, never per-character objects (a block is 2 MiB); an ASCII block
-    is sliced without an encoded copy.
-    """
-    block_end = block_start + block_size
-    i = min(drop, len(text))
-    pos = block_start + i  # stray continuation bytes: one byte each
-    if text.find(REPLACEMENT, i) >= 0:
-        return _consume_block_per_character(text, i, pos, block_size, block_end, skip_to, drop)
-    if text.isascii():  # one byte per character: positions are indices, no encoding needed
-        lo = min(len(text), i + max(0, skip_to - pos))
-        hi = min(len(text), max(lo, i + block_end - pos))
-        end_pos = pos + hi - i
-        emitted = text[lo:hi]
-        if end_pos >= block_end:
-            return Block(emitted, end_pos, end_pos - block_end, False, 0)
-        return Block(emitted, max(end_pos, skip_to), 0, True, 0)
-    # Valid UTF-8 only: byte positions come from the encoding itself.
-    data = text[i:].encode("utf-8")
-    lo = min(len(data), max(0, skip_to - pos))
-    while lo < len(data) and data[lo] & 0xC0 == 0x80:  # the first character starting at or after skip_to
-        lo += 1
-    hi = min(len(data), max(lo, block_end - pos))
-    while hi < len(data) and data[hi] & 0xC0 == 0x80:  # the character straddling the block end, whole
-        hi += 1
-    emitted = data[lo:hi].decode("utf-8")
-    end_pos = pos + hi
-    if end_pos >= block_end:
-        return Block(emitted, end_pos, end_pos - block_end, False, 0)
-    return Block(emitted, max(end_pos, skip_to), 0, True, 0)  # EOF inside the block
-
-
-def _consume_block_per_character(text: str, i: int, pos: int, block_size: int, block_end: int, skip_to: int,
-                                 drop: int) -> Block:
-    """`consume_block` for an answer holding U+FFFD: walk the characters (one byte per U+FFFD)."""
-    first = -1  # index in `text` of the first emitted character
-    guessed = 0
-    trailing: list[int] = []  # byte positions of the emitted U+FFFD run at the end (EOF handling)
-    synced = drop > 0  # after dropped carry bytes we are at a character boundary
-    while i < len(text) and pos < block_end:
-        char = text[i]
-        size = 1 if char == REPLACEMENT else utf8_len(char)
-        if char != REPLACEMENT:
-            synced = True
-        elif synced or pos >= skip_to:  # not a stray continuation byte at the block start
-            guessed += 1
-        if pos >= skip_to:
-            if first < 0:
-                first = i
-            if char == REPLACEMENT:
-                trailing.append(pos)
-            else:
-                trailing.clear()
-        pos += size
-        i += 1
-    out = text[first:i] if first >= 0 else ""
-    ends_at_eof = pos < block_end or (
-        i == len(text) and len(text) < block_size and out.endswith(REPLACEMENT)
-    )
-    if not ends_at_eof:
-        return Block(out, pos, pos - block_end, False, guessed)
-    # EOF inside the block: a trailing U+FFFD may be a character still being written; tail mode decides.
-    if trailing:
-        out = out[: len(out) - len(trailing)]
-        guessed -= len(trailing)
-        pos = trailing[0]
-    return Block(out, max(pos, skip_to), 0, True, guessed)
-
-
-def consume_view(text: str, offset: int, block_end: int, block_size: int) -> Block:
-    """Consume the answer of `view(offset=k·S + j, size=S)` that starts exactly at byte `offset`
-    (j = characters the server counts from k·S to `offset`); `block_end` = (k+1)·S.
-
-    Valid text is consumed whole: every character is complete. A trailing run of U+FFFD may be a
-    character cut at the window end (k·S + 2·S) or still being written: it is withheld and read again
-    by the next request. Any other U+FFFD (or an answer of U+FFFD only) falls back to the aligned rule:
-    consume up to `block_end` and the character straddling it, one byte per U+FFFD.
-    """
-    body = text.rstrip(REPLACEMENT)
-    if REPLACEMENT in body or (not body and text):
-        return _consume_block_per_character(text, 0, offset, block_size, block_end, offset, 0)
-    end = offset + utf8_len(body)
-    window_end = block_end + block_size
-    eof = body == text and len(text) < block_size and end < window_end  # the file ends inside the window
-    return Block(body, end, 0, eof, 0)
-
-
-class RecentBytes:
-    """What a reader knows exactly about the bytes just before byte `end` of the file (the last
-    `limit` of them at most): enough to count the characters the server's decode sees from an
-    aligned block start (`chars_since`) and to re-read the last few (`overlap`), without a copy of
-    the text that was emitted.
-
-    The texts are kept as segments in file order: an ASCII text as its byte count alone (its bytes
-    are its characters), another text as its UTF-8 bytes. A log that is mostly ASCII keeps almost
-    nothing; no text keeps more than `limit` bytes. Segments meet at character boundaries (each is a
-    whole text), so decoding them one by one counts what decoding them joined would.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.end = -1  # the byte the known bytes end at (-1: nothing known)
-        self._segments: deque[tuple[int, bytes | None]] = deque()  # (byte count, bytes or None: ASCII)
-        self._size = 0  # bytes known, the sum of the segments' counts (≤ limit)
-        self._last = b""  # the last min(OVERLAP, limit) bytes known
-
-    def forget(self) -> None:
-        self.end, self._size, self._last = -1, 0, b""
-        self._segments.clear()
-
-    def add(self, text: str, start: int, end: int) -> None:
-        """`text` was emitted for the bytes [start, end): keep what it determines exactly, all of it
-        when it holds no U+FFFD (and its UTF-8 spans exactly those bytes), else what follows its last
-        U+FFFD. Bytes known before `start` stay known only when they end at `start`."""
-        if end == start and not text:
-            return
-        last = text.rfind(REPLACEMENT)
-        if last >= 0:
-            self.forget()
-            self._append(text[last + 1:])
-        else:
-            if utf8_len(text) != end - start:
-                self.forget()
-                return
-            if self.end != start:
-                self.forget()
-            self._append(text)
-        self.end = end
-
-    def keep(self, limit: int) -> None:
-        """Keep only the last `limit` bytes from now on (the reader's block size shrank)."""
-        self.limit = limit
-        self._trim()
-
-    def chars_since(self, offset: int, need: int) -> int | None:
-        """Characters the server's decode (`errors="replace"`: a stray continuation byte is one)
-        counts in the `need` bytes before `offset`; None when those bytes are not known exactly."""
-        if need == 0:
-            return 0
-        if self.end != offset or need > self._size:
-            return None
-        chars = 0
-        for count, data in reversed(self._segments):
-            take = min(count, need)
-            chars += take if data is None else len(data[count - take:].decode("utf-8", "replace"))
-            need -= take
-            if need == 0:
-                break
-        return chars
-
-    def overlap(self, offset: int) -> bytes:
-        """The last few bytes (≤ OVERLAP) before `offset`, from a character boundary, when known."""
-        if self.end != offset or not self._last:
-            return b""
-        start = next((i for i, byte in enumerate(self._last) if byte & 0xC0 != 0x80), len(self._last))
-        return self._last[start:]
-
-    def _append(self, text: str) -> None:
-        if not text:
-            return
-        if text.isascii():
-            count, data = min(len(text), self.limit), None
-            last = text[-OVERLAP:].encode("ascii")
-        else:  # the last `limit` characters hold at least the last `limit` bytes
-            data = text[-self.limit:].encode("utf-8")[-self.limit:]
-            count, last = len(data), data[-OVERLAP:]
-        self._segments.append((count, data))
-        self._size += count
-        self._last = (self._last + last)[-OVERLAP:]
-        self._trim()
-
-    def _trim(self) -> None:
-        excess = self._size - self.limit
-        while excess > 0:
-            count, data = self._segments[0]
-            if count <= excess:
-                self._segments.popleft()
-                cut = count
-            else:
-                self._segments[0] = (count - excess, None if data is None else data[excess:])
-                cut = excess
-            self._size -= cut
-            excess -= cut
-        self._last = self._last[len(self._last) - min(len(self._last), self.limit):]
-
-
 class OutputReader:
-    """Incremental reader of one remote output file. `poll()` while the job runs, `drain()` after."""
+    """Incremental reader of one remote output file. `poll()` while the job runs, `drain_chunks()` after."""
 
     def __init__(
         self,
-        cluster: RemoteFile,
+        cluster: OutputSource,
         path: str,
         *,
         block_size: int | None = None,  # default: `block_size_for(output_cap)`
@@ -409,8 +133,7 @@ class OutputReader:
         # one `tail` of the last tail_bytes + 1 bytes must stay under the output cap
         self.tail_bytes = max(1, min(tail_bytes, limit or tail_bytes, output_cap - 2))
         self.skipped = 0  # bytes jumped over by `skip_to_tail`
-        self._in_tail = False  # `skip_to_tail` ran: read to the end, no limit any more
-        self._head_done = False  # the head was cut at the limit
+        self._mode = ReaderMode()  # which part is shown and how it is read, replaced as a whole
         self.cluster = cluster
         self.path = path
         self.block_size = block_size
@@ -420,10 +143,7 @@ class OutputReader:
         self.requests = 0
         self.warnings: list[str] = []
         self._on_warning = on_warning
-        self._chunked = False
-        self._carry = 0
         self._recent = RecentBytes(block_size)  # the exact bytes just before the offset (at most S)
-        self._need_bracket = False
         self._polls_since_stat = 0
         self._warned_guess = False
         self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
@@ -434,7 +154,7 @@ class OutputReader:
         self._listing_first = listing_first
         self._clock = clock
         self._answered_at = float("-inf")  # when the last answer about this file arrived
-        self.unread = 0  # after `drain`: bytes of the final file it could not read (0 = complete)
+        self.unread = 0  # after `drain_chunks`: bytes of the final file it could not read (0 = complete)
 
     @property
     def known_size(self) -> int | None:
@@ -444,12 +164,13 @@ class OutputReader:
     @property
     def chunked(self) -> bool:
         """True while reading a large backlog with `view` blocks."""
-        return self._chunked
+        return self._mode.chunked
 
     @property
     def limited(self) -> bool:
         """The head reached `limit`: nothing more is read until `skip_to_tail` (after the job ended)."""
-        return self.limit is not None and not self._in_tail and (self._head_done or self.offset >= self.limit)
+        part = self._mode.part
+        return self.limit is not None and part is not Part.TAIL and (part is Part.HEAD_CUT or self.offset >= self.limit)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -467,12 +188,8 @@ class OutputReader:
         self._idle = self.offset == before
         return text
 
-    async def drain(self) -> str:
-        """`drain_chunks` joined (convenient for small outputs; the runner prints chunk by chunk)."""
-        return "".join([text async for text in self.drain_chunks()])
-
     def drain_read_limit(self, size: int) -> int:
-        """Most reads `drain` spends to go from the current offset to `size`."""
+        """Most reads `drain_chunks` spends to go from the current offset to `size`."""
         blocks = -(-max(0, size - self.offset) // self.block_size)
         return blocks + blocks // 8 + DRAIN_EXTRA_READS
 
@@ -502,8 +219,8 @@ class OutputReader:
             stalled = stalled + 1 if self.offset == before else 0
             if text:
                 yield text
-        if self.offset >= size:
-            self._chunked = False  # the backlog is read (an answer of S characters cannot tell it ended there)
+        if self.offset >= size and self._mode.chunked:
+            self._mode = self._mode.tailing()  # the backlog is read (an answer of S characters cannot tell it ended there)
         if self.offset < size and not self.limited:
             self.unread = size - self.offset
             self._warn(f"{self.path}: output incomplete: read {self.offset} of {size} bytes after {reads} reads; "
@@ -512,24 +229,23 @@ class OutputReader:
     async def skip_to_tail(self) -> int:
         """After the job ended with the head `limited`: move the offset to the start of the next line at
         or after `max(offset, size - tail_bytes)` and return the bytes skipped (0 when the head ended at
-        a line start and the rest fits in the tail); `drain` then reads from there to the end.
+        a line start and the rest fits in the tail); `drain_chunks` then reads from there to the end.
         One `stat` and one `tail` (of at most `tail_bytes` + 1 bytes)."""
         if not self.limited:
             return 0
         size = await self._stat()
         if size is not None and await self._restart_if_shrunk(size):
             return 0  # truncated (requeue): read again from 0, limit included
-        self._in_tail = True
-        self._chunked, self._carry, self._need_bracket, self._idle = False, 0, False, False
+        self._mode = ReaderMode(Part.TAIL)
+        self._idle = False
         if size is None or size <= self.offset or self.offset == 0:
-            return 0  # gone (`drain` reports it), or nothing after the head
+            return 0  # gone (`drain_chunks` reports it), or nothing after the head
         start = max(self.offset, size - self.tail_bytes)
-        missing, too_large = _missing_or_too_large()
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, start - 1)  # from the byte before: a line start?
-        except (missing, too_large):
-            text = ""  # gone, or grew past the cap since the stat: `drain` reads on from `start`
+        except (RemoteFileMissing, OutputTooLarge):
+            text = ""  # gone, or grew past the cap since the stat: `drain_chunks` reads on from `start`
         self.bytes_read += utf8_len(text)
         index = tail_start(text)
         skipped_text, rest = text[:index], text[index:]
@@ -547,12 +263,11 @@ class OutputReader:
         """`_read`, cut at `limit` while the head is shown."""
         before = self.offset
         text = await self._read(final)
-        if self.limit is None or self._in_tail or self.offset <= self.limit:
+        if self.limit is None or self._mode.part is Part.TAIL or self.offset <= self.limit:
             return text
         kept, used = cut_at_limit(text, before, self.limit)
         self.offset = max(before, min(self.limit, before + used))
-        self._chunked, self._carry, self._need_bracket = False, 0, False
-        self._head_done = True  # also when a character crossing the limit left the offset just below it
+        self._mode = ReaderMode(Part.HEAD_CUT)  # also when a character crossing the limit left the offset just below it
         return kept
 
     async def _stat(self, newer_than: float | None = None) -> int | None:
@@ -573,9 +288,7 @@ class OutputReader:
         return self._known_size is not None and self._known_size - start > 2 * self.block_size
 
     def _enter_chunk_mode(self) -> None:
-        self._chunked = True
-        self._carry = 0
-        self._need_bracket = False
+        self._mode = self._mode.chunking()
 
     async def _restart_if_shrunk(self, size: int | None) -> bool:
         if size is not None and size < self.offset:
@@ -587,10 +300,7 @@ class OutputReader:
         """The file is not the one we were reading (truncated, requeued, replaced): warn, start again at 0."""
         self._warn(message)
         self.offset = 0
-        self._chunked = False
-        self._carry = 0
-        self._need_bracket = False
-        self._in_tail = self._head_done = False
+        self._mode = ReaderMode()
         self._forget()
 
     def _overlap(self) -> bytes:
@@ -604,45 +314,46 @@ class OutputReader:
         if self.offset > 0:
             self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset = 0
-        self._need_bracket = False
+        self._mode = self._mode.tailing()
         self._forget()
 
     async def _read(self, final: bool) -> str:
-        if self._chunked:
+        if self._mode.chunked:
             return await self._read_block()
-        missing, too_large = _missing_or_too_large()
         if not final:
             self._polls_since_stat += 1
         # `stat` first: to bracket an ambiguous U+FFFD, after an idle poll (nothing new ⇒ no `tail`),
         # and every `shrink_check_every` polls (a truncated file that grew again past our offset).
-        shrink_check = not final and self._polls_since_stat >= self.shrink_check_every
-        if not final and self._idle and not (self._need_bracket or shrink_check or self._listing_first()):
+        first = first_request(final=final, idle=self._idle, need_bracket=self._mode.need_bracket,
+                              shrink_check=shrink_check_due(final, self._polls_since_stat, self.shrink_check_every),
+                              listing_first=self._listing_first)
+        if first is FirstRequest.BLOCK:
             # a file followed alone: one bounded read (a block, never a `tail` of a rest that may have
             # grown past the output cap, which the real server answers with a timeout) instead of the size first
             self._enter_chunk_mode()
             return await self._read_block()
-        probe = self._need_bracket or shrink_check or (not final and self._idle)
+        probe = first is FirstRequest.STAT
         # An idle probe may use a listing sent since our last answer; a bracket needs a fresh one.
-        size_before = (await self._stat(None if self._need_bracket else self._answered_at)) if probe else None
+        size_before = (await self._stat(None if self._mode.need_bracket else self._answered_at)) if probe else None
         if probe:
             if size_before is None:
                 self._lost()
                 return ""
             await self._restart_if_shrunk(size_before)
-            if size_before == self.offset and not self._need_bracket:
+            if size_before == self.offset and not self._mode.need_bracket:
                 return ""  # nothing new: no need to read
         overlap = self._overlap()
         if self._too_large_for_tail(self.offset - len(overlap)):
             self._enter_chunk_mode()
             return await self._read_block()
-        bracket = self._need_bracket
+        bracket = self._mode.need_bracket
         try:
             self.requests += 1
             text = await self.cluster.tail_from(self.path, self.offset - len(overlap))
-        except missing:
+        except RemoteFileMissing:
             self._lost()
             return ""
-        except too_large:
+        except OutputTooLarge:
             self._enter_chunk_mode()
             return await self._read_block()
         self._answered_at = self._clock()
@@ -661,7 +372,7 @@ class OutputReader:
             if size_before is not None and size_before == size_after and size_before >= self.offset:
                 exact = size_before - self.offset
         split = split_tail(text, exact, final)
-        self._need_bracket = split.ambiguous
+        self._mode = self._mode.tailing(split.ambiguous)
         self._remember(split.text, self.offset, self.offset + split.consumed)
         self.offset += split.consumed
         return split.text
@@ -669,26 +380,25 @@ class OutputReader:
     async def _read_block(self) -> str:
         """Read the block holding the offset, consume it, advance: from the offset itself when the
         bytes since the aligned start are known (`_chars_since`), else aligned (minus the carry)."""
-        missing, too_large = _missing_or_too_large()
         size = self.block_size
         aligned = self.offset - self.offset % size
         chars = self._chars_since(aligned)
         if chars is not None:
             start = aligned + chars  # the server slices the decoded window by characters: starts at offset
-        elif self._carry:
-            start = self.offset - self._carry  # a block end, hence aligned
+        elif self._mode.carry:
+            start = self.offset - self._mode.carry  # a block end, hence aligned
         else:
             start = aligned
         try:
             self.requests += 1
             text = await self.cluster.view(self.path, start, size)
-        except missing:
+        except RemoteFileMissing:
             if self.offset > 0:  # at 0: not written yet
                 self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
-            self.offset, self._carry, self._chunked = 0, 0, False
+            self.offset, self._mode = 0, self._mode.tailing()
             self._forget()
             return ""
-        except too_large:
+        except OutputTooLarge:
             if self.block_size <= MIN_BLOCK_SIZE:
                 raise
             self.block_size = max(MIN_BLOCK_SIZE, self.block_size // 2)  # block ends stay block ends
@@ -699,7 +409,7 @@ class OutputReader:
         if chars is not None:
             block = consume_view(text, self.offset, aligned + size, size)
         else:
-            block = consume_block(text, start, size, self.offset, self._carry)
+            block = consume_block(text, start, size, self.offset, self._mode.carry)
         if block.guessed and not self._warned_guess:
             self._warned_guess = True
             self._warn(
@@ -708,9 +418,7 @@ class OutputReader:
             )
         self._remember(block.text, self.offset, block.offset)
         self.offset = block.offset
-        self._carry = block.carry
-        if block.eof:
-            self._chunked = False
+        self._mode = self._mode.tailing() if block.eof else self._mode.chunking(block.carry)
         return block.text
 
     def _forget(self) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ci_runner.cluster import MAX_DIRECT_UPLOAD, RemoteFileMissing
+from ci_runner.api import MAX_DIRECT_DOWNLOAD, MAX_DIRECT_UPLOAD, RemoteFileMissing
 from ci_runner.errors import InfraError, UsageError
 from ci_runner.units import format_size
 
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from ci_runner.layout import EntryLayout, RunLayout
     from ci_runner.source_archive import SourceArchive
 
-# ops/download is base64 over SSH inside the max_ops_file_size buffer (about 3.75 MiB at 5 MiB); stay below.
-MAX_DIRECT_DOWNLOAD = 3 * 1024 * 1024
 CACHE_RETENTION_DAYS = 7       # cached source archives not used for this long are removed by the jobs
 PARALLEL_TRANSFERS = 4         # parts in flight at once (each is still one request of the shared budget)
 PART_SUFFIX = ".part"          # + 3 (sources) or 4 (artifacts) decimal digits

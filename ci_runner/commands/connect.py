@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from ci_runner.errors import InfraError, UsageError
 
 if TYPE_CHECKING:
-    from ci_runner.cluster import Cluster, RetryPolicy, SystemInfo
+    from ci_runner.api import SystemInfo
+    from ci_runner.cluster import Cluster, RetryPolicy
 
 PRE_SUBMIT_RETRY_LIMIT = 15.0  # seconds: before the first submit a wrong URL or credential fails fast
 ONE_SHOT_REQUESTS_PER_MINUTE = 60  # `cancel`, `systems`: a few requests, once
@@ -68,7 +69,8 @@ def open_cluster(environ: Mapping[str, str], system: str | None, requests_per_mi
     learns every access token as it is fetched (to mask it); `retry_limit`: seconds one request is
     retried (default: RetryPolicy's)."""
     from ci_runner.budget import RequestBudget
-    from ci_runner.cluster import Cluster, Credentials, RetryPolicy
+    from ci_runner.cluster import Cluster, RetryPolicy
+    from ci_runner.credentials import Credentials
 
     retry = RetryPolicy() if retry_limit is None else RetryPolicy(max_total=retry_limit)
     return Cluster(Credentials.from_env(environ), system or None, budget=RequestBudget(requests_per_minute),

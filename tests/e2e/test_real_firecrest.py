@@ -27,7 +27,8 @@ from helpers.slurm_time_limit import time_out_at_next_check
 from helpers.waiting import wait_until
 
 from ci_runner.budget import RequestBudget
-from ci_runner.cluster import Cluster, Credentials
+from ci_runner.cluster import Cluster
+from ci_runner.credentials import Credentials
 from ci_runner.job_spec import JOB_END_LINE
 
 pytestmark = [pytest.mark.real_firecrest, pytest.mark.slurm]

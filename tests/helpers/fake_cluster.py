@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ci_runner.budget import RequestBudget
-from ci_runner.cluster import JobStatus, OutputTooLarge, RemoteFileMissing
+from ci_runner.api import JobStatus, OutputTooLarge, RemoteFileMissing
 
 FILE_REQUESTS = ("tail", "view", "stat", "ls")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ci_runner.cluster import ApiError, JobStatus
+from ci_runner.api import ApiError, JobStatus
 
 OUT = "/w/run/output"
 

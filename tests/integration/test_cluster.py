@@ -11,16 +11,21 @@ from typing import TypeVar
 import pytest
 
 from ci_runner.budget import RequestBudget
-from ci_runner.cluster import (
-    ApiError, Cluster, Credentials, OutputTooLarge, RemoteFileMissing, RetryPolicy, SystemInfo, script_job_name,
-)
+from ci_runner.api import SERVER_OUTPUT_CAP, ApiError, OutputTooLarge, RemoteFileMissing, SystemInfo
+from ci_runner.cluster import Cluster, RetryPolicy, script_job_name
+from ci_runner.credentials import Credentials
 from ci_runner.errors import UsageError
 from ci_runner.sandbox.faults import Faults
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
-from ci_runner.stream import SERVER_OUTPUT_CAP, OutputReader
+from ci_runner.stream import OutputReader
 
 T = TypeVar("T")
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=12, request_timeout=10)
+
+
+async def drained(reader: OutputReader) -> str:
+    """Everything `drain_chunks` yields, joined (the runner prints it chunk by chunk)."""
+    return "".join([text async for text in reader.drain_chunks()])
 
 
 def start(tmp_path: Path, **options: object) -> Sandbox:
@@ -148,7 +153,7 @@ def test_output_cap_gives_413_and_the_reader_streams_past_it(tmp_path: Path) -> 
                 await c.tail_from(path, 0)
             reader = OutputReader(c, path, block_size=16 * 1024, output_cap=64 * 1024)
             parts = [await reader.poll() for _ in range(40)]
-            return "".join(parts) + await reader.drain(), reader
+            return "".join(parts) + await drained(reader), reader
 
         text, reader = run(sb, body)
         assert text == data.decode()

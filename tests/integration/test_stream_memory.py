@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from ci_runner.budget import RequestBudget
-from ci_runner.cluster import Cluster, Credentials, RetryPolicy
+from ci_runner.cluster import Cluster, RetryPolicy
+from ci_runner.credentials import Credentials
 from ci_runner.reporters.text import LineBuffer
 from ci_runner.sandbox.server import Sandbox, SandboxOptions, start_sandbox
-from ci_runner.stream import OVERLAP, REPLACEMENT, RecentBytes, utf8_len
+from ci_runner.recent_bytes import OVERLAP, RecentBytes
+from ci_runner.utf8_offsets import REPLACEMENT, utf8_len
 
 MIB = 1 << 20
 

@@ -166,7 +166,8 @@ def test_prepare_run_creates_the_output_dir_and_uploads_the_parts_once(repo: Pat
     (the parts together are the archive), whatever the number of entries; once the archive is in the
     cache the stat finds it and nothing is uploaded; cleanup removes one entry's directory."""
     from ci_runner.budget import RequestBudget
-    from ci_runner.cluster import Cluster, Credentials
+    from ci_runner.cluster import Cluster
+    from ci_runner.credentials import Credentials
     from ci_runner.layout import entry_layout
     from ci_runner.sandbox.server import SandboxOptions, start_sandbox
     from ci_runner.transfer import plan_source

@@ -11,7 +11,7 @@ from helpers.fake_cluster import FakeCluster, FakeJob
 from helpers.virtual_time import VirtualTimeLoop, run_simulated
 
 from ci_runner import cancel, statefile
-from ci_runner.cluster import ApiError
+from ci_runner.api import ApiError
 from ci_runner.layout import entry_layout
 from ci_runner.job_spec import job_name
 from ci_runner.statefile import EntryState, RunState, StateFile

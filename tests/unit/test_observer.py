@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from helpers.listing_cluster import OUT, Clock, ListingCluster, status
 
-from ci_runner.cluster import ApiError, JobStatus
+from ci_runner.api import ApiError, JobStatus
 from ci_runner.observer import RunObserver, SharedRequest
 
 

@@ -21,7 +21,7 @@ from helpers.virtual_time import VirtualTimeLoop, run_simulated
 from ci_runner import runner
 from ci_runner.run_context import RunOptions
 from ci_runner.budget import max_in_window
-from ci_runner.cluster import JobStatus
+from ci_runner.api import JobStatus
 from ci_runner.layout import entry_layout
 from ci_runner.matrix import Entry
 from ci_runner.poller import (

@@ -13,16 +13,11 @@ import random
 
 import pytest
 
-from ci_runner.cluster import OutputTooLarge, RemoteFileMissing
-from ci_runner.stream import (
-    MIN_BLOCK_SIZE,
-    OVERLAP,
-    REPLACEMENT,
-    OutputReader,
-    _consume_block_per_character,
-    consume_block,
-    consume_view,
-    split_tail,
+from ci_runner.api import OutputTooLarge, RemoteFileMissing
+from ci_runner.recent_bytes import OVERLAP
+from ci_runner.stream import MIN_BLOCK_SIZE, OutputReader
+from ci_runner.utf8_offsets import (
+    REPLACEMENT, TailSplit, _consume_block_per_character, consume_block, consume_view, split_tail,
 )
 
 
@@ -65,14 +60,19 @@ def expected(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+async def drained(reader: OutputReader) -> str:
+    """Everything `drain_chunks` yields, joined (the runner prints it chunk by chunk)."""
+    return "".join([text async for text in reader.drain_chunks()])
+
+
 def drain_all(reader: OutputReader) -> str:
-    return asyncio.run(reader.drain())
+    return asyncio.run(drained(reader))
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
 
 def test_split_tail_rules() -> None:
-    assert split_tail("abc", None, False) == ("abc", 3, False) or split_tail("abc", None, False).consumed == 3
+    assert split_tail("abc", None, False) == TailSplit("abc", 3, False)
     s = split_tail("ab\ufffd", None, False)
     assert (s.text, s.consumed, s.ambiguous) == ("ab", 2, False)  # trailing: withheld, waits for more bytes
     s = split_tail("ab\ufffd", None, True)
@@ -183,7 +183,7 @@ def test_growing_file_emits_prefix_until_stable() -> None:
         remote.tail_from = tail_and_grow  # type: ignore[method-assign]
         got.append(await reader.poll())
         remote.tail_from = original  # type: ignore[method-assign]
-        got.append(await reader.drain())
+        got.append(await drained(reader))
         return got
 
     got = asyncio.run(main())
@@ -233,7 +233,7 @@ def test_backlog_over_the_cap_switches_to_blocks_and_back() -> None:
             got.append(await reader.poll())
             if reader.offset == len(data) and not reader.chunked:
                 break
-        got.append(await reader.drain())
+        got.append(await drained(reader))
         return "".join(got)
 
     assert asyncio.run(main()) == expected(data)
@@ -260,7 +260,7 @@ def follow_growing(rng: random.Random, data: bytes, remote: RemoteBytes, reader:
             remote.data += data[written: written + step]
             written += step
             got.append(await reader.poll())
-        got.append(await reader.drain())
+        got.append(await drained(reader))
         return "".join(got)
 
     return asyncio.run(main())
@@ -313,7 +313,7 @@ def test_every_block_boundary_inside_a_character(seed: int) -> None:
 
     async def main() -> str:
         got = [await reader.poll() for _ in range(400)]
-        return "".join(got) + await reader.drain()
+        return "".join(got) + await drained(reader)
 
     assert asyncio.run(main()) == expected(data)
     assert reader.offset == len(data)
@@ -348,7 +348,7 @@ def test_multibyte_backlog_amplification_is_low(char: str) -> None:
     data = multibyte_output(char, random.Random(1), 60000)
     remote = RemoteBytes(data, cap=64 * 1024)
     reader = OutputReader(remote, "/out", block_size=16 * 1024, output_cap=64 * 1024)
-    assert asyncio.run(reader.drain()) == expected(data)
+    assert asyncio.run(drained(reader)) == expected(data)
     assert reader.offset == len(data) and not reader.warnings and not reader.chunked
     assert remote.calls.count("view") >= len(data) // (2 * reader.block_size)  # really read in chunk mode
     assert reader.bytes_read / len(data) <= 1.05
@@ -404,7 +404,7 @@ def test_drain_reads_a_finished_file_far_larger_than_fifty_blocks_to_its_end() -
     remote = RemoteBytes(data, cap=300)
     reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
     assert len(data) > 250 * reader.block_size
-    assert asyncio.run(reader.drain()) == expected(data)
+    assert asyncio.run(drained(reader)) == expected(data)
     assert reader.offset == len(data)
     assert not reader.warnings
 
@@ -458,7 +458,7 @@ def test_a_backlog_written_before_the_first_read_is_never_asked_for_whole() -> N
 
     async def main() -> str:
         got = [await reader.poll() for _ in range(5)]
-        return "".join(got) + await reader.drain()
+        return "".join(got) + await drained(reader)
 
     assert asyncio.run(main()) == expected(data)
     assert remote.calls[0] == "stat" and "view" in remote.calls
@@ -469,7 +469,7 @@ def test_drain_of_an_unread_large_file_reads_blocks_sized_from_its_stat() -> Non
     data = big_finished_output()
     remote = TimingOutRemote(data, cap=300)
     reader = OutputReader(remote, "/out", block_size=64, output_cap=300)
-    assert asyncio.run(reader.drain()) == expected(data)
+    assert asyncio.run(drained(reader)) == expected(data)
     assert remote.timeouts == [] and reader.unread == 0
 
 
@@ -484,7 +484,7 @@ def test_a_tail_that_times_out_is_read_in_blocks_at_once_not_repeated() -> None:
         got = [await reader.poll()]  # stat + tail: 50 bytes, output flows
         remote.data = bytearray(data)
         got += [await reader.poll() for _ in range(3)]
-        return "".join(got) + await reader.drain()
+        return "".join(got) + await drained(reader)
 
     assert asyncio.run(main()) == expected(data)
     assert remote.timeouts == [("tail", 50 - OVERLAP)]
@@ -495,7 +495,7 @@ def test_a_view_that_times_out_halves_the_block_size() -> None:
     data = "€uro and more ".encode() * (MIN_BLOCK_SIZE // 2)  # multi-byte, ~6 blocks of MIN_BLOCK_SIZE
     remote = TimingOutRemote(data, cap=8 * MIN_BLOCK_SIZE, view_limit=2 * MIN_BLOCK_SIZE)
     reader = OutputReader(remote, "/out", block_size=3 * MIN_BLOCK_SIZE, output_cap=8 * MIN_BLOCK_SIZE)
-    assert asyncio.run(reader.drain()) == expected(data)
+    assert asyncio.run(drained(reader)) == expected(data)
     assert reader.block_size == MIN_BLOCK_SIZE and reader.unread == 0
     assert [kind for kind, _ in remote.timeouts] == ["view", "view"]  # 3 → 1.5 → 1 (floor) blocks
 
@@ -513,7 +513,7 @@ def test_drain_that_cannot_finish_reports_the_unread_bytes() -> None:
     warnings: list[str] = []
     reader = OutputReader(remote, "/out", block_size=64, output_cap=300, on_warning=warnings.append)
     limit = reader.drain_read_limit(len(data))
-    text = asyncio.run(reader.drain())
+    text = asyncio.run(drained(reader))
     assert text == "x" * reader.offset and reader.offset < len(data)
     assert reader.unread == len(data) - reader.offset
     assert len(warnings) == 1 and "output incomplete" in warnings[0] and str(reader.unread) in warnings[0]
@@ -523,7 +523,7 @@ def test_drain_that_cannot_finish_reports_the_unread_bytes() -> None:
 def test_drain_of_a_missing_file_reads_nothing_and_is_complete() -> None:
     remote = RemoteBytes(exists=False)
     reader = OutputReader(remote, "/out")
-    assert asyncio.run(reader.drain()) == ""
+    assert asyncio.run(drained(reader)) == ""
     assert reader.unread == 0 and remote.calls == ["stat"]
 
 
@@ -531,7 +531,7 @@ def test_drain_resolves_a_trailing_cut_character_of_a_finished_job() -> None:
     data = "done é".encode() + "€".encode()[:2]
     remote = RemoteBytes(data)
     reader = OutputReader(remote, "/out")
-    assert asyncio.run(reader.drain()) == expected(data)
+    assert asyncio.run(drained(reader)) == expected(data)
     assert reader.offset == len(data) and reader.unread == 0
 
 
@@ -627,9 +627,9 @@ def test_limit_shows_the_head_then_skips_to_the_last_whole_lines(limit: int, cap
         for _ in range(3):
             assert await reader.poll() == ""
         assert len(remote.calls) == calls  # limited: no reads while the job runs
-        assert await reader.drain() == ""  # drain stops at the limit too
+        assert await drained(reader) == ""  # drain stops at the limit too
         skipped = await reader.skip_to_tail()
-        return head, skipped, await reader.drain()
+        return head, skipped, await drained(reader)
 
     head, skipped, tail = asyncio.run(main())
     cut = len(head.encode())
@@ -646,17 +646,17 @@ def test_limit_reached_during_drain_and_a_head_ending_at_a_line_start() -> None:
     the rest fits in the tail, nothing is skipped."""
     data = b"a" * 99 + b"\n" + b"b" * 50 + b"\n"
     reader = OutputReader(RemoteBytes(data), "/out", limit=100, tail_bytes=1000)
-    assert asyncio.run(reader.drain()) == data[:100].decode() and reader.limited
+    assert asyncio.run(drained(reader)) == data[:100].decode() and reader.limited
     assert asyncio.run(reader.skip_to_tail()) == 0
-    assert asyncio.run(reader.drain()) == data[100:].decode() and reader.offset == len(data)
+    assert asyncio.run(drained(reader)) == data[100:].decode() and reader.offset == len(data)
 
 
 def test_limit_with_a_last_line_longer_than_the_tail_shows_its_end() -> None:
     data = b"head\n" + b"\x00" * 10000 + b"end-marker"  # no newline after the jump point
     reader = OutputReader(RemoteBytes(data), "/out", limit=200, tail_bytes=100)
-    assert asyncio.run(reader.drain()) == data[:200].decode()
+    assert asyncio.run(drained(reader)) == data[:200].decode()
     assert asyncio.run(reader.skip_to_tail()) == len(data) - 100 - 200
-    assert asyncio.run(reader.drain()) == data[-100:].decode()
+    assert asyncio.run(drained(reader)) == data[-100:].decode()
 
 
 def test_offset_restored_after_the_limit_does_not_read_the_head_again() -> None:
@@ -668,11 +668,11 @@ def test_offset_restored_after_the_limit_does_not_read_the_head_again() -> None:
     assert reader.limited and asyncio.run(reader.poll()) == "" and remote.calls == []
     skipped = asyncio.run(reader.skip_to_tail())
     start = expected_tail_start(data, 1000, reader.tail_bytes)
-    assert skipped == start - 1000 and asyncio.run(reader.drain()) == data[start:].decode()
+    assert skipped == start - 1000 and asyncio.run(drained(reader)) == data[start:].decode()
 
 
 def test_cut_at_limit_counts_bytes_and_keeps_whole_characters() -> None:
-    from ci_runner.stream import cut_at_limit
+    from ci_runner.utf8_offsets import cut_at_limit
 
     assert cut_at_limit("ab€cd", 10, 14) == ("ab", 2)  # € (3 bytes) would cross byte 14
     assert cut_at_limit("ab€cd", 10, 15) == ("ab€", 5)
@@ -685,7 +685,7 @@ def test_limit_with_invalid_bytes_in_the_skipped_part_shows_the_exact_tail() -> 
     """The jump lands inside a line with a truncated sequence (2 bytes, one U+FFFD): the tail is exact."""
     data = b"h" * 34 + b"\n" + b"\xff\xfe junk \xe2\x82\n" * 300 + b"last line one\nlast line two\n"
     reader = OutputReader(RemoteBytes(data), "/out", limit=35, tail_bytes=35)
-    assert asyncio.run(reader.drain()) == "h" * 34 + "\n"
+    assert asyncio.run(drained(reader)) == "h" * 34 + "\n"
     skipped = asyncio.run(reader.skip_to_tail())
-    assert asyncio.run(reader.drain()) == "last line one\nlast line two\n"
+    assert asyncio.run(drained(reader)) == "last line one\nlast line two\n"
     assert 35 + skipped + 28 == len(data) == reader.offset
