@@ -7,7 +7,7 @@ gives a cancelled job a few seconds before it kills the runner, so a cancel must
 minute of polling budget. One request per job (plus retries), once per run, is a deliberate exception
 to the budget: a leaked job on a shared cluster costs more than a brief excess over the quota (a 429
 would still be honoured). Entries whose submit was in flight have no recorded job id: their job is
-looked up by the run's job name and the entry's output file (`find_job`). Everything cancelled is
+looked up by the run's job name and the entry's output file (`find_lost_job`). Everything cancelled is
 recorded in the state file, so a later `ci-runner cancel` does not try again.
 """
 
@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from ci_runner import statefile, states
+from ci_runner import statefile, slurm_states
 from ci_runner.layout import array_of, is_array_output, job_found, output_prefix, split_task_id
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 if TYPE_CHECKING:
     from ci_runner.cluster import Cluster
@@ -51,7 +51,7 @@ async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30
 
     async def cancel_one(job_id: str) -> None:
         status = await cluster.job(job_id)
-        if job_id not in arrays and (status is None or states.is_terminal(status.state)):
+        if job_id not in arrays and (status is None or slurm_states.is_terminal(status.state)):
             lines.append(f"job {job_id}: " + ("not known to Slurm (finished long ago?)" if status is None
                                                else f"already {status.state}"))
             return
@@ -68,7 +68,7 @@ async def cancel_jobs(cluster: Cluster, job_ids: Sequence[str], wait: float = 30
     while remaining:
         statuses = await asyncio.gather(*(cluster.job(job_id) for job_id in remaining))
         remaining = [job_id for job_id, status in zip(remaining, statuses)
-                     if status is not None and not states.is_terminal(status.state)]
+                     if status is not None and not slurm_states.is_terminal(status.state)]
         if not remaining or clock() >= deadline:
             break
         await sleep(1.0)
@@ -140,9 +140,9 @@ async def _cancel_entries(urgent: Cluster, handle: StateFile, names: list[str], 
 
 async def recorded_job(cluster: Cluster, entry: EntryState) -> str | None:
     """The job id of a recorded entry: as recorded, or, for a submit that was in flight, looked up
-    by name (`find_job`; for a task of a job array, the array's id); None when it was never submitted."""
+    by name (`find_lost_job`; for a task of a job array, the array's id); None when it was never submitted."""
     if entry.job_id is None and entry.state == statefile.SUBMITTING:
-        return await find_job(cluster, entry.job_name, entry.remote_dir, entry.output_path)
+        return await find_lost_job(cluster, entry.job_name, entry.remote_dir, entry.output_path)
     return entry.job_id
 
 
@@ -159,7 +159,7 @@ def urgent_cluster(cluster: Cluster, jobs: int, deadline: float) -> Cluster:
                         on_secret=cluster.on_secret)
 
 
-async def find_job(cluster: Cluster, name: str, entry_root: str, output_pattern: str | None = None) -> str | None:
+async def find_lost_job(cluster: Cluster, name: str, entry_root: str, output_pattern: str | None = None) -> str | None:
     """Id of the job of the entry whose directory is `entry_root`, among this run's jobs named `name`
     (a submit whose answer was lost), or None. `output_pattern`: the entry's output file with `%j`
     (recorded at the submit); for a task of a job array (`array+<k>.%j.out`) the id of the array."""

@@ -9,13 +9,13 @@ A packed job is followed like an entry (`EntryProgress.pack` set): its stream is
 from __future__ import annotations
 
 from ci_runner import pack as packed
-from ci_runner import states
+from ci_runner import slurm_states
 from ci_runner.api import JobStatus
 from ci_runner.poller import Ask, Decision, Ending, Finish, Follower, Next, Started, Step, Waiting, queue_seconds
 from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 from ci_runner.run_context import TAIL_LINE_CHARS, TAIL_LINES, Attempt, EntryProgress, PackProgress, RunContext
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 from ci_runner.stream import OutputReader
 from ci_runner.utf8_offsets import utf8_len
 from ci_runner.units import format_size
@@ -137,9 +137,9 @@ class JobFollowing:
 
     def decide(self, entry: EntryProgress, status: JobStatus) -> Attempt:
         """The attempt's outcome from the job's final state, with Slurm's own queue and run times."""
-        verdict = states.classify(status.state, status.exit_code, status.signal)
+        verdict = slurm_states.classify(status.state, status.exit_code, status.signal)
         if verdict.outcome is Outcome.FAILED and status.exit_code == CHECKOUT_FAILED:
-            verdict = states.Verdict(Outcome.INFRA, f"the checkout on the cluster failed (exit code "
+            verdict = slurm_states.Verdict(Outcome.INFRA, f"the checkout on the cluster failed (exit code "
                                      f"{CHECKOUT_FAILED}; see the job's log above), the tests did not run")
         run = status.elapsed if status.elapsed is not None else (
             status.end - status.start if status.start and status.end else None)
@@ -243,7 +243,7 @@ class JobFollowing:
         if ended is None:
             verdict = packed.entry_verdict(end, None)
         elif job is None:  # the job vanished, or waited in vain: its own reason
-            verdict = states.Verdict(ended.outcome, ended.message)
+            verdict = slurm_states.Verdict(ended.outcome, ended.message)
         else:
             verdict = packed.entry_verdict(end, job.state)
         self.flush_partial(member)

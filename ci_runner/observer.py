@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from ci_runner import states
+from ci_runner import slurm_states
 from ci_runner.api import JobStatus
 from ci_runner.errors import CIRunnerError
 from ci_runner.layout import array_of, split_task_id, task_job_ids
@@ -173,8 +173,8 @@ class RunObserver:
         taken = set(ids.values())
         for status in listed.values():
             if status.job_id.startswith(f"{array_id}_[") or (status.job_id == array_id and array_id not in taken
-                                                             and (states.is_pending(status.state)
-                                                                  or states.is_terminal(status.state))):
+                                                             and (slurm_states.is_pending(status.state)
+                                                                  or slurm_states.is_terminal(status.state))):
                 return status
         return None
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission
 from ci_runner.render import heredoc_delimiter
-from ci_runner.states import Outcome, Verdict, base_state, classify, is_infrastructure
+from ci_runner.slurm_states import Outcome, Verdict, base_state, classify, is_infrastructure
 
 PIPE_BUF = 4096  # POSIX: a pipe write of at most this many bytes is never interleaved with others
 EXITED, TIME_LIMIT, NOT_STARTED, SIGNAL = "exited", "time-limit", "not-started", "signal"
@@ -240,7 +240,7 @@ def entry_verdict(end: StepEnd | None, job_state: str | None, *, ci_cancelled: b
     """An entry's outcome. From its end record: exit 0 passed, the checkout's exit infrastructure,
     other exits and signals failed, its step's time limit TIMEOUT, a step that could not start
     infrastructure. From how the allocation ended (`job_state`, the packed job's final state as
-    states.classify reads it; None while it runs) when there is no end record, or when the job ended
+    slurm_states.classify reads it; None while it runs) when there is no end record, or when the job ended
     abnormally (TIMEOUT, CANCELLED, NODE_FAIL, ...) and the step was killed or never started: then
     the job's end is the cause (a step still waiting when the job is cancelled fails to start)."""
     allocation = None if job_state is None else classify(job_state, None, None, ci_cancelled=ci_cancelled)

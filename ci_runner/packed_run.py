@@ -11,15 +11,15 @@ import time
 from typing import Mapping, Sequence
 
 from ci_runner import pack as packed
-from ci_runner import statefile, states
-from ci_runner.cancel import find_job
+from ci_runner import statefile, slurm_states
+from ci_runner.cancel import find_lost_job
 from ci_runner.errors import CIRunnerError
 from ci_runner.following import JobFollowing
 from ci_runner.layout import PACK_PREFIX
 from ci_runner.matrix import Entry
 from ci_runner.job_spec import JobSpec, Submission
 from ci_runner.run_context import Attempt, EntryProgress, PackProgress, RunContext
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 
 class PackedJobs:
@@ -85,7 +85,7 @@ class PackedJobs:
             self.run.reporter.info(f"packed job {job.job_id} ({', '.join(m.name for m in left)}): attaching at "
                                f"stream byte {offset}")
         elif self.run.options.attach and recorded[0].state == statefile.SUBMITTING:
-            job.job_id = await find_job(self.run.cluster, job.spec.job_name, left[0].spec.layout.root, job.spec.layout.output)
+            job.job_id = await find_lost_job(self.run.cluster, job.spec.job_name, left[0].spec.layout.root, job.spec.layout.output)
             job.submitted_wall = recorded[0].submitted_at
         if job.job_id is None:
             async with self.run.submit_slots:
@@ -100,7 +100,7 @@ class PackedJobs:
             self.following.route(pack, pack.demux.finish())
             left = pack.undecided()
             state = attempt.status.state if attempt.status else ""
-            if left and resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
+            if left and resubmits > 0 and attempt.outcome is Outcome.INFRA and slurm_states.is_infrastructure(state):
                 resubmits -= 1
                 for member in left:
                     self.following.flush_partial(member)

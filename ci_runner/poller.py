@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Union
 
-from ci_runner import states
+from ci_runner import slurm_states
 from ci_runner.job_spec import CHECKOUT_FAILED_LINE, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 
@@ -284,14 +284,14 @@ class Follower:
         if status is None:
             return self._not_listed(now, as_of)
         watch.known_at = as_of
-        if states.is_pending(status.state):
+        if slurm_states.is_pending(status.state):
             return self._queued(status, now, behind_siblings)
         notice: Notice | None = None
         if watch.phase in (Phase.UNLISTED, Phase.QUEUED):
             if watch.reported is not None:  # it was seen waiting: say that the wait is over
                 notice = Started(status.state, queue_seconds(status, self.submitted_wall))
             watch.phase = Phase.RUNNING
-        if states.is_terminal(status.state):
+        if slurm_states.is_terminal(status.state):
             self.pace.mark(self.name, False)
             return Decision(Finish(Ending.FINAL, status), notice)
         if watch.phase is Phase.ENDING:
@@ -341,13 +341,13 @@ class Follower:
         watch = self.watch
         watch.phase = Phase.QUEUED
         waited = now - self.queued_since
-        key = (states.base_state(status.state), status.reason)
+        key = (slurm_states.base_state(status.state), status.reason)
         notice = None
         if key != watch.reported or now - watch.reported_at >= PENDING_REPORT_EVERY:
             notice = Waiting(status.state, status.reason, waited)
             watch.reported, watch.reported_at = key, now
-        if states.hopeless_pending(status.reason) and not behind_siblings:
-            return Decision(Finish(Ending.GIVE_UP, status, f"pending with reason {states.describe_pending(status.reason)}"
+        if slurm_states.hopeless_pending(status.reason) and not behind_siblings:
+            return Decision(Finish(Ending.GIVE_UP, status, f"pending with reason {slurm_states.describe_pending(status.reason)}"
                                    "; it can never start, job cancelled"), notice)
         timeout = self.limits.queue_timeout
         if timeout is not None and waited >= timeout and not behind_siblings:
@@ -366,7 +366,7 @@ def queue_seconds(status: JobStatus, submitted_wall: float | None) -> float | No
     """Time in the queue: from the submit to Slurm's start time (never to when ci-runner first saw
     the job running, which depends on its polling). None while Slurm has no start time (a pending
     job's `start` may be an estimate) or when the submit time is unknown."""
-    if status.start is None or submitted_wall is None or states.is_pending(status.state):
+    if status.start is None or submitted_wall is None or slurm_states.is_pending(status.state):
         return None
     return max(0.0, status.start - submitted_wall)
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ci_runner.job_spec import JobSpec, Submission
     from ci_runner.reporters.base import Reporter
     from ci_runner.statefile import StateFile
-    from ci_runner.states import Outcome
+    from ci_runner.slurm_states import Outcome
     from ci_runner.stream import OutputReader
     from ci_runner.transfer import SourcePlan
 

@@ -20,10 +20,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from ci_runner import statefile, states, transfer, workspace
+from ci_runner import statefile, slurm_states, transfer, workspace
 from ci_runner.artifact_selection import glob_regex
 from ci_runner.artifacts import fetch_artifacts
-from ci_runner.cancel import cancel_unfinished, find_job
+from ci_runner.cancel import cancel_unfinished, find_lost_job
 from ci_runner.errors import CIRunnerError, SubmitRejected, UsageError
 from ci_runner.following import JobFollowing
 from ci_runner.layout import job_found, split_task_id, task_id
@@ -33,7 +33,7 @@ from ci_runner.poller import Clock, FollowLimits, RunPace
 from ci_runner.job_spec import JobSpec, Submission, submissions
 from ci_runner.reporters.result import EntryResult
 from ci_runner.run_context import TAIL_LINES, Attempt, EntryProgress, RunContext, RunOptions
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 from ci_runner.statefile import EntryState, RunState, StateFile
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class _Run:
         finally:
             stopper.cancel()
         results = [task.result() for task in tasks.values()]
-        code = states.worst(r.outcome for r in results).exit_code
+        code = slurm_states.worst(r.outcome for r in results).exit_code
         self.reporter.run_finished(results, code)
         return code
 
@@ -173,12 +173,12 @@ class _Run:
         an infrastructure failure."""
         status = entry.status
         addressable = self.observer.own_job_id(entry.job_id) if entry.job_id is not None else None
-        if addressable is not None and (status is None or not states.is_terminal(status.state)):
+        if addressable is not None and (status is None or not slurm_states.is_terminal(status.state)):
             try:
                 status = await self.cluster.job(addressable) or status
             except CIRunnerError:
                 pass  # the API is still failing: the cancel below will say whether it got through
-        if entry.job_id is not None and status is not None and states.is_terminal(status.state):
+        if entry.job_id is not None and status is not None and slurm_states.is_terminal(status.state):
             self.following.output_incomplete(entry, f"reading it failed: {error}")
             return self._result(entry, status, self.following.decide(entry, status))
         if entry.job_id is not None:
@@ -194,10 +194,10 @@ class _Run:
         return None if self.observer.array_started(job_id) else self.observer.addressable(job_id)
 
     async def _find_entry_job(self, cluster: Cluster, entry: EntryProgress) -> str | None:
-        """The entry's job after a lost submit answer (`cancel.find_job`; for a task of a job array,
+        """The entry's job after a lost submit answer (`cancel.find_lost_job`; for a task of a job array,
         its task id A_i in the array found)."""
         layout = entry.spec.layout
-        found = await find_job(cluster, entry.spec.job_name, layout.root, layout.output)
+        found = await find_lost_job(cluster, entry.spec.job_name, layout.root, layout.output)
         return found if found is None or layout.array is None else task_id(found, layout.array[1])
 
     async def _abandon(self, name: str, job_id: str) -> None:
@@ -242,7 +242,7 @@ class _Run:
             assert entry.job_id is not None
             attempt = await self.following.follow(entry, entry.job_id, offset)
             state = attempt.status.state if attempt.status else ""
-            if resubmits > 0 and attempt.outcome is Outcome.INFRA and states.is_infrastructure(state):
+            if resubmits > 0 and attempt.outcome is Outcome.INFRA and slurm_states.is_infrastructure(state):
                 resubmits -= 1
                 self.following.flush_partial(entry)  # the attempt's cut last line ends before we speak
                 self.reporter.warning(f"job {entry.job_id} ended {state} (cluster failure): resubmitting "

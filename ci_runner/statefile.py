@@ -38,7 +38,7 @@ class EntryState:
     state: str = NOT_SUBMITTED
     finished: bool = False
     exit_code: int | None = None
-    outcome: int | None = None     # states.Outcome value once decided
+    outcome: int | None = None     # slurm_states.Outcome value once decided
     submitted_at: float | None = None  # epoch seconds of the (last) submit
 
 

@@ -17,7 +17,7 @@ from ci_runner.reporters import junit
 from ci_runner.reporters.controls import log_line
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import LineBuffer, format_duration, format_exit_code
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 
 class Reporter(Protocol):

@@ -30,7 +30,7 @@ from ci_runner.reporters.base import finished_line, verdict_line
 from ci_runner.reporters.folding import FoldingReporter
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import format_duration, format_exit_code, tail_lines
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 MAX_FILE_ANNOTATIONS = 10   # GitHub shows at most 10 error annotations per step
 TAIL_LINES = 60

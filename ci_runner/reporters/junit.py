@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import format_duration, strip_ansi
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 JUNIT_NAME = "ci-runner-junit.xml"  # the merged report's file name, in the directory the CI reads reports from
 MAX_FILE_BYTES = 50 * 1024 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from helpers.run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, runner_env
 from helpers.waiting import wait_until
 
-from ci_runner import states
+from ci_runner import slurm_states
 from ci_runner.job_spec import JOB_END_LINE
 
 KINDS = ("alpha", "beta", "gamma", "delta")
@@ -108,7 +108,7 @@ def test_sigterm_cancels_every_task_of_the_array_also_those_still_pending(sandbo
 
         def all_final() -> bool:
             listed = _array_tasks(sandbox, state_file)
-            return bool(listed) and all(states.is_terminal(job["status"]["state"]) for job in listed)
+            return bool(listed) and all(slurm_states.is_terminal(job["status"]["state"]) for job in listed)
 
         wait_until(all_final, 10, "every task of the array to be final")
         assert all(job["status"]["state"].startswith("CANCELLED") for job in _array_tasks(sandbox, state_file))

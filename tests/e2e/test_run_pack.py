@@ -15,7 +15,7 @@ import pytest
 from helpers.run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, runner_env
 from helpers.waiting import wait_until
 
-from ci_runner import states
+from ci_runner import slurm_states
 from ci_runner.job_spec import JOB_END_LINE
 
 KINDS = ("alpha", "beta", "gamma", "delta")
@@ -130,7 +130,7 @@ def test_a_step_over_its_own_time_limit_is_that_entry_s_timeout_and_the_others_g
     summary = _summary(lines)
     assert any(row[:2] == ["delta", "TIMEOUT"] for row in summary), summary
     assert any(row[:3] == ["beta", "FAILED", "3"] for row in summary), summary
-    assert code == states.Outcome.TIMEOUT.exit_code, lines[-8:]
+    assert code == slurm_states.Outcome.TIMEOUT.exit_code, lines[-8:]
 
 
 def test_sigterm_cancels_the_packed_job(sandbox: Any, tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_sigterm_cancels_the_packed_job(sandbox: Any, tmp_path: Path) -> None:
 
         def final() -> bool:
             listed = _run_jobs(sandbox, state_file)
-            return bool(listed) and all(states.is_terminal(job["status"]["state"]) for job in listed)
+            return bool(listed) and all(slurm_states.is_terminal(job["status"]["state"]) for job in listed)
 
         wait_until(final, 10, "the packed job to be final")
         assert [job["status"]["state"].split()[0] for job in _run_jobs(sandbox, state_file)] == ["CANCELLED"]

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ci_runner import states
+from ci_runner import slurm_states
 
 CI_RUNNER = [sys.executable, "-c", "from ci_runner.cli import main; main()"]
 # CI provider variables would make ci.detect pick GitHub/GitLab/Jenkins instead of the local test repo.
@@ -183,5 +183,5 @@ def cancel_jobs(sandbox: Any, job_ids: Sequence[str]) -> None:
     """Test cleanup: cancel jobs still queued or running (through the backend, not the API)."""
     for job_id in job_ids:
         state = job_state(sandbox, job_id)
-        if state and not states.is_terminal(state):
+        if state and not slurm_states.is_terminal(state):
             sandbox.backend.cancel(job_id, os.getuid())

@@ -17,7 +17,7 @@ from ci_runner.matrix import Entry, expand
 from ci_runner.job_spec import JOB_END_LINE, JobSpec, job_name, submissions
 from ci_runner.render import job_scripts
 from ci_runner.sbatch_header import allocation_header
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 CI = CIContext(provider="github", sha="0" * 40, ref="main", repo_url="https://example.org/r.git", run_id="run-7")
 

@@ -15,7 +15,7 @@ from ci_runner.api import ApiError
 from ci_runner.layout import entry_layout
 from ci_runner.job_spec import job_name
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 WORKDIR, RUN_ID = "/scratch/ci", "run-1"
 

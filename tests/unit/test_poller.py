@@ -42,7 +42,7 @@ from ci_runner.poller import (
 from ci_runner.job_spec import JOB_END_LINE, JobSpec, job_name
 from ci_runner.reporters.result import EntryResult
 from ci_runner.statefile import EntryState, RunState, StateFile
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 WORKDIR = "/scratch/ci"
 RUN_ID = "run-1"

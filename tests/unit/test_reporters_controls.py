@@ -21,7 +21,7 @@ from ci_runner.reporters.gitlab import GitLabReporter
 from ci_runner.reporters.plain import PlainTextReporter
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import tail_lines
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 E = "\x1b"
 

@@ -11,7 +11,7 @@ from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.github import GitHubReporter, command, escape_data, escape_property
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 JUNIT_WITH_FILE = """<?xml version="1.0"?>
 <testsuite name="pytest" tests="2">

@@ -9,7 +9,7 @@ from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context
 from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.gitlab import GitLabReporter, dotenv_text, section_name
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 E = "\x1b"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ci_runner.reporters import junit
 from ci_runner.reporters.result import EntryResult
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 
 def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> EntryResult:

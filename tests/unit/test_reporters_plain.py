@@ -11,7 +11,7 @@ from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context, supports_color
 from ci_runner.reporters.plain import PlainTextReporter
 from ci_runner.reporters.result import EntryResult
-from ci_runner.states import Outcome
+from ci_runner.slurm_states import Outcome
 
 
 def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> EntryResult:

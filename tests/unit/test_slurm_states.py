@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ci_runner.states import (
+from ci_runner.slurm_states import (
     Outcome, classify, describe_pending, hopeless_pending, is_infrastructure, is_pending, is_terminal, worst,
 )
 
