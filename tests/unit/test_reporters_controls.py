@@ -8,20 +8,18 @@ and close where ci-runner put them.
 from __future__ import annotations
 
 import io
-import itertools
 import re
 from typing import Callable
 
 import pytest
 
+from helpers.entry_results import results_with, tokens
 from ci_runner.reporters.base import LogReporter
 from ci_runner.reporters.controls import log_line, neutralise
 from ci_runner.reporters.github import GitHubReporter
 from ci_runner.reporters.gitlab import GitLabReporter
 from ci_runner.reporters.plain import PlainTextReporter
-from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.text import tail_lines
-from ci_runner.slurm_states import Outcome
 
 E = "\x1b"
 
@@ -54,14 +52,8 @@ HOSTILE = [
 AROUND = ("vor ü 漢字 🎉 ", " nach é ✓")  # multi-byte text on both sides stays byte-exact
 
 
-def result(entry: str) -> EntryResult:
-    return EntryResult(entry=entry, job_id="7", state="COMPLETED", exit_code=0, outcome=Outcome.PASSED,
-                       queue_seconds=1.0, run_seconds=2.0, output_bytes=3, remote_dir=f"/r/{entry}")
+result = results_with(job_id="7", queue_seconds=1.0, run_seconds=2.0, output_bytes=3, remote_root="/r")
 
-
-def tokens() -> Callable[[], str]:
-    counter = itertools.count(1)
-    return lambda: f"tok{next(counter)}"
 
 
 REPORTERS: dict[str, Callable[[io.StringIO, list[str]], LogReporter]] = {

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import itertools
 import json
 from pathlib import Path
 
+from helpers.entry_results import results_with, tokens
+
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context
-from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.github import GitHubReporter, command, escape_data, escape_property
 from ci_runner.slurm_states import Outcome
 
@@ -23,18 +23,8 @@ JUNIT_WITH_FILE = """<?xml version="1.0"?>
 """
 
 
-def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> EntryResult:
-    values: dict[str, object] = dict(
-        entry=entry, job_id="7", state="COMPLETED", exit_code=0, outcome=outcome,
-        queue_seconds=3.0, run_seconds=10.0, output_bytes=50, remote_dir=f"/scratch/run/{entry}",
-    )
-    values.update(kw)
-    return EntryResult(**values)  # type: ignore[arg-type]
+result = results_with(job_id="7", queue_seconds=3.0, run_seconds=10.0, output_bytes=50, remote_root="/scratch/run")
 
-
-def tokens() -> object:
-    counter = itertools.count(1)
-    return lambda: f"tok{next(counter)}"
 
 
 def reporter(tmp_path: Path, out: io.StringIO, entries: list[str], run_url: str | None = None) -> GitHubReporter:

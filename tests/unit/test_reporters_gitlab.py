@@ -5,22 +5,17 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from helpers.entry_results import results_with
+
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context
-from ci_runner.reporters.result import EntryResult
 from ci_runner.reporters.gitlab import GitLabReporter, dotenv_text, section_name
 from ci_runner.slurm_states import Outcome
 
 E = "\x1b"
 
 
-def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> EntryResult:
-    values: dict[str, object] = dict(
-        entry=entry, job_id="42", state="COMPLETED", exit_code=0, outcome=outcome,
-        queue_seconds=1.0, run_seconds=5.0, output_bytes=9, remote_dir=f"/scratch/run/{entry}",
-    )
-    values.update(kw)
-    return EntryResult(**values)  # type: ignore[arg-type]
+result = results_with(job_id="42", queue_seconds=1.0, run_seconds=5.0, output_bytes=9, remote_root="/scratch/run")
 
 
 def test_single_entry_section_and_report_files(tmp_path: Path) -> None:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from helpers.entry_results import results_with
+
 from ci_runner.reporters import junit
-from ci_runner.reporters.result import EntryResult
 from ci_runner.slurm_states import Outcome
 
 
-def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> EntryResult:
-    values: dict[str, object] = dict(
-        entry=entry, job_id="9", state="COMPLETED", exit_code=0, outcome=outcome,
-        queue_seconds=1.0, run_seconds=2.5, output_bytes=3, remote_dir=f"/r/{entry}",
-    )
-    values.update(kw)
-    return EntryResult(**values)  # type: ignore[arg-type]
+result = results_with(job_id="9", queue_seconds=1.0, run_seconds=2.5, output_bytes=3, remote_root="/r")
 
 
 SUITES = """<testsuites><testsuite name="outer"><testsuite name="unit" tests="99">

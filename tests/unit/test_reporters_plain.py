@@ -7,20 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.entry_results import results_with
 from ci_runner.ci import CIContext, CIPaths
 from ci_runner.reporters import for_context, supports_color
 from ci_runner.reporters.plain import PlainTextReporter
-from ci_runner.reporters.result import EntryResult
 from ci_runner.slurm_states import Outcome
 
 
-def result(entry: str, outcome: Outcome = Outcome.PASSED, **kw: object) -> EntryResult:
-    values: dict[str, object] = dict(
-        entry=entry, job_id="101", state="COMPLETED", exit_code=0, outcome=outcome,
-        queue_seconds=2.4, run_seconds=65.0, output_bytes=120, remote_dir=f"/scratch/ci/run-1/{entry}",
-    )
-    values.update(kw)
-    return EntryResult(**values)  # type: ignore[arg-type]
+result = results_with(job_id="101", queue_seconds=2.4, run_seconds=65.0, output_bytes=120, remote_root="/scratch/ci/run-1")
 
 
 def test_single_entry_prints_plain_whole_lines_and_summary() -> None:
