@@ -1,8 +1,8 @@
 """The configuration's defaults as data: the value a key takes when `.ci-runner.yml` leaves it out.
 
-One definition each: `Config`, `MatrixSpec`, `runner.RunOptions`, `budget` and `cluster` take them
+One definition each: `Config`, `MatrixSpec`, `run_context.RunOptions`, `budget` and `cluster` take them
 from here. `schema.json` states the same defaults for the README reference, in the file's own
-notation (`"2m"`, `"256MiB"`); tests/test_config_defaults.py fails when the two disagree.
+notation (`"2m"`, `"256MiB"`); tests/unit/test_config_defaults.py fails when the two disagree.
 """
 
 from __future__ import annotations
