@@ -47,16 +47,27 @@ def _slurm_policy(request: pytest.FixtureRequest) -> None:
 
 TESTS = Path(__file__).resolve().parent
 SLOW_KINDS = ("e2e", "reliability")  # whole `ci-runner run`s as processes: seconds each, minutes together
+ON_SLURM = ("slurm", "real_firecrest", "shares_slurm")  # markers of the tests whose jobs run on this machine's Slurm
+ONE_PROCESS_MODULES = {"test_container.py": "image"}  # module fixtures that must be built once (the image)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`slow` also for every test of tests/e2e and tests/reliability and every `slurm` test (real Slurm
-    jobs on a shared Slurm: 5-15 s each), so that `-m "not slow"` runs in under 2 minutes."""
+    jobs on a shared Slurm: 5-15 s each), so that `-m "not slow"` runs in under 2 minutes.
+
+    The suite runs in two processes (pytest-xdist, `--dist loadgroup`): every test whose jobs run on
+    this machine's Slurm is in the group `slurm`, so they run one after another as they did in one
+    process (2 Slurm CPUs: two at once would queue each other's jobs and miss their time limits),
+    while the rest (the local backend, pure tests, linters, builds) runs in the other process."""
     slow_dirs = {TESTS / kind for kind in SLOW_KINDS}
     for item in items:
         if slow_dirs & set(item.path.resolve().parents) or item.get_closest_marker("slurm") is not None:
             item.add_marker(pytest.mark.slow)
+        if any(item.get_closest_marker(name) is not None for name in ON_SLURM):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif item.path.name in ONE_PROCESS_MODULES:
+            item.add_marker(pytest.mark.xdist_group(ONE_PROCESS_MODULES[item.path.name]))
 
 
 @pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])

@@ -30,6 +30,7 @@ def _plain_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.shares_slurm  # --sandbox picks this machine's Slurm when it works
 def test_readme_command_runs_the_realistic_example_in_an_embedded_sandbox(tmp_path: Path) -> None:
     repo = tmp_path / "project"
     shutil.copytree(EXAMPLES, repo / "examples")

@@ -238,6 +238,7 @@ def corpus_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.mark.slow  # whole `ci-runner run`s, on real Slurm when it works: 2-7 s each, minutes together
+@pytest.mark.shares_slurm
 @pytest.mark.parametrize("case", params({"run"}))
 def test_run_time_case(case: Case, tmp_path: Path, corpus_sandbox: Any) -> None:
     space = prepare(case, tmp_path)

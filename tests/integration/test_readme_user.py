@@ -65,6 +65,7 @@ def test_every_published_reference_has_the_current_version() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.shares_slurm  # `ci-runner sandbox` picks this machine's Slurm when it works
 def test_the_sandbox_snippet_runs_as_written(tmp_path: Path) -> None:
     """The README's sandbox block, verbatim, in a git checkout holding the examples."""
     snippet = re.search(r"<!-- check: shell -->\n```sh\n(.*?)\n```", section("## Try it locally: the sandbox"), re.S)

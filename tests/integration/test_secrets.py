@@ -152,6 +152,7 @@ def run_and_scan(sandbox: Sandbox, repo: Path, env: dict[str, str], secrets: lis
 
 
 @pytest.mark.slow  # a whole `ci-runner run`, on real Slurm when it works: 7-11 s
+@pytest.mark.shares_slurm
 def test_client_secret_and_tokens_never_leak(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)
@@ -162,6 +163,7 @@ def test_client_secret_and_tokens_never_leak(sandbox: Sandbox, tmp_path: Path) -
 
 
 @pytest.mark.slow  # a whole `ci-runner run`, on real Slurm when it works: 7-11 s
+@pytest.mark.shares_slurm
 def test_api_key_never_leaks(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)
@@ -172,6 +174,7 @@ def test_api_key_never_leaks(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # a whole `ci-runner run`, on real Slurm when it works: 7-11 s
+@pytest.mark.shares_slurm
 def test_github_log_masks_the_credentials(sandbox: Sandbox, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repo(repo)
