@@ -1,7 +1,9 @@
 """Fixtures of the reliability suite and the scenario → result table printed at the end of the session.
 
 Tests record what they measured with `record_scenario(...)` (a row of the table); the outcome column
-comes from pytest itself, so a failing scenario shows up as FAILED with its numbers.
+comes from pytest itself, so a failing scenario shows up as FAILED with its numbers. The row travels in
+the test's report (`user_properties`), so the table is whole when a worker process (pytest-xdist) ran
+the test and the main process prints it.
 """
 
 from __future__ import annotations
@@ -17,17 +19,15 @@ from helpers.reliability_harness import SandboxProcess
 
 _ROWS: dict[str, dict[str, Any]] = {}
 _OUTCOMES: dict[str, str] = {}
+SCENARIO = "reliability scenario"  # the user_properties key of a row's values
 COLUMNS = ("scenario", "result", "exit", "expected", "bytes", "faults", "max req/60s", "budget", "note")
 
 
 @pytest.fixture
 def record_scenario(request: pytest.FixtureRequest) -> Callable[..., None]:
     """`record_scenario(exit=..., expected=..., bytes=..., ...)`: this test's row of the summary table."""
-    nodeid = request.node.nodeid
-
     def record(**values: Any) -> None:
-        row = _ROWS.setdefault(nodeid, {"scenario": request.node.name.replace("test_", "", 1)})
-        row.update(values)
+        request.node.user_properties.append((SCENARIO, values))
 
     return record
 
@@ -54,6 +54,10 @@ def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., SandboxProcess]]:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "tests/reliability/" not in report.nodeid.replace("\\", "/"):
         return
+    for key, values in report.user_properties:
+        if key == SCENARIO:
+            name = report.nodeid.rsplit("::", 1)[-1].replace("test_", "", 1)
+            _ROWS.setdefault(report.nodeid, {"scenario": name}).update(values)  # type: ignore[arg-type]
     if report.when == "call" or report.outcome != "passed":
         if report.when == "call" and hasattr(report, "wasxfail"):
             _OUTCOMES[report.nodeid] = "XFAIL" if report.skipped else "XPASS"
