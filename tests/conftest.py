@@ -48,7 +48,9 @@ def _slurm_policy(request: pytest.FixtureRequest) -> None:
 TESTS = Path(__file__).resolve().parent
 SLOW_KINDS = ("e2e", "reliability")  # whole `ci-runner run`s as processes: seconds each, minutes together
 ON_SLURM = ("slurm", "real_firecrest", "shares_slurm")  # markers of the tests whose jobs run on this machine's Slurm
-ONE_PROCESS_MODULES = {"test_container.py": "image"}  # module fixtures that must be built once (the image)
+# Modules whose tests share what a module fixture made (the image; the action's venv, which a later
+# test reuses) run in one process; the action's has Slurm variants, so it joins the slurm group.
+ONE_PROCESS_MODULES = {"test_container.py": "image", "test_action_steps.py": "slurm"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
@@ -64,10 +66,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if slow_dirs & set(item.path.resolve().parents) or item.get_closest_marker("slurm") is not None:
             item.add_marker(pytest.mark.slow)
-        if any(item.get_closest_marker(name) is not None for name in ON_SLURM):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif item.path.name in ONE_PROCESS_MODULES:
+        if item.path.name in ONE_PROCESS_MODULES:
             item.add_marker(pytest.mark.xdist_group(ONE_PROCESS_MODULES[item.path.name]))
+        elif any(item.get_closest_marker(name) is not None for name in ON_SLURM):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])

@@ -103,7 +103,8 @@ def finish(run: Run, *extra: str, timeout: float = 180.0, requests_per_minute: i
 # -- streaming ---------------------------------------------------------------------------------------
 
 def test_output_streams_live_and_exactly_once_with_multibyte_text(project: Project) -> None:
-    run = project(f'for i in $(seq 1 15); do echo "line $i {MULTIBYTE}"; sleep 0.3; done\n'
+    # 15 s of output: the first line must arrive while the job runs, with room for a loaded machine
+    run = project(f'for i in $(seq 1 15); do echo "line $i {MULTIBYTE}"; sleep 1; done\n'
                   f"printf 'last line without newline {MULTIBYTE}'")
     with ci_runner(run.args(), run.repo, run.env()) as process:
         process.wait_for(r"^line 1 ", timeout=90)
