@@ -30,7 +30,7 @@ OUTPUT_BLOCK = re.compile(r"^([A-Za-z0-9_-]+)<<(\S+)\n(.*?)\n\2$", re.M | re.S)
 pytestmark = pytest.mark.slow  # the first test installs the action's venv (about 20 s)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: in a process of its own the module's tests are not adjacent
 def runner_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shared by the tests of this module, so the venv is installed once (the step reuses it)."""
     return tmp_path_factory.mktemp("runner-temp")
