@@ -30,7 +30,7 @@ OUTPUT_BLOCK = re.compile(r"^([A-Za-z0-9_-]+)<<(\S+)\n(.*?)\n\2$", re.M | re.S)
 pytestmark = pytest.mark.slow  # the first test installs the action's venv (about 20 s)
 
 
-@pytest.fixture(scope="session")  # not module: in a process of its own the module's tests are not adjacent
+@pytest.fixture(scope="module")
 def runner_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shared by the tests of this module, so the venv is installed once (the step reuses it)."""
     return tmp_path_factory.mktemp("runner-temp")
@@ -97,7 +97,8 @@ class ActionRun:
     def substitute(self, text: str) -> str:
         return EXPRESSION.sub(lambda m: self.evaluate(m.group(1)), text)
 
-    def run(self, timeout: float = 120) -> None:
+    def run(self, timeout: float = 120, *, until: str | None = None) -> None:
+        """Every step in order (stopping at a failed one); `until`: the last step to run (its id)."""
         for index, step in enumerate(self.action["runs"]["steps"]):
             step_id = step.get("id", f"step{index}")
             if "if" in step and not self.evaluate(step["if"]):
@@ -123,7 +124,7 @@ class ActionRun:
             self.exit_codes[step_id] = returncode
             self.step_outputs[step_id] = read_outputs(output_file)
             self.path_additions += [line for line in path_file.read_text().splitlines() if line]
-            if returncode != 0:
+            if returncode != 0 or step_id == until:
                 return
 
     def outputs(self) -> dict[str, str]:
@@ -252,3 +253,23 @@ def test_a_config_error_gives_annotations_outputs_and_a_summary(workspace: Path,
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     assert summary.startswith("### ci-runner: configuration or usage error; exit code 2\n")
     assert "systm" in summary and len(summary) < 2000
+
+
+def test_the_venv_stamp_is_the_sources_not_the_bytecode(tmp_path: Path) -> None:
+    """Python's bytecode, and the temporary file it writes first, come and go under ci_runner/ while
+    anything imports it from the checkout: the venv's stamp (and cache key) must not change with them."""
+    def stamp() -> str:
+        action = ActionRun(tmp_path, tmp_path, {"python-version": ""}, {"PATH": os.environ["PATH"]})
+        action.run(until="prepare")
+        assert action.exit_codes["prepare"] == 0, action.logs["prepare"]
+        return action.step_outputs["prepare"]["stamp"]
+
+    before = stamp()
+    cache = ROOT / "ci_runner" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    stray = cache / f"zz_stamp_test.cpython-311.pyc.{os.getpid()}"
+    stray.write_bytes(b"being written")
+    try:
+        assert stamp() == before
+    finally:
+        stray.unlink()
