@@ -215,11 +215,13 @@ def test_action_runs_one_entry_in_a_group_and_fails_with_the_job(workspace: Path
     subprocess.run(["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "-C", str(workspace),
                     "commit", "-q", "-am", "break it"], check=True)
     env = github_env(workspace, tmp_path, sandbox)
-    action = ActionRun(workspace, runner_temp, {
+    inputs = {
         "python-version": "", "entry": "unit", "firecrest-url": sandbox.url,  # type: ignore[attr-defined]
         "token-url": sandbox.token_url, "requests-per-minute": "600",  # type: ignore[attr-defined]
         "workdir": f"{sandbox.root}/ci",  # type: ignore[attr-defined]
-    }, env)
+    }
+    ActionRun(workspace, runner_temp, inputs, env).run(until="install")  # an earlier job's venv (or reused)
+    action = ActionRun(workspace, runner_temp, inputs, env)
     action.run()
     assert "ci-runner: reusing the venv in " in action.logs["install"]  # as after a cache hit
     assert action.exit_codes.get("run") == 1, action.logs.get("run")
