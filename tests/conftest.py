@@ -58,7 +58,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`slow` also for every test of tests/e2e and tests/reliability and every `slurm` test (real Slurm
     jobs on a shared Slurm: 5-15 s each), so that `-m "not slow"` runs in under 2 minutes.
 
-    The suite runs in two processes (pytest-xdist, `--dist loadgroup`): every test whose jobs run on
+    With `-n 2` the suite runs in two processes (pytest-xdist, `--dist loadgroup`): every test whose jobs run on
     this machine's Slurm is in the group `slurm`, so they run one after another as they did in one
     process (2 Slurm CPUs: two at once would queue each other's jobs and miss their time limits),
     while the rest (the local backend, pure tests, linters, builds) runs in the other process."""
