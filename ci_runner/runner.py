@@ -193,11 +193,11 @@ class _Run:
             return own
         return None if self.observer.array_started(job_id) else self.observer.addressable(job_id)
 
-    async def _find_entry_job(self, cluster: Cluster, entry: EntryProgress) -> str | None:
+    async def _find_entry_job(self, entry: EntryProgress) -> str | None:
         """The entry's job after a lost submit answer (`cancel.find_lost_job`; for a task of a job array,
         its task id A_i in the array found)."""
         layout = entry.spec.layout
-        found = await find_lost_job(cluster, entry.spec.job_name, layout.root, layout.output)
+        found = await find_lost_job(self.cluster, entry.spec.job_name, layout.root, layout.output)
         return found if found is None or layout.array is None else task_id(found, layout.array[1])
 
     async def _abandon(self, name: str, job_id: str) -> None:
@@ -227,7 +227,7 @@ class _Run:
             if recorded.finished:
                 return self._recorded_result(entry, recorded)
             if entry.job_id is None and recorded.state == statefile.SUBMITTING:
-                entry.job_id = await self._find_entry_job(self.cluster, entry)
+                entry.job_id = await self._find_entry_job(entry)
                 if entry.job_id is not None:
                     self.state.update(entry.name, job_id=entry.job_id,
                                       output_path=entry.spec.layout.output_path(entry.job_id))
