@@ -68,7 +68,7 @@ from ci_runner.layout import TASK_ID_SUFFIX, EntryLayout, array_layout, entry_la
 from ci_runner.matrix import Entry
 from ci_runner.sbatch_header import allocation_header, option_lines, own_lines, step_options
 from ci_runner.script_template import ScriptTemplate, template_context
-from ci_runner.transfer import (ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, artifact_parts_dir,
+from ci_runner.transfer import (ARTIFACT_PART_DIGITS, CACHE_RETENTION_DAYS, PART_SUFFIX, SourcePlan, artifact_bundle, artifact_parts_dir,
                                 download_part_size)
 
 
@@ -271,27 +271,42 @@ def _cached_source(source: SourcePlan) -> str:
 def _split_artifacts(config: Config, layout: EntryLayout, output_cap: int) -> str:
     """Shell run after the user's script (never changing its status): every file of the checkout that
     an artifact or JUnit glob may match (a superset: `*` also crosses `/` in `case`), over one direct
-    download and at most `max_artifact_size`, split into parts with its sha256 (transfer.py names)."""
+    download and at most `max_artifact_size`, split into parts with its sha256 (transfer.py names).
+    When all those files are regular files of one download at most, they are also packed into one
+    tar of one download at most (`artifact_bundle`); otherwise no tar is left and the runner lists."""
     patterns = [_case_pattern(glob) for glob in (*config.artifacts, *config.junit)]
     if not patterns:
         return ""
     part = download_part_size(output_cap)
-    parts_dir = artifact_parts_dir(layout)
     return (
-        f"ci_runner_parts={shlex.quote(parts_dir)}\n"
-        "ci_runner_split() {  # large artifacts -> parts of one download each, for the runner\n"
-        "  local file rel size\n"
-        '  rm -rf -- "$ci_runner_parts"\n'
+        f"ci_runner_parts={shlex.quote(artifact_parts_dir(layout))}\n"
+        f"ci_runner_bundle={shlex.quote(artifact_bundle(layout))}\n"
+        'rm -f -- "$ci_runner_bundle"  # an earlier attempt\'s, before the user\'s script can change anything\n'
+        "ci_runner_split() {  # large artifacts -> parts of one download each; all small ones -> one tar\n"
+        '  local file rel size whole=yes listed="$ci_runner_bundle.list"\n'
+        '  rm -rf -- "$ci_runner_parts" "$ci_runner_bundle.tmp"\n'
+        '  : > "$listed" || whole=no\n'
         "  while IFS= read -r -d '' file; do\n"
         '    rel=${file#"$ci_runner_src"/}\n'
         f'    case $rel in {"|".join(patterns)}) ;; *) continue ;; esac\n'
-        '    [ -f "$file" ] && size=$(stat -L -c %s -- "$file") || continue\n'
-        f'    [ "$size" -gt {part} ] && [ "$size" -le {config.max_artifact_size} ] || continue\n'
+        '    [ -f "$file" ] && [ ! -L "$file" ] || whole=no  # a link: the runner follows it in a listing\n'
+        '    [ -f "$file" ] && size=$(stat -L -c %s -- "$file") || { whole=no; continue; }\n'
+        f'    if [ "$size" -le {part} ]; then\n'
+        '      printf \'%s\\0\' "$rel" >> "$listed" || whole=no\n'
+        "      continue\n"
+        "    fi\n"
+        "    whole=no\n"
+        f'    [ "$size" -le {config.max_artifact_size} ] || continue\n'
         '    mkdir -p -- "$(dirname -- "$ci_runner_parts/$rel")" &&\n'
         f'    split -d -a {ARTIFACT_PART_DIGITS} -b {part} -- "$file" "$ci_runner_parts/$rel{PART_SUFFIX}" &&\n'
         '    sha256sum < "$file" > "$ci_runner_parts/$rel.sha256" ||\n'
         "      printf 'ci-runner: cannot split artifact %s into parts for its download\\n' \"$rel\" >&2\n"
         '  done < <(find "$ci_runner_src" \\( -type f -o -type l \\) -print0 2>/dev/null)\n'
+        '  if [ "$whole" = yes ] && tar -cf "$ci_runner_bundle.tmp" -C "$ci_runner_src" --no-recursion --null \\\n'
+        '      -T "$listed" 2>/dev/null && [ "$(stat -c %s -- "$ci_runner_bundle.tmp")" -le ' f'{part}' ' ]; then\n'
+        '    mv -f -- "$ci_runner_bundle.tmp" "$ci_runner_bundle"\n'
+        "  fi\n"
+        '  rm -f -- "$listed" "$ci_runner_bundle.tmp"\n'
         "}\n"
     )
 
@@ -320,8 +335,9 @@ def _run_body(body: str, layout: EntryLayout, exports: str, split_step: str = ""
     if body and not body.endswith("\n"):
         body += "\n"
     delimiter = heredoc_delimiter(body)
-    split = f"{split_step}(PATH=$ci_runner_path; ci_runner_split)\n" if split_step else ""  # our PATH, not env:'s
+    split = "(PATH=$ci_runner_path; ci_runner_split)\n" if split_step else ""  # our PATH, not env:'s
     return (
+        f"{split_step}"
         f"ci_runner_body={shlex.quote(layout.body)}\n"
         f"cat > \"$ci_runner_body\" <<'{delimiter}' || ci_runner_fail 'cannot write the job script'\n"
         f"{body}{delimiter}\n"

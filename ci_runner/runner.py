@@ -309,6 +309,7 @@ class _Run:
             files = await fetch_artifacts(self.cluster, entry.spec.layout.src, self.options.artifacts, destination,
                                           warn=lambda message: self.reporter.warning(message, entry.name),
                                           parts_dir=transfer.artifact_parts_dir(entry.spec.layout),
+                                          bundle=transfer.artifact_bundle(entry.spec.layout),
                                           output_cap=self.options.output_cap,
                                           max_size=self.options.max_artifact_size)
         except CIRunnerError as error:

@@ -16,6 +16,9 @@ runner's side:
 - Artifacts: a matching file over `download_part_size(cap)` is split by the job after the user's
   script into `<entry>/artifact-parts/<path>.partNNNN` with its sha256 in `<path>.sha256`;
   `fetch_in_parts` downloads the parts, joins them and keeps the file only when size and sha256 match.
+  When every file the patterns may match is a regular file of one download at most, the job also
+  packs them into `<entry>/artifacts.tar` (when that fits one download too): the runner then fetches
+  all of them with one request instead of a listing and one download per file (artifacts.py).
 
 Staged (S3) transfers are not used: each costs a queued Slurm transfer job (minutes on a busy site).
 """
@@ -44,6 +47,7 @@ PARALLEL_TRANSFERS = 4         # parts in flight at once (each is still one requ
 PART_SUFFIX = ".part"          # + 3 (sources) or 4 (artifacts) decimal digits
 ARTIFACT_PART_DIGITS = 4
 ARTIFACT_PARTS_DIR = "artifact-parts"
+ARTIFACT_BUNDLE = "artifacts.tar"
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
 
 
@@ -154,6 +158,11 @@ def _mib(size: int) -> str:
 def artifact_parts_dir(layout: EntryLayout) -> str:
     """Where the job puts the parts of its large artifacts (outside the checkout)."""
     return f"{layout.root}/{ARTIFACT_PARTS_DIR}"
+
+
+def artifact_bundle(layout: EntryLayout) -> str:
+    """Where the job packs its artifacts when they all fit one download (outside the checkout)."""
+    return f"{layout.root}/{ARTIFACT_BUNDLE}"
 
 
 def artifact_part(parts_dir: str, relative: str, index: int) -> str:

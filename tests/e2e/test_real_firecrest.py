@@ -301,6 +301,23 @@ def test_cancel_of_a_finished_job_is_done_at_once(server: RealFirecrest) -> None
     assert len(deletes) == 1, deletes
 
 
+def test_small_artifacts_come_back_in_one_download_of_the_job_s_tar(project: Project) -> None:
+    """The job packs its small artifacts into one tar; the real server's `ops/download` returns it
+    whole, and no listing of the checkout is needed."""
+    run = project(f'mkdir -p results\necho "one {MULTIBYTE}" > results/a.txt\necho "<testsuites/>" > results/junit.xml',
+                  top='artifacts: ["results/*.txt"]\njunit: ["results/*.xml"]\n')
+    before = len(run.server.server_log_lines())
+    code, lines = finish(run, timeout=120)
+    assert code == 0, lines[-10:]
+    fetched = run.repo / "ci-runner-artifacts" / "default" / "results"
+    assert (fetched / "a.txt").read_text() == f"one {MULTIBYTE}\n"
+    assert (fetched / "junit.xml").read_text() == "<testsuites/>\n"
+    ours = [line for line in run.server_log_since(before) if quote(run.workdir, safe="") in line]
+    downloads = [line for line in ours if "/ops/download?" in line]
+    assert len(downloads) == 1 and "artifacts.tar" in downloads[0] and '" 200' in downloads[0], downloads
+    assert not [line for line in ours if "/ops/ls?" in line and quote("/default/src", safe="") in line]
+
+
 def test_unreadable_output_of_a_finished_job_keeps_its_exit_code_and_says_what_is_missing(
     project: Project
 ) -> None:

@@ -166,3 +166,37 @@ def test_two_runs_of_the_same_commit_at_once_both_pass_and_leave_one_cached_arch
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
         assert (archive.parent / cache[1]).read_text().split()[0] == digest and cache[0].endswith(
             f"-{digest[:16]}.tar.gz")
+
+
+def test_each_entry_s_small_artifacts_come_back_in_one_download(tmp_path: Path) -> None:
+    """Three entries with three small artifacts each: one download per entry (the job's tar) and no
+    listing of the checkout. An entry whose artifacts include a link gets them as before, from a
+    listing and one download per file, the link followed to the file it names."""
+    repo = git_repo(tmp_path / "repo")
+    config = tmp_path / "bundle.yml"
+    config.write_text("version: 1\nsystem: local\ncheckout: none\nsbatch:\n  time: 5m\n"
+                      "matrix:\n  n: [a, b, c]\n"
+                      "script: |\n  mkdir -p results/deep\n  echo \"{{ n }} one\" > results/1.txt\n"
+                      "  echo \"{{ n }} two\" > results/deep/2.txt\n  echo '<testsuites/>' > results/junit.xml\n"
+                      "  echo skipped > results/other.log\n"
+                      "  if [ {{ n }} = c ]; then ln -s 1.txt results/link.txt; fi\n"
+                      "artifacts: [\"results/**/*.txt\"]\njunit: [\"results/*.xml\"]\n")
+    with start_sandbox(SandboxOptions(root=tmp_path / "cluster", backend="local", port=0)) as sandbox:
+        state_file = tmp_path / "bundle.json"
+        args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
+                "--workdir", f"{sandbox.root}/ci"]
+        code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=120)
+        lines = run.lines()
+        assert code == 0, lines[-20:]
+        downloads = [r for r in sandbox.request_log.records if r.route == DOWNLOAD]
+    fetched = repo / "ci-runner-artifacts"
+    for entry in "abc":
+        assert (fetched / entry / "results/1.txt").read_text() == f"{entry} one\n"
+        assert (fetched / entry / "results/deep/2.txt").read_text() == f"{entry} two\n"
+        assert (fetched / entry / "results/junit.xml").exists()
+        assert not (fetched / entry / "results/other.log").exists()
+    assert (fetched / "c/results/link.txt").read_text() == "c one\n"
+    assert not (fetched / "a/results/link.txt").exists()
+    # a and b: the tar; c: a try for its tar, then its four files one by one after one listing of src
+    assert len(downloads) == 2 + 1 + 4, [(r.status, r.bytes) for r in downloads]
+    assert sum(1 for r in downloads if r.status == 404) == 1

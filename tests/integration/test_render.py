@@ -376,6 +376,54 @@ def test_large_artifacts_are_split_into_parts_with_their_sha256(tmp_path: Path) 
     assert made == ["out/deep/big.bin.sha256", "results/r.xml.sha256"]
 
 
+def _bundled(spec: JobSpec) -> list[str] | None:
+    from ci_runner.transfer import artifact_bundle
+
+    path = Path(artifact_bundle(spec.layout))
+    if not path.exists():
+        return None
+    with tarfile.open(path) as archive:
+        assert all(member.isreg() for member in archive.getmembers())
+        return sorted(archive.getnames())
+
+
+def test_small_artifacts_are_packed_into_one_tar_for_one_download(tmp_path: Path) -> None:
+    """When every file an artifact or JUnit glob may match is a regular file of one download at most,
+    the job packs them (a superset of the exact matches: the runner picks) into one tar; an earlier
+    attempt's tar is removed before the user's script runs, and the script's status is kept."""
+    from ci_runner.transfer import artifact_bundle
+
+    script = ("mkdir -p results/deep out\n"
+              "echo one > results/a.txt\necho two > results/deep/b.txt\necho '<x/>' > results/junit-1.xml\n"
+              "echo no > out/c.txt\necho no > d.txt\n"
+              "test ! -e ../artifacts.tar || exit 9\n"  # the script runs in src/, beside which the tar lies
+              "exit 3\n")
+    config = make_config(tmp_path, script=script, artifacts=("results/*.txt",), junit=("results/*.xml",))
+    spec = one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {})
+    bundle = Path(artifact_bundle(spec.layout))
+    assert bundle.parent == Path(spec.layout.src).parent
+    bundle.parent.mkdir(parents=True)
+    bundle.write_text("an earlier attempt's")
+    done = run(spec, tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert _bundled(spec) == ["results/a.txt", "results/deep/b.txt", "results/junit-1.xml"]
+    assert not list(bundle.parent.glob("artifacts.tar.*"))  # no list or temporary file left
+
+
+@pytest.mark.parametrize("make, why", [
+    ("ln -s a.txt results/link.txt", "a link (the runner follows links in a listing)"),
+    ("mkfifo results/pipe.txt", "not a regular file"),
+    ("head -c 2000 /dev/zero > results/big.txt", "over one download (its parts are fetched apart)"),
+])
+def test_no_tar_when_a_candidate_is_not_a_small_regular_file(tmp_path: Path, make: str, why: str) -> None:
+    config = make_config(tmp_path, script=f"mkdir -p results\necho one > results/a.txt\n{make}\n",
+                         artifacts=("results/*.txt",))
+    spec = one_job_script(config, make_entry(), make_ci(), str(tmp_path / "w"), {}, output_cap=1000)
+    done = run(spec, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _bundled(spec) is None, why
+
+
 @pytest.mark.parametrize("glob", ["results/*.xml", "**/*.xml", "a b/[xy]?.txt", "./x/**", "weird$(id)'\"/*.log"])
 def test_case_patterns_match_at_least_what_the_glob_matches(glob: str, tmp_path: Path) -> None:
     from ci_runner.render import _case_pattern
