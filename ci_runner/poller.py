@@ -21,10 +21,13 @@ The policy, all in this module:
   at the sustained pace, 7.5 s at 10/min); the state only as a backstop (`STATE_CHECK_EVERY`), since a job that ends
   normally says so in its output (the job-end line) and one that is killed stops writing.
 - Idle: the interval backs off (2, 4, ... 40 s). While it backs off after output, every poll also asks
-  the state (right after output stops is when a killed job is likely; before its first output a job
-  is checking out, and its state is asked every minute); once at its longest, the output is
-  asked every 40 s and the state every 60 s: 2.5 requests a minute for the whole run, at most 3 in
-  any 60 s. State checks are timed from when the job list that answered was sent (`as_of`), not
+  the state (right after output stops is when a killed job is likely); once at its longest, the output
+  is asked every 40 s and the state every 60 s: 2.5 requests a minute for the whole run, at most 3 in
+  any 60 s. Before its first output a job is checking out or starting quietly: after QUIET_START_READS
+  quick reads (the first 8 s or so) its output is read once a `RunPace.quiet_cycle` (a minute at
+  10/min, 12 s at 50/min) and its state every minute, so that a silent job costs the run 2 requests a
+  minute at 10/min, its first two minutes included (a job that stays silent for 10 s shows its first
+  line up to a cycle late: the price of the quota). State checks are timed from when the job list that answered was sent (`as_of`), not
   from when the follower got it: followers that share one answer ask again together and share the
   next one too, and no follower's state is ever more than a minute old, whatever the number of entries.
 - The job-end line (or a checkout failure) makes the follower ask the state at once and then at
@@ -66,6 +69,8 @@ FIRST_STATE_AFTER = 1.0       # seconds after the submit: the first look at the 
 EARLY_READ_EVERY = 2.0        # a flowing entry's reads while the budget's window has requests to spare
 EARLY_PERIOD = 60.0           # seconds from the run's start in which EARLY_READ_EVERY may apply
 END_RESERVE = 2               # requests that end a run besides each flowing entry's last read: job list, listing
+QUIET_START_READS = 3         # quick reads of a job that has printed nothing yet, before its quiet cycle
+QUIET_SHARE = 0.2             # of the budget that silent jobs may take: their cycle (state and read) at 10/min: 60 s
 PENDING_POLL_FIRST = 2.0
 PENDING_POLL_GROWTH = 1.5
 PENDING_POLL_MAX = 30.0       # slowest job-state poll while queued
@@ -156,6 +161,13 @@ class RunPace:
         if early and self.following == 1 and self._spare() >= END_RESERVE + 1:
             return min(sustained, EARLY_READ_EVERY)
         return sustained
+
+    def quiet_cycle(self) -> float:
+        """Seconds between the reads of a job that has printed nothing after its quick first reads:
+        its cycle (the run's job list and a read) within QUIET_SHARE of the budget, at most a minute
+        (every state check then brings its read), never faster than the idle share."""
+        cycle = 60.0 * IDLE_REQUESTS_PER_CYCLE / (QUIET_SHARE * self._requests_per_minute())
+        return max(self._sustained(flowing=False), min(STATE_CHECK_EVERY, cycle))
 
     def _sustained(self, flowing: bool) -> float:
         rpm = self._requests_per_minute()
@@ -251,6 +263,7 @@ class Watch:
     end_seen_at: float = AT_ONCE    # the last job-end line that triggered the end checks
     end_checks: int = 0             # state checks made since then
     recent: str = ""                # the end of the output so far (an end marker split across reads)
+    quiet_reads: int = 0            # reads that found nothing before the job's first output
 
 
 class Follower:
@@ -317,6 +330,10 @@ class Follower:
         if chunked:  # a backlog over the output cap: the next block at once, or at the entry's share
             return Decision(Next(Ask.OUTPUT, now + self.pace.backlog_pause()))
         watch.delay = self.interval.next(watch.delay, flowing, self.pace.floor(flowing))
+        if not flowing and not watch.recent and not limited:  # nothing printed yet: a quiet start
+            watch.quiet_reads += 1
+            if watch.quiet_reads >= QUIET_START_READS:
+                watch.delay = self.pace.quiet_cycle()
         watch.next_read = now + watch.delay
         if flowing:
             state_at = watch.known_at + STATE_CHECK_EVERY

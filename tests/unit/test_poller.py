@@ -296,6 +296,46 @@ def test_an_idle_run_costs_at_most_three_requests_a_minute(tmp_path: Path, entri
     assert checks and max(b - a for a, b in zip([idle_from, *checks], [*checks, idle_to])) <= 60.5
 
 
+@pytest.mark.parametrize("entries", [1, 8])
+def test_a_job_silent_from_its_start_costs_at_most_three_requests_a_minute_from_its_start(
+        tmp_path: Path, entries: int) -> None:
+    """Jobs that print nothing for 120 s from their start (the bench's idle row), at 10/min with 0.2 s
+    per request: over those two minutes the whole run sends at most 6 requests, its quick first reads
+    included, and still asks the state at least once a minute."""
+    sim = Sim(tmp_path, requests_per_minute=10, latency=0.2)
+    names = [f"e{i}" for i in range(entries)]
+    for name in names:
+        sim.cluster.plans[name] = script(name, [], start=0.5, idle=120.0)
+    assert sim.run(names) == 0
+    jobs = list(sim.cluster.jobs.values())
+    silent_from = max(job.states[0][0] for job in jobs)
+    silent_to = min(job.writes[-1][0] for job in jobs)
+    sent = sim.cluster.requests(since=silent_from, until=silent_to)
+    assert len(sent) <= 6, [(round(r.sent - T0, 1), r.kind) for r in sent]
+    checks = [r.sent for r in sim.cluster.requests("jobs", since=silent_from - 2.0, until=silent_to)]
+    assert checks and max(b - a for a, b in zip([silent_from, *checks], [*checks, silent_to])) <= 61.0
+
+
+@pytest.mark.parametrize("rpm, within", [(10, 61.0), (50, 13.0)])
+def test_a_quietly_starting_job_s_first_line_comes_within_its_quiet_cycle(tmp_path: Path, rpm: int,
+                                                                           within: float) -> None:
+    """A job silent for 20 s, then printing: its first line comes within one quiet cycle, a minute at
+    10/min (the quota's price) and 12 s at 50/min."""
+    sim = Sim(tmp_path, requests_per_minute=rpm, latency=0.2)
+    make = script("e", ["after 20 s"], start=0.5)
+
+    def quiet(job_id: str, submitted: float) -> FakeJob:
+        job = make(job_id, submitted)
+        job.writes = [(at + 20.0, text) for at, text in job.writes]
+        job.states = [(at + 20.0 if state == "COMPLETED" else at, state) for at, state in job.states]
+        return job
+
+    sim.cluster.plans["e"] = quiet
+    assert sim.run(["e"]) == 0
+    job = next(iter(sim.cluster.jobs.values()))
+    assert sim.reporter.printed_at("e", "after 20 s\n") - job.writes[0][0] <= within, sim.cluster.log
+
+
 def test_a_short_job_followed_alone_ends_the_run_within_two_seconds_at_ten_requests_a_minute(tmp_path: Path) -> None:
     """A 6-second job at 10/min with 0.2 s per request: the first state is asked a second after the
     submit, the first read is a read (no listing before it), and while the window has requests to
