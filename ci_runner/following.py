@@ -62,7 +62,8 @@ class JobFollowing:
                     if reader.limited:
                         self._limit_reached(entry, reader)
                     decision = follower.output_read(self._judged(entry, text), chunked=reader.chunked,
-                                                    limited=reader.limited, now=clock.monotonic())
+                                                    limited=reader.limited, missing=reader.missing,
+                                                    now=clock.monotonic())
                 self._tell(entry, decision)
                 step = decision.step
             # a listing sent after the job list that showed it final gives the final size

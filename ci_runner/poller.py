@@ -15,6 +15,8 @@ The policy, all in this module:
   waiting behind started siblings at least at the idle share, `RunPace.floor`); the wait is reported when
   the state or reason changes and at least every minute; a hopeless reason or `queue_timeout` gives up.
   A job not listed yet right after its submit is normal for `not_found_grace` seconds.
+- Started: read at once. Slurm lists a job RUNNING a moment before its step opens the output file: a
+  read that finds no file is repeated after a second (MISSING_QUICK_READS), not counted as quiet.
 - Running, output flowing: read again after `PollInterval` (1 s, never below the entry's share of the
   budget, `RunPace`; an entry followed alone every `EARLY_READ_EVERY` while the budget's window has
   requests to spare beyond what ending it costs: a short job's end is seen within seconds instead of
@@ -70,6 +72,7 @@ EARLY_READ_EVERY = 2.0        # a flowing entry's reads while the budget's windo
 EARLY_PERIOD = 60.0           # seconds from the run's start in which EARLY_READ_EVERY may apply
 END_RESERVE = 2               # requests that end a run besides each flowing entry's last read: job list, listing
 QUIET_START_READS = 3         # quick reads of a job that has printed nothing yet, before its quiet cycle
+MISSING_QUICK_READS = 1       # a running job's output file not there yet: read again after a second, this often
 QUIET_SHARE = 0.2             # of the budget that silent jobs may take: their cycle (state and read) at 10/min: 60 s
 PENDING_POLL_FIRST = 2.0
 PENDING_POLL_GROWTH = 1.5
@@ -264,6 +267,7 @@ class Watch:
     end_checks: int = 0             # state checks made since then
     recent: str = ""                # the end of the output so far (an end marker split across reads)
     quiet_reads: int = 0            # reads that found nothing before the job's first output
+    missing_reads: int = 0          # reads that found no output file yet (MISSING_QUICK_READS)
 
 
 class Follower:
@@ -315,10 +319,17 @@ class Follower:
             watch.next_read = now
         return Decision(Next(Ask.OUTPUT, max(now, watch.next_read)), notice)
 
-    def output_read(self, text: str, *, chunked: bool = False, limited: bool = False, now: float) -> Decision:
+    def output_read(self, text: str, *, chunked: bool = False, limited: bool = False, missing: bool = False,
+                    now: float) -> Decision:
         """A poll of the output printed `text` ("" when nothing new); the reader is in the middle of a
-        backlog (`chunked`) or stopped at max_output (`limited`, so the job-end line cannot be seen)."""
+        backlog (`chunked`) or stopped at max_output (`limited`, so the job-end line cannot be seen), or
+        found no output file (`missing`: a job that Slurm reports running has not opened it yet)."""
         watch = self.watch
+        if missing and not watch.recent and watch.missing_reads < MISSING_QUICK_READS:
+            watch.missing_reads += 1  # the file comes within a second: not a quiet read yet
+            floor = self.pace.floor(flowing=False)
+            watch.next_read = now + (self.interval.minimum if floor <= EARLY_READ_EVERY else floor)
+            return Decision(Next(Ask.OUTPUT, watch.next_read))
         flowing = bool(text)
         self.pace.mark(self.name, flowing)
         if flowing:

@@ -147,6 +147,7 @@ class OutputReader:
         self._polls_since_stat = 0
         self._warned_guess = False
         self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
+        self.missing = False  # the last poll found no file (Slurm has not made it yet, or it was removed)
         self._known_size: int | None = None  # the file's size at the last `stat` (a lower bound while it grows)
         self._sizes = sizes  # the run's shared listing instead of a `stat` per file (observer.py)
         # whether an idle poll asks the size before reading: worth it when one listing answers for many
@@ -184,6 +185,7 @@ class OutputReader:
         if self.limited:
             return ""
         before = self.offset
+        self.missing = False
         text = await self._read_head(final=False)
         self._idle = self.offset == before
         return text
@@ -311,6 +313,7 @@ class OutputReader:
 
     def _lost(self) -> None:
         """The file is missing: normal before the job writes; after bytes were read, it was removed."""
+        self.missing = True
         if self.offset > 0:
             self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset = 0
@@ -393,6 +396,7 @@ class OutputReader:
             self.requests += 1
             text = await self.cluster.view(self.path, start, size)
         except RemoteFileMissing:
+            self.missing = True
             if self.offset > 0:  # at 0: not written yet
                 self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset, self._mode = 0, self._mode.tailing()

@@ -72,6 +72,17 @@ def test_idle_back_off_reaches_forty_seconds_within_about_a_minute() -> None:
     assert policy.next(40.0, produced_output=True) == 1.0
 
 
+def test_an_output_file_not_made_yet_is_read_again_after_a_second_once() -> None:
+    """Slurm reports the job running before it has opened the output file: the read that finds no
+    file is repeated after a second (not the quick reads' 2 s), once; then the quiet reads go on."""
+    pace = RunPace(lambda: 10, spare=lambda: 10, clock=lambda: 0.0)
+    with pace.follow("e"):
+        f = Follower("7", "e", pace, FollowLimits(), now=0.0, submitted_wall=None)
+        assert f.state_seen(status("RUNNING"), now=1.0).step == Next(Ask.OUTPUT, 1.0)
+        assert f.output_read("", missing=True, now=1.2).step == Next(Ask.OUTPUT, 2.2)
+        assert f.output_read("", missing=True, now=2.2).step == Next(Ask.OUTPUT, 4.2)
+
+
 def test_the_budget_share_sets_the_floor_of_every_interval() -> None:
     pace = RunPace(lambda: 10)
     with pace.follow("a"), pace.follow("b"):
