@@ -20,22 +20,26 @@ if TYPE_CHECKING:
 
 async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], destination: Path,
                           warn: Callable[[str], None] | None = None, *, parts_dir: str | None = None,
-                          bundle: str | None = None, output_cap: int = SERVER_OUTPUT_CAP,
-                          max_size: int = DEFAULT_MAX_ARTIFACT_SIZE) -> list[str]:
+                          bundle: str | None = None, packed: dict[str, bytes] | None = None,
+                          output_cap: int = SERVER_OUTPUT_CAP, max_size: int = DEFAULT_MAX_ARTIFACT_SIZE) -> list[str]:
     """Download the files of `src` matching `patterns` into `destination`; their relative paths.
 
-    From the job's tar at `bundle` when it left one (every candidate a regular file that fits one
-    download), else from a recursive listing of `src`. Links leaving `src`, non-regular files and
+    From `packed` (the job's tar as its packed job passed it on, `bundle_members`), else from the
+    job's tar at `bundle` when it left one (every candidate a regular file that fits one download),
+    else from a recursive listing of `src`. Links leaving `src`, non-regular files and
     files over `max_size` are refused (reported through `warn`). A file too large for one direct
     download on a system with `output_cap` is joined from the parts its job wrote into `parts_dir`
     and kept only when its size and sha256 match (transfer.py); when that fails it is reported and
     skipped.
     """
     say = warn or (lambda message: None)
-    if bundle is not None:
-        packed = await _bundled_files(cluster, bundle)
-        if packed is not None:
-            return _write_bundled(packed, src, patterns, destination, say, max_size)
+    if packed is None and bundle is not None:
+        try:
+            packed = bundle_members(await cluster.download(bundle))
+        except RemoteFileMissing:
+            packed = None  # the job packs one only when it can
+    if packed is not None:
+        return _write_bundled(packed, src, patterns, destination, say, max_size)
     listing = listed_files(await cluster.list_files(src, recursive=True))
     plan = plan_artifacts(src, listing, patterns, max_size)
     for path, why in plan.refused:
@@ -61,13 +65,8 @@ async def fetch_artifacts(cluster: Cluster, src: str, patterns: Sequence[str], d
     return fetched
 
 
-async def _bundled_files(cluster: Cluster, bundle: str) -> dict[str, bytes] | None:
-    """The regular files of the job's tar by relative path; None when the job left none (it packs
-    one only when it can) or it cannot be read as a tar of regular files."""
-    try:
-        data = await cluster.download(bundle)
-    except RemoteFileMissing:
-        return None
+def bundle_members(data: bytes) -> dict[str, bytes] | None:
+    """The regular files of a tar by their names; None when `data` is not a tar of regular files only."""
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:

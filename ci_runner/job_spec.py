@@ -32,6 +32,7 @@ class JobSpec:
     layout: EntryLayout
     env: Mapping[str, str]
     step_options: tuple[str, ...] = ()  # a packed entry: the srun options of its job step
+    artifact_limit: int = 0  # the largest tar of its artifacts the job packs (one download); 0: no artifacts
 
     @property
     def script(self) -> str:

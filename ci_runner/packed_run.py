@@ -7,10 +7,14 @@ infrastructure state is submitted again with the entries that did not finish (`r
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import time
 from typing import Mapping, Sequence
 
 from ci_runner import pack as packed
+from ci_runner import transfer
+from ci_runner.api import RemoteFileMissing
+from ci_runner.artifacts import bundle_members
 from ci_runner import statefile, slurm_states
 from ci_runner.cancel import find_lost_job
 from ci_runner.errors import CIRunnerError
@@ -36,6 +40,33 @@ class PackedJobs:
     def tasks(self) -> list[asyncio.Task[None]]:
         """The followers started so far (to cancel them with the run)."""
         return [pack.task for pack in self.packs.values() if pack.task is not None]
+
+    async def artifacts(self, entry: EntryProgress) -> dict[str, bytes] | None:
+        """The members of the entry's artifact tar, from its packed job's tar of them (one download
+        for all its entries, after the job's end); None when that tar or the entry's is not there."""
+        assert entry.spec.layout.pack is not None
+        pack = self._pack(entry.spec.layout.pack[0])
+        if pack.artifacts is None:
+            pack.artifacts = asyncio.create_task(self._pack_artifacts(pack), name="packed artifacts")
+        try:
+            tars = await asyncio.shield(pack.artifacts)
+        except CIRunnerError:
+            return None
+        name = posixpath.relpath(transfer.artifact_bundle(entry.spec.layout), entry.spec.layout.run.root)
+        inner = tars.get(name) if tars is not None else None
+        return bundle_members(inner) if inner is not None else None
+
+    async def _pack_artifacts(self, pack: PackProgress) -> dict[str, bytes] | None:
+        """After the packed job's follower is done: its tar of the entries' tars, by name."""
+        if pack.task is not None:
+            await asyncio.wait([pack.task])
+            if pack.task.cancelled():  # the run is being cancelled: nothing more to ask
+                return None
+        try:
+            data = await self.run.cluster.download(transfer.pack_artifact_bundle(pack.job.spec.layout))
+        except RemoteFileMissing:
+            return None
+        return bundle_members(data)
 
     async def attempt(self, entry: EntryProgress) -> Attempt:
         """A packed entry's attempt, decided by its packed job's follower."""

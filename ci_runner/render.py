@@ -154,7 +154,9 @@ def _job(
     )
     submit_env = {"CI_RUNNER_ENTRY": entry.name, "CI_RUNNER_RUN_ID": ci.run_id}
     header = own_lines(layout, job_name(ci.run_id)) + option_lines
-    return JobSpec(entry=entry, header=header, commands=commands, layout=layout, env=submit_env)
+    limit = download_part_size(output_cap) if (config.artifacts or config.junit) else 0
+    return JobSpec(entry=entry, header=header, commands=commands, layout=layout, env=submit_env,
+                   artifact_limit=limit)
 
 
 def _prologue(

@@ -135,6 +135,7 @@ class PackProgress:
     job_text: str = ""              # the job's own lines in the last chunk read (the follower judges them)
     held: dict[int, packed.StepEnd] = field(default_factory=dict)  # ends decided by how the job ends
     task: asyncio.Task[None] | None = None
+    artifacts: asyncio.Task[dict[str, bytes] | None] | None = None  # its tar of its entries' artifact tars
 
     def undecided(self) -> list[EntryProgress]:
         return [self.members[step] for step in self.undecided_steps()]

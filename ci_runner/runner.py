@@ -294,22 +294,29 @@ class _Run:
     async def _packed_entry(self, entry: EntryProgress) -> EntryResult:
         """A packed entry: its attempt comes from its packed job's one follower (packed_run.py)."""
         attempt = await self.packed.attempt(entry)
-        artifacts_dir, junit_files = await self._fetch_artifacts(entry, attempt)
+        packed = await self.packed.artifacts(entry) if self._fetches_artifacts(attempt) else None
+        artifacts_dir, junit_files = await self._fetch_artifacts(entry, attempt, packed)
         return self._result(entry, attempt.status, attempt, artifacts_dir, junit_files)
 
 
     # -- artifacts -----------------------------------------------------------------------------
 
-    async def _fetch_artifacts(self, entry: EntryProgress, attempt: Attempt) -> tuple[str | None, tuple[str, ...]]:
-        """Download the configured artifacts of a job that ran; warnings (not failures) when that fails."""
-        if not self.options.artifacts or attempt.status is None or attempt.status.start is None:
+    def _fetches_artifacts(self, attempt: Attempt) -> bool:
+        """Artifacts are configured and the attempt's job ran."""
+        return bool(self.options.artifacts) and attempt.status is not None and attempt.status.start is not None
+
+    async def _fetch_artifacts(self, entry: EntryProgress, attempt: Attempt,
+                               packed: dict[str, bytes] | None = None) -> tuple[str | None, tuple[str, ...]]:
+        """Download the configured artifacts of a job that ran (`packed`: its tar's members, as its
+        packed job passed them on); warnings (not failures) when that fails."""
+        if not self._fetches_artifacts(attempt):
             return None, ()
         destination = self.options.artifacts_dir / entry.name
         try:
             files = await fetch_artifacts(self.cluster, entry.spec.layout.src, self.options.artifacts, destination,
                                           warn=lambda message: self.reporter.warning(message, entry.name),
                                           parts_dir=transfer.artifact_parts_dir(entry.spec.layout),
-                                          bundle=transfer.artifact_bundle(entry.spec.layout),
+                                          bundle=transfer.artifact_bundle(entry.spec.layout), packed=packed,
                                           output_cap=self.options.output_cap,
                                           max_size=self.options.max_artifact_size)
         except CIRunnerError as error:

@@ -18,7 +18,8 @@ runner's side:
   `fetch_in_parts` downloads the parts, joins them and keeps the file only when size and sha256 match.
   When every file the patterns may match is a regular file of one download at most, the job also
   packs them into `<entry>/artifacts.tar` (when that fits one download too): the runner then fetches
-  all of them with one request instead of a listing and one download per file (artifacts.py).
+  all of them with one request instead of a listing and one download per file (artifacts.py). A
+  packed job packs its entries' tars into one more after its steps: one request for all its entries.
 
 Staged (S3) transfers are not used: each costs a queued Slurm transfer job (minutes on a busy site).
 """
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ci_runner.api import MAX_DIRECT_DOWNLOAD, MAX_DIRECT_UPLOAD, RemoteFileMissing
 from ci_runner.errors import InfraError, UsageError
+from ci_runner.layout import PACK_PREFIX
 from ci_runner.units import format_size
 
 if TYPE_CHECKING:
@@ -163,6 +165,12 @@ def artifact_parts_dir(layout: EntryLayout) -> str:
 def artifact_bundle(layout: EntryLayout) -> str:
     """Where the job packs its artifacts when they all fit one download (outside the checkout)."""
     return f"{layout.root}/{ARTIFACT_BUNDLE}"
+
+
+def pack_artifact_bundle(layout: EntryLayout) -> str:
+    """Where a packed job, after its steps, packs its entries' tars into one (`<run>/pack+<k>.artifacts.tar`)."""
+    assert layout.pack is not None
+    return f"{layout.run.root}/{PACK_PREFIX}{layout.pack[0]}.{ARTIFACT_BUNDLE}"
 
 
 def artifact_part(parts_dir: str, relative: str, index: int) -> str:

@@ -301,11 +301,13 @@ def test_cancel_of_a_finished_job_is_done_at_once(server: RealFirecrest) -> None
     assert len(deletes) == 1, deletes
 
 
-def test_small_artifacts_come_back_in_one_download_of_the_job_s_tar(project: Project) -> None:
-    """The job packs its small artifacts into one tar; the real server's `ops/download` returns it
-    whole, and no listing of the checkout is needed."""
+@pytest.mark.parametrize("pack", [False, True])
+def test_small_artifacts_come_back_in_one_download_of_the_job_s_tar(project: Project, pack: bool) -> None:
+    """The job packs its small artifacts into one tar (packed: the packed job packs its entries'
+    tars into one); the real server's `ops/download` returns it whole, and no listing of the checkout
+    is needed."""
     run = project(f'mkdir -p results\necho "one {MULTIBYTE}" > results/a.txt\necho "<testsuites/>" > results/junit.xml',
-                  top='artifacts: ["results/*.txt"]\njunit: ["results/*.xml"]\n')
+                  top=("pack: true\n" if pack else "") + 'artifacts: ["results/*.txt"]\njunit: ["results/*.xml"]\n')
     before = len(run.server.server_log_lines())
     code, lines = finish(run, timeout=120)
     assert code == 0, lines[-10:]

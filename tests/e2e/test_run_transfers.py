@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers.run_process import cancel_jobs, ci_runner, git_repo, recorded_jobs, run_to_end, runner_env
 
 from ci_runner.sandbox.faults import Faults
@@ -168,13 +169,16 @@ def test_two_runs_of_the_same_commit_at_once_both_pass_and_leave_one_cached_arch
             f"-{digest[:16]}.tar.gz")
 
 
-def test_each_entry_s_small_artifacts_come_back_in_one_download(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pack", [False, True])
+def test_each_entry_s_small_artifacts_come_back_in_one_download(tmp_path: Path, pack: bool) -> None:
     """Three entries with three small artifacts each: one download per entry (the job's tar) and no
     listing of the checkout. An entry whose artifacts include a link gets them as before, from a
-    listing and one download per file, the link followed to the file it names."""
+    listing and one download per file, the link followed to the file it names. Packed, the entries'
+    tars come in one download of the packed job's tar of them (c's is not in it)."""
     repo = git_repo(tmp_path / "repo")
     config = tmp_path / "bundle.yml"
-    config.write_text("version: 1\nsystem: local\ncheckout: none\nsbatch:\n  time: 5m\n"
+    top = "version: 1\nsystem: local\ncheckout: none\nsbatch:\n  time: 5m\n" + ("pack: true\n" if pack else "")
+    config.write_text(top +
                       "matrix:\n  n: [a, b, c]\n"
                       "script: |\n  mkdir -p results/deep\n  echo \"{{ n }} one\" > results/1.txt\n"
                       "  echo \"{{ n }} two\" > results/deep/2.txt\n  echo '<testsuites/>' > results/junit.xml\n"
@@ -197,6 +201,7 @@ def test_each_entry_s_small_artifacts_come_back_in_one_download(tmp_path: Path) 
         assert not (fetched / entry / "results/other.log").exists()
     assert (fetched / "c/results/link.txt").read_text() == "c one\n"
     assert not (fetched / "a/results/link.txt").exists()
-    # a and b: the tar; c: a try for its tar, then its four files one by one after one listing of src
-    assert len(downloads) == 2 + 1 + 4, [(r.status, r.bytes) for r in downloads]
+    # a and b: their tars (packed: the packed job's one tar of both); c: a try for its tar, then its
+    # four files one by one after one listing of src
+    assert len(downloads) == (1 if pack else 2) + 1 + 4, [(r.status, r.bytes) for r in downloads]
     assert sum(1 for r in downloads if r.status == 404) == 1

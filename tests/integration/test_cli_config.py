@@ -260,8 +260,13 @@ def test_realistic_example_runs_with_bash_and_writes_junit(repo: Path, tmp_path:
         assert suite is not None
         assert (suite.get("tests"), suite.get("failures")) == (str(cases), "0")
         assert len(suite.findall("testcase")) == cases
-    assert "#SBATCH --time=00:01:00" in (out / "smoke-1.sh").read_text()
+    # packed: one allocation of 5 minutes, smoke-1's own step limit of 1 minute
     assert "#SBATCH --time=00:05:00" in (out / "unit-1.sh").read_text()
+    packed = ci_runner("render", "--config", str(EXAMPLES / "realistic.yml"), "--arrays",
+                       "--workdir", str(tmp_path / "remote"), cwd=repo)
+    assert packed.returncode == 0, packed.stderr
+    assert packed.stdout.count("#SBATCH --time=") == 1 and "#SBATCH --time=00:05:00" in packed.stdout
+    assert "smoke-1/ci-runner-step.sh --time=00:01:00 &" in packed.stdout
 
 
 def test_cli_module_imports_stay_light() -> None:
