@@ -280,6 +280,18 @@ def script(entry: str, lines: Sequence[str] = (), *, every: float = 1.0, start: 
     return make
 
 
+def silent_first(make: Callable[[str, float], FakeJob], seconds: float) -> Callable[[str, float], FakeJob]:
+    """`make`'s job with its output and its end `seconds` later: a job that starts silently."""
+
+    def later(job_id: str, submitted: float) -> FakeJob:
+        job = make(job_id, submitted)
+        job.writes = [(at + seconds, text) for at, text in job.writes]
+        job.states = [(at + seconds if state == "COMPLETED" else at, state) for at, state in job.states]
+        return job
+
+    return later
+
+
 def expected(lines: Sequence[str]) -> str:
     return "".join(f"{line}\n" for line in lines) + job_end()
 
@@ -333,15 +345,7 @@ def test_a_quietly_starting_job_s_first_line_comes_within_its_quiet_cycle(tmp_pa
     """A job silent for 20 s, then printing: its first line comes within one quiet cycle, a minute at
     10/min (the quota's price) and 12 s at 50/min."""
     sim = Sim(tmp_path, requests_per_minute=rpm, latency=0.2)
-    make = script("e", ["after 20 s"], start=0.5)
-
-    def quiet(job_id: str, submitted: float) -> FakeJob:
-        job = make(job_id, submitted)
-        job.writes = [(at + 20.0, text) for at, text in job.writes]
-        job.states = [(at + 20.0 if state == "COMPLETED" else at, state) for at, state in job.states]
-        return job
-
-    sim.cluster.plans["e"] = quiet
+    sim.cluster.plans["e"] = silent_first(script("e", ["after 20 s"], start=0.5), 20.0)
     assert sim.run(["e"]) == 0
     job = next(iter(sim.cluster.jobs.values()))
     assert sim.reporter.printed_at("e", "after 20 s\n") - job.writes[0][0] <= within, sim.cluster.log
@@ -390,16 +394,7 @@ def test_a_job_that_has_printed_nothing_yet_is_read_again_within_seconds_not_at_
     """A job checking out prints nothing for 5 s: its first read finds nothing; with requests to spare
     it is read again within 2 s (not the idle pace, 12 s at 10/min), without a state check each time."""
     sim = Sim(tmp_path, requests_per_minute=10, latency=0.2)
-    sim.cluster.plans["e"] = script("e", ["after checkout"], start=0.8, idle=0.0)
-    make = sim.cluster.plans["e"]
-
-    def late_output(job_id: str, submitted: float) -> FakeJob:
-        job = make(job_id, submitted)
-        job.writes = [(at + 5.0, text) for at, text in job.writes]
-        job.states = [(at + 5.0 if state == "COMPLETED" else at, state) for at, state in job.states]
-        return job
-
-    sim.cluster.plans["e"] = late_output
+    sim.cluster.plans["e"] = silent_first(script("e", ["after checkout"], start=0.8, idle=0.0), 5.0)
     assert sim.run(["e"]) == 0
     printed = sim.reporter.printed_at("e", "after checkout\n")
     job = next(iter(sim.cluster.jobs.values()))
