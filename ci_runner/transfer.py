@@ -12,7 +12,9 @@ runner's side:
   joins them under a temporary name in `<workdir>/sources/` and renames the verified whole to
   `<workdir>/sources/<commit>-<sha256[:16]>.tar.gz` (plus `.sha256`). The name says what is inside,
   so runs whose git produced other bytes for the same commit do not meet, and the rename makes it
-  appear complete or not at all: `upload_source` finds it with one `stat` and then uploads nothing.
+  appear complete or not at all: `upload_source` finds it with one `stat` and then uploads nothing
+  (an archive of one part is uploaded without that `stat`: the same one request on a hit, one less on
+  a miss).
 - Artifacts: a matching file over `download_part_size(cap)` is split by the job after the user's
   script into `<entry>/artifact-parts/<path>.partNNNN` with its sha256 in `<path>.sha256`;
   `fetch_in_parts` downloads the parts, joins them and keeps the file only when size and sha256 match.
@@ -130,9 +132,11 @@ def plan_source(archive: SourceArchive, layout: RunLayout, output_cap: int) -> S
 
 async def upload_source(cluster: Cluster, plan: SourcePlan, info: Callable[[str], None] | None = None) -> int:
     """Upload the parts of `plan` unless the cluster already caches its archive (one `stat`); the
-    number of parts uploaded. `info` hears what was done (cache hit, or parts and bytes)."""
+    number of parts uploaded. An archive of one part is uploaded without asking: the upload costs the
+    one request the `stat` would, and a cache miss saves the second (its job takes the cached archive
+    when there is one and leaves the part in the run's directory). `info` hears what was done."""
     say = info or (lambda message: None)
-    if await cluster.stat_size(plan.cached) == plan.size:
+    if len(plan.parts) > 1 and await cluster.stat_size(plan.cached) == plan.size:
         say(f"source archive of {plan.sha[:12]} ({_mib(plan.size)}) found in the cluster's cache "
             f"{plan.cached}; nothing uploaded")
         return 0

@@ -161,6 +161,34 @@ def test_local_destination_stays_inside(tmp_path: Path) -> None:
         local_destination(base, "link/evil")
 
 
+def test_an_archive_of_one_part_is_uploaded_without_a_look_into_the_cache(repo: Path, tmp_path: Path) -> None:
+    """One part: the upload costs the one request a `stat` would, so there is no `stat` (a cache miss
+    costs one request, not two; a hit still one)."""
+    from ci_runner.budget import RequestBudget
+    from ci_runner.cluster import Cluster
+    from ci_runner.credentials import Credentials
+    from ci_runner.layout import entry_layout
+    from ci_runner.sandbox.server import SandboxOptions, start_sandbox
+    from ci_runner.transfer import plan_source
+
+    root = tmp_path / "cluster"
+    root.mkdir()
+    archive = source_archive(repo, _git(repo, "rev-parse", "HEAD"))
+    with start_sandbox(SandboxOptions(root=root, backend="local", port=0)) as sandbox:
+        layout = entry_layout(f"{root}/ci", "run-1", "gcc-1")
+        plan = plan_source(archive, layout.run, 5 * 1024 * 1024)
+        assert len(plan.parts) == 1
+
+        async def go() -> None:
+            async with Cluster(Credentials.from_env(sandbox.env()), budget=RequestBudget(600)) as cluster:
+                await workspace.prepare_run(cluster, layout.run, plan, lambda message: None)
+
+        asyncio.run(go())
+        counts = {k.rsplit("/", 1)[1]: v for k, v in sandbox.request_log.counts.items() if "/filesystem/" in k}
+    assert counts == {"mkdir": 1, "upload": 1}
+    assert Path(plan.parts[0].path).read_bytes() == archive.data
+
+
 def test_prepare_run_creates_the_output_dir_and_uploads_the_parts_once(repo: Path, tmp_path: Path) -> None:
     """Over real HTTP: one mkdir of <run>/output, one stat of the source cache, one upload per part
     (the parts together are the archive), whatever the number of entries; once the archive is in the
