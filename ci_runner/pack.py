@@ -34,7 +34,6 @@ CANCELLED ...`, the script's own last line): `StreamDemux` returns it as job-lev
 
 from __future__ import annotations
 
-import posixpath
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 
 from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE, JobSpec, Submission
 from ci_runner.render import heredoc_delimiter
-from ci_runner.transfer import artifact_bundle, pack_artifact_bundle
+from ci_runner.transfer import artifact_bundle_name, pack_artifact_bundle
 from ci_runner.slurm_states import Outcome, Verdict, base_state, classify, is_infrastructure
 
 PIPE_BUF = 4096  # POSIX: a pipe write of at most this many bytes is never interleaved with others
@@ -166,7 +165,7 @@ def _pack_artifacts(specs: Sequence[JobSpec]) -> str:
         return ""
     run = specs[0].layout.run.root
     target = shlex.quote(pack_artifact_bundle(specs[0].layout))
-    names = " ".join(shlex.quote(posixpath.relpath(artifact_bundle(spec.layout), run)) for spec in specs)
+    names = " ".join(shlex.quote(artifact_bundle_name(spec.layout)) for spec in specs)
     return (
         f"( cd {shlex.quote(run)} || exit\n"
         "  ci_runner_tars=()\n"

@@ -7,7 +7,6 @@ infrastructure state is submitted again with the entries that did not finish (`r
 from __future__ import annotations
 
 import asyncio
-import posixpath
 import time
 from typing import Mapping, Sequence
 
@@ -52,8 +51,7 @@ class PackedJobs:
             tars = await asyncio.shield(pack.artifacts)
         except CIRunnerError:
             return None
-        name = posixpath.relpath(transfer.artifact_bundle(entry.spec.layout), entry.spec.layout.run.root)
-        inner = tars.get(name) if tars is not None else None
+        inner = tars.get(transfer.artifact_bundle_name(entry.spec.layout)) if tars is not None else None
         return bundle_members(inner) if inner is not None else None
 
     async def _pack_artifacts(self, pack: PackProgress) -> dict[str, bytes] | None:

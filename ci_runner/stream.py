@@ -396,11 +396,7 @@ class OutputReader:
             self.requests += 1
             text = await self.cluster.view(self.path, start, size)
         except RemoteFileMissing:
-            self.missing = True
-            if self.offset > 0:  # at 0: not written yet
-                self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
-            self.offset, self._mode = 0, self._mode.tailing()
-            self._forget()
+            self._lost()
             return ""
         except OutputTooLarge:
             if self.block_size <= MIN_BLOCK_SIZE:

@@ -171,6 +171,11 @@ def artifact_bundle(layout: EntryLayout) -> str:
     return f"{layout.root}/{ARTIFACT_BUNDLE}"
 
 
+def artifact_bundle_name(layout: EntryLayout) -> str:
+    """`artifact_bundle` relative to the run's directory: its name in the packed job's tar of them."""
+    return posixpath.relpath(artifact_bundle(layout), layout.run.root)
+
+
 def pack_artifact_bundle(layout: EntryLayout) -> str:
     """Where a packed job, after its steps, packs its entries' tars into one (`<run>/pack+<k>.artifacts.tar`)."""
     assert layout.pack is not None

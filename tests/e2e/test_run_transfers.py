@@ -64,8 +64,14 @@ def _sums_in(lines: list[str]) -> dict[str, str]:
 
 def _run(repo: Path, tmp_path: Path, sandbox: Any, name: str, extra: str = "",
          timeout: float = 300) -> tuple[int, list[str]]:
+    return _run_config(repo, tmp_path, sandbox, name, CONFIG.format(extra=extra), timeout)
+
+
+def _run_config(repo: Path, tmp_path: Path, sandbox: Any, name: str, text: str,
+                timeout: float = 300) -> tuple[int, list[str]]:
+    """`ci-runner run` of the configuration `text` (as `<name>.yml`) to its end; exit code and lines."""
     config = tmp_path / f"{name}.yml"
-    config.write_text(CONFIG.format(extra=extra))
+    config.write_text(text)
     state_file = tmp_path / f"{name}.json"
     args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
             "--workdir", f"{sandbox.root}/ci"]
@@ -121,13 +127,8 @@ def test_a_12_mib_binary_artifact_comes_back_byte_identical(tmp_path: Path) -> N
              "artifacts: [out/*.bin]\n")
     with start_sandbox(SandboxOptions(root=tmp_path / "cluster", backend="local", port=0,
                                       max_ops_size=CAP)) as sandbox:
-        config = tmp_path / "artifact.yml"
-        config.write_text(CONFIG.format(extra=extra).replace("sha256sum data/*.bin\n", ""))
-        state_file = tmp_path / "artifact.json"
-        args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
-                "--workdir", f"{sandbox.root}/ci"]
-        code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=300)
-        lines = run.lines()
+        code, lines = _run_config(repo, tmp_path, sandbox, "artifact",
+                                  CONFIG.format(extra=extra).replace("sha256sum data/*.bin\n", ""))
         assert code == 0, lines[-20:]
         remote = next((sandbox.root / "ci").glob("*/*/src/out/blob.bin")).read_bytes()
         fetched = next((repo / "ci-runner-artifacts").glob("*/out/blob.bin")).read_bytes()
@@ -176,21 +177,16 @@ def test_each_entry_s_small_artifacts_come_back_in_one_download(tmp_path: Path, 
     listing and one download per file, the link followed to the file it names. Packed, the entries'
     tars come in one download of the packed job's tar of them (c's is not in it)."""
     repo = git_repo(tmp_path / "repo")
-    config = tmp_path / "bundle.yml"
     top = "version: 1\nsystem: local\ncheckout: none\nsbatch:\n  time: 5m\n" + ("pack: true\n" if pack else "")
-    config.write_text(top +
-                      "matrix:\n  n: [a, b, c]\n"
-                      "script: |\n  mkdir -p results/deep\n  echo \"{{ n }} one\" > results/1.txt\n"
-                      "  echo \"{{ n }} two\" > results/deep/2.txt\n  echo '<testsuites/>' > results/junit.xml\n"
-                      "  echo skipped > results/other.log\n"
-                      "  if [ {{ n }} = c ]; then ln -s 1.txt results/link.txt; fi\n"
-                      "artifacts: [\"results/**/*.txt\"]\njunit: [\"results/*.xml\"]\n")
+    text = (top +
+            "matrix:\n  n: [a, b, c]\n"
+            "script: |\n  mkdir -p results/deep\n  echo \"{{ n }} one\" > results/1.txt\n"
+            "  echo \"{{ n }} two\" > results/deep/2.txt\n  echo '<testsuites/>' > results/junit.xml\n"
+            "  echo skipped > results/other.log\n"
+            "  if [ {{ n }} = c ]; then ln -s 1.txt results/link.txt; fi\n"
+            "artifacts: [\"results/**/*.txt\"]\njunit: [\"results/*.xml\"]\n")
     with start_sandbox(SandboxOptions(root=tmp_path / "cluster", backend="local", port=0)) as sandbox:
-        state_file = tmp_path / "bundle.json"
-        args = ["run", "--config", str(config), "--state-file", str(state_file), "--requests-per-minute", "600",
-                "--workdir", f"{sandbox.root}/ci"]
-        code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=120)
-        lines = run.lines()
+        code, lines = _run_config(repo, tmp_path, sandbox, "bundle", text, timeout=120)
         assert code == 0, lines[-20:]
         downloads = [r for r in sandbox.request_log.records if r.route == DOWNLOAD]
     fetched = repo / "ci-runner-artifacts"
