@@ -50,6 +50,7 @@ from ci_runner.config_defaults import DEFAULT_REQUESTS_PER_MINUTE
 DECREASE = 0.5  # after a 429 the rate is multiplied by this (at most once per window)
 FLOOR = 1.0  # requests per minute: the rate never goes below
 RECOVERY_MINUTES = 10.0  # the rate grows by limit / RECOVERY_MINUTES per minute (at least 1): half → full in 5
+IN_FLIGHT_POLL = 0.25  # seconds between two looks while the window is full of requests in flight (`until_free`)
 
 
 class RequestBudget:
@@ -168,6 +169,18 @@ class RequestBudget:
     def backoff_until(self, when: float) -> None:
         """Grant nothing before clock time `when` (after a 429 with Retry-After). Never shortens a pause."""
         self._paused_until = max(self._paused_until, when)
+
+    async def until_free(self) -> float:
+        """Wait, without taking it, until a request could be granted at once (a place in the window and
+        no pause); the seconds waited. A caller that waited long decides again what to ask: what it
+        knew when it started waiting may be old (observer.py, STALL_REFRESH)."""
+        start = self._clock()
+        while True:
+            now = self._clock()
+            slot = self.next_slot(now)
+            if slot is not None and slot <= now:
+                return now - start
+            await self._sleep(slot - now if slot is not None else IN_FLIGHT_POLL)
 
     async def acquire(self) -> None:
         """Wait until a request may be sent without exceeding the budget; it counts as in flight until

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ci_runner import pack as packed
 from ci_runner import slurm_states
 from ci_runner.api import JobStatus
-from ci_runner.poller import Ask, Decision, Ending, Finish, Follower, Next, Started, Step, Waiting, queue_seconds
+from ci_runner.poller import Ask, Decision, Ending, Finish, Follower, Next, Phase, Started, Step, Waiting, queue_seconds
 from ci_runner.job_spec import CHECKOUT_FAILED, JOB_END_LINE
 from ci_runner.reporters.text import format_duration
 from ci_runner.run_context import TAIL_LINE_CHARS, TAIL_LINES, Attempt, EntryProgress, PackProgress, RunContext
@@ -44,6 +44,7 @@ class JobFollowing:
         follower = Follower(job_id, name, self.run.pace, self.run.limits, now=clock.monotonic(),
                             waited=max(0.0, clock.wall() - submitted), submitted_wall=submitted)
         answered = self.run.observer.clock()  # a job list sent after this knows the job (submitted before)
+        read_asked = answered  # when the latest output poll was asked
         step: Step = follower.start()
         with self.run.pace.follow(name):
             while isinstance(step, Next):
@@ -51,12 +52,16 @@ class JobFollowing:
                 if pause > 0:
                     await clock.sleep(pause)
                 if step.ask is Ask.STATE:
-                    status, as_of = await self.run.observer.job_state(job_id, answered)
+                    # after the job-end line: a job list sent since that read was asked (one sent
+                    # before, reused after a stall, would show the job running and cost end checks)
+                    newer = max(answered, read_asked) if follower.watch.phase is Phase.ENDING else answered
+                    status, as_of = await self.run.observer.job_state(job_id, newer)
                     answered = self.run.observer.clock()
                     entry.status = status or entry.status
                     decision = follower.state_seen(status, clock.monotonic(), as_of,
                                                    behind_siblings=self.run.observer.array_started(job_id))
                 else:
+                    read_asked = self.run.observer.clock()
                     text = await reader.poll()  # "" without a request once the output reached max_output
                     self._emit(entry, reader, text)
                     if reader.limited:

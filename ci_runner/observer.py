@@ -11,6 +11,14 @@ cost one request of each kind per cycle, not N.
 
 Reads (`tail`/`view`) stay per entry: only an output that grew costs a request of its own.
 
+Both requests wait for a place in the budget's window before they count as sent (`until_free`), so
+that whoever needs an answer while one waits shares it. When the window was full for a while (many
+entries at a small quota), what the followers knew is old: jobs ended and outputs grew meanwhile. A
+listing that waited STALL_REFRESH or more is therefore sent after a job list: one job list tells
+every waiting follower its job's state, and the listing after it the final size of every job that
+ended, instead of reads first and a job list and a listing again for the drains (8 entries at 10/min:
+these extra requests in the second minute pushed the last reads into the third).
+
 Tasks of a job array are asked for by their task id `A_i` (layout.task_id). The job list names a
 task either so (a Slurm with accounting: sacct's JobID) or by the task's own job id (a Slurm without
 accounting, where the array's id A stands for its tasks still pending, and the last task to start
@@ -35,6 +43,7 @@ from ci_runner.layout import array_of, split_task_id, task_job_ids
 
 T = TypeVar("T")
 TASK_UNSEEN_GRACE = 60.0  # seconds an array task may be in neither the job list nor the listing
+STALL_REFRESH = 20.0  # a listing that waited this long for the budget is sent after a job list sent since
 
 
 class RunCluster(Protocol):
@@ -52,20 +61,35 @@ class _Answer(Generic[T]):
     answered: float  # clock time the answer came
 
 
-class SharedRequest(Generic[T]):
-    """The latest answer of one request, fetched again on demand; concurrent demands share one request."""
+@dataclass
+class _Flight(Generic[T]):
+    task: asyncio.Task[T]
+    sent: float | None = None  # clock time the request left the gate (None while it waits there)
 
-    def __init__(self, fetch: Callable[[], Awaitable[T]], clock: Callable[[], float]) -> None:
+
+class SharedRequest(Generic[T]):
+    """The latest answer of one request, fetched again on demand; concurrent demands share one request.
+    `gate`: awaited before each request is sent (the budget's `until_free`): a request counts as sent
+    when it leaves the gate, so whoever needs an answer newer than that moment shares it."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]], clock: Callable[[], float],
+                 gate: Callable[[], Awaitable[object]] | None = None) -> None:
         self._fetch = fetch
         self._clock = clock
+        self._gate = gate
         self._latest: _Answer[T] | None = None
-        self._flight: tuple[float, asyncio.Task[T]] | None = None
+        self._flight: _Flight[T] | None = None
         self.requests = 0
 
     @property
     def latest(self) -> T | None:
         """The latest answer, without asking again (None before the first)."""
         return None if self._latest is None else self._latest.value
+
+    @property
+    def newest(self) -> _Answer[T] | None:
+        """The latest answer with its times (None before the first)."""
+        return self._latest
 
     @property
     def latest_sent(self) -> float | None:
@@ -82,49 +106,73 @@ class SharedRequest(Generic[T]):
             latest = self._latest
             if latest is not None and latest.sent >= newer_than:
                 return latest
-            if self._flight is None or self._flight[1].done():
+            if self._flight is None or self._flight.task.done():
                 self._start()
-            assert self._flight is not None
-            sent, task = self._flight
+            flight = self._flight
+            assert flight is not None
             try:
-                value = await asyncio.shield(task)  # a waiter's cancellation must not cancel the others' request
+                value = await asyncio.shield(flight.task)  # a waiter's cancellation must not cancel the others' request
             except CIRunnerError:
-                if sent >= newer_than:
+                if flight.sent is not None and flight.sent >= newer_than:
                     raise
                 continue  # an older request failed: ours is still to be sent
-            if sent >= newer_than:
+            assert flight.sent is not None  # set before the fetch that answered
+            if flight.sent >= newer_than:
                 latest = self._latest
-                return latest if latest is not None and latest.sent == sent else _Answer(sent, value, self._clock())
+                return latest if latest is not None and latest.sent == flight.sent else (
+                    _Answer(flight.sent, value, self._clock()))
 
     def _start(self) -> None:
-        sent = self._clock()
-        task = asyncio.get_running_loop().create_task(self._fetch())
+        async def send() -> T:
+            if self._gate is not None:
+                await self._gate()
+                flight.sent = self._clock()
+            return await self._fetch()
+
+        flight: _Flight[T] = _Flight(asyncio.get_running_loop().create_task(send()))
+        if self._gate is None:
+            flight.sent = self._clock()
         self.requests += 1
 
         def landed(done: asyncio.Task[T]) -> None:  # runs before any waiter resumes
-            if self._flight is not None and self._flight[1] is done:
+            if self._flight is flight:
                 self._flight = None
-            if done.cancelled() or done.exception() is not None:
+            if done.cancelled() or done.exception() is not None or flight.sent is None:
                 return  # every waiter gets the error (and the task's exception counts as retrieved)
-            if self._latest is None or sent > self._latest.sent:
-                self._latest = _Answer(sent, done.result(), self._clock())
+            if self._latest is None or flight.sent > self._latest.sent:
+                self._latest = _Answer(flight.sent, done.result(), self._clock())
 
-        task.add_done_callback(landed)
-        self._flight = (sent, task)
+        flight.task.add_done_callback(landed)
+        self._flight = flight
 
 
 class RunObserver:
     """Job states and output sizes of one run, from one job list and one directory listing per cycle."""
 
     def __init__(self, cluster: RunCluster, job_name: str, output_dir: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 until_free: Callable[[], Awaitable[float]] | None = None) -> None:
         self.job_name = job_name
         self.output_dir = output_dir.rstrip("/")
         self.clock = clock
-        self._jobs = SharedRequest(self._list_jobs, clock)
-        self._outputs = SharedRequest(self._list_outputs, clock)
+        self._until_free = until_free
+        self._jobs = SharedRequest(self._list_jobs, clock, until_free)
+        self._outputs = SharedRequest(self._list_outputs, clock, self._listing_gate if until_free else None)
         self._cluster = cluster
         self._tasks_seen: dict[str, tuple[float, JobStatus]] = {}  # array task id -> (clock, last state)
+
+    async def _listing_gate(self) -> None:
+        """Before a listing: wait for a place in the budget's window; after a stall of STALL_REFRESH
+        or more, a job list first (shared with whoever needs one), so that the listing gives the final
+        size of every job that ended meanwhile and the followers that waited learn their jobs' states
+        from one request, not each from one of its own after their stale reads."""
+        assert self._until_free is not None
+        began = self.clock()
+        if await self._until_free() >= STALL_REFRESH:
+            try:
+                await self._jobs.get(began)  # one sent since the wait began is as new as what waited
+            except CIRunnerError:
+                pass  # the listing does not depend on it; whoever asks the states next meets the error
 
     @property
     def requests(self) -> int:
@@ -142,7 +190,14 @@ class RunObserver:
         is known as of: followers time their next question from it, so they ask together; not from
         when it was asked for, which can be a budget's wait earlier)."""
         answer = await self._jobs.answer(newer_than)
-        return await self._resolve(job_id, answer.value, newer_than), answer.answered
+        status = await self._resolve(job_id, answer.value, newer_than)
+        newest = self._jobs.newest
+        if newest is not None and newest.sent > answer.sent:
+            # resolving an array task waited for a listing, and a newer job list came meanwhile (the
+            # listing's, after a stall): tell that one, not a state a stall old
+            answer = newest
+            status = await self._resolve(job_id, answer.value, newer_than)
+        return status, answer.answered
 
     async def _resolve(self, job_id: str, listed: dict[str, JobStatus], newer_than: float) -> JobStatus | None:
         task = split_task_id(job_id)

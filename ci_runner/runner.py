@@ -57,7 +57,8 @@ class _Run:
         self.limits = FollowLimits(not_found_grace=options.not_found_grace, queue_timeout=options.queue_timeout)
         first = specs[0]
         self.run_layout = first.layout.run
-        self.observer = RunObserver(cluster, first.job_name, self.run_layout.output_dir, clock.monotonic)
+        self.observer = RunObserver(cluster, first.job_name, self.run_layout.output_dir, clock.monotonic,
+                                    cluster.budget.until_free)
         # Job arrays (arrays.py): the entries of array k share one submit, made by the first of them
         self.arrays = {s.specs[0].layout.array[0]: s for s in submissions(specs) if s.is_array}  # type: ignore[index]
         self.array_submits: dict[int, asyncio.Task[str]] = {}

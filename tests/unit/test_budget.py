@@ -345,3 +345,22 @@ def test_the_simulated_server_never_accepts_more_than_its_quota() -> None:
     """The simulation itself: at most 10 accepted arrivals in any 60 s, so its 429 count is meaningful."""
     log = share_one_quota(aimd=True, minutes=10.0)
     assert max_in_window([t for t, _, status in log if status == 200], 60.0) == 10
+
+
+def test_until_free_waits_for_a_place_in_the_window_without_taking_it() -> None:
+    t = FakeTime()
+    budget = RequestBudget(2, t.clock, t.sleep)
+
+    async def main() -> tuple[float, float, int]:
+        free_at_once = await budget.until_free()
+        await send(budget)
+        t.now += 10.0
+        await send(budget)
+        waited = await budget.until_free()  # the first request ages out a window and margin after its answer
+        return free_at_once, waited, budget.available()
+
+    free_at_once, waited, available = asyncio.run(main())
+    assert free_at_once == 0.0
+    assert waited == pytest.approx(50.25)
+    assert available == 1  # the place it waited for is still there
+    assert len(budget.sent) == 2

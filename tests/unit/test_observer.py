@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from helpers.listing_cluster import OUT, Clock, ListingCluster, status
 
 from ci_runner.api import ApiError, JobStatus
-from ci_runner.observer import RunObserver, SharedRequest
+from ci_runner.observer import STALL_REFRESH, RunObserver, SharedRequest
 
 
 def test_followers_asking_together_share_one_request_of_each_kind() -> None:
@@ -121,3 +122,104 @@ def test_shared_request_counts_each_request_once() -> None:
 
     assert asyncio.run(main()) == [100.0, 100.0, 130.0]
     assert shared.requests == 2 == len(sent)
+
+
+def test_a_request_counts_as_sent_when_it_leaves_the_budget_s_gate() -> None:
+    """A need that comes while the request waits for the budget is met by it: it goes out later."""
+    clock = Clock()
+    gate = asyncio.Event()
+    fetched: list[float] = []
+
+    async def fetch() -> float:
+        fetched.append(clock.now)
+        return clock.now
+
+    shared = SharedRequest(fetch, clock, gate.wait)
+
+    async def main() -> list[float]:
+        early = asyncio.ensure_future(shared.get(100.0))
+        await asyncio.sleep(0)
+        clock.now = 130.0  # the window opens half a minute later
+        late = asyncio.ensure_future(shared.get(120.0))  # needs one sent at or after 120
+        await asyncio.sleep(0)
+        gate.set()
+        return [await early, await late]
+
+    assert asyncio.run(main()) == [130.0, 130.0]
+    assert fetched == [130.0] and shared.latest_sent == 130.0
+
+
+class Stall:
+    """The budget's `until_free`: waits `seconds` (moving the clock) each time, first `before` is called."""
+
+    def __init__(self, clock: Clock, seconds: float, before: Callable[[], None] = lambda: None) -> None:
+        self.clock, self.seconds, self.before = clock, seconds, before
+
+    async def __call__(self) -> float:
+        self.before()
+        self.clock.now += self.seconds
+        return self.seconds
+
+
+@pytest.mark.parametrize(("waited", "calls"), [(30.0, ["jobs", "ls"]), (STALL_REFRESH - 1.0, ["ls", "jobs"])])
+def test_a_listing_that_waited_long_for_the_budget_is_sent_after_a_job_list(waited: float, calls: list[str]) -> None:
+    """After a stall, one job list before the listing: every follower that waited learns its job's
+    state from it, and the listing gives the final size of every job that ended meanwhile."""
+    cluster, clock = ListingCluster(), Clock()
+    stall = Stall(clock, 0.0)
+    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, stall)
+
+    async def main() -> None:
+        began = clock.now
+        stall.seconds = waited
+        await observer.size(f"{OUT}/a.1.out", began)
+        stall.seconds = 0.0
+        await observer.job("1", began)  # the followers that waited: no job list of their own
+
+    asyncio.run(main())
+    assert cluster.calls == calls  # after a short wait the listing goes alone, the followers ask later
+
+
+def test_a_job_list_sent_since_the_listing_began_to_wait_is_not_asked_again() -> None:
+    cluster, clock = ListingCluster(), Clock()
+    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, Stall(clock, 30.0))
+
+    async def main() -> None:
+        listing = asyncio.ensure_future(observer.size(f"{OUT}/a.1.out", clock.now))
+        states = asyncio.ensure_future(observer.job("1", clock.now))  # a follower's own need, in the same wait
+        await asyncio.gather(listing, states)
+
+    asyncio.run(main())
+    assert sorted(cluster.calls) == ["jobs", "ls"] and cluster.calls[-1] == "ls"
+
+
+def test_an_array_task_resolved_after_a_stall_gets_the_newest_job_list_s_state() -> None:
+    """A task not known to have started waits for a listing (its id file); that listing, after a
+    stall, came after a newer job list: the state is that list's, not the one from before the stall."""
+    clock = Clock()
+
+    class Answering(ListingCluster):
+        async def jobs_named(self, name: str) -> list[JobStatus]:
+            found = await super().jobs_named(name)
+            clock.now += 0.5  # the answer comes a moment after the request
+            return found
+
+    cluster = Answering()
+    cluster.jobs, cluster.files = [status("5", "PENDING")], {}  # array 5: the task 5_1 not started
+
+    def the_task_ran() -> None:  # during the listing's wait: it started (its own id 7) and ended
+        if cluster.calls == ["jobs"]:
+            cluster.jobs = [status("7", "COMPLETED")]
+            cluster.files = {"array+0.5_1.7.id": 0, "e.5_1.out": 12}
+
+    calls = iter([0.0, 30.0, 0.0])  # the first job list, the listing's stall, the job list after it
+    stall = Stall(clock, 0.0, the_task_ran)
+
+    async def until_free() -> float:
+        stall.seconds = next(calls)
+        return await stall()
+
+    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, until_free)
+    found = asyncio.run(observer.job("5_1", clock.now))
+    assert found is not None and found.state == "COMPLETED"
+    assert cluster.calls == ["jobs", "jobs", "ls"]

@@ -439,6 +439,28 @@ def test_with_the_budget_exhausted_the_follower_asks_no_faster_than_it_is_given(
     assert max_in_window([r.sent for r in sim.cluster.log], 60.0) <= 2
 
 
+@pytest.mark.parametrize(("entries", "most"), [(4, 16), (8, 20)])
+def test_after_the_budget_s_window_was_full_one_job_list_and_one_listing_end_every_job(
+        tmp_path: Path, entries: int, most: int) -> None:
+    """The bench's economy row on simulated time: jobs two at a time (2 CPUs), 6 lines 1 s apart, at
+    10/min with 0.2 s per request. The first minute's requests are spent by the first seconds, and
+    every job ends while the followers wait for the window. When it opens, the states come from one
+    job list and the final sizes from one listing after it, then each entry's read: the run ends in
+    the second minute (it took the third, 121 s in 22 requests, when each follower acted on what it
+    knew before the wait and asked again for its end and its drain)."""
+    sim = Sim(tmp_path, requests_per_minute=10, latency=0.2)
+    names = [f"e{i}" for i in range(entries)]
+    lines = [f"line {i}" for i in range(6)]
+    for k, name in enumerate(names):
+        sim.cluster.plans[name] = script(name, lines, start=0.5 + (k // 2) * 7.0)
+    assert sim.run(names) == 0
+    assert all(sim.reporter.output[name] == expected(lines) for name in names)
+    assert sim.reporter.finished_at is not None and sim.reporter.finished_at - T0 <= 65.0, sim.cluster.log
+    assert len(sim.cluster.log) <= most, sim.cluster.log
+    after = sim.cluster.requests("jobs", "ls", since=T0 + 60.0)
+    assert [r.kind for r in after] == ["jobs", "ls"], sim.cluster.log
+
+
 @pytest.mark.parametrize("flood_runs_on", [100.0, 0.0], ids=["read-while-running", "drained-after-the-end"])
 def test_one_entry_flooding_does_not_starve_the_trickling_ones(tmp_path: Path, flood_runs_on: float) -> None:
     """A 2 MiB backlog read in blocks at 60 requests a minute takes over a minute, while its job runs
