@@ -26,10 +26,12 @@ The policy, all in this module:
   the state (right after output stops is when a killed job is likely); once at its longest, the output
   is asked every 40 s and the state every 60 s: 2.5 requests a minute for the whole run, at most 3 in
   any 60 s. Before its first output a job is checking out or starting quietly: after QUIET_START_READS
-  quick reads (the first 8 s or so) its output is read once a `RunPace.quiet_cycle` (a minute at
-  10/min, 12 s at 50/min) and its state every minute, so that a silent job costs the run 2 requests a
-  minute at 10/min, its first two minutes included (a job that stays silent for 10 s shows its first
-  line up to a cycle late: the price of the quota). State checks are timed from when the job list that answered was sent (`as_of`), not
+  quick reads (the first 8 s or so; fewer when the budget's share spaces them more than
+  QUICK_READ_MAX apart: several entries at 10/min are read at 1 and 13 s, not at 37 s too) its
+  output is read once a `RunPace.quiet_cycle` (a minute at 10/min, 12 s at 50/min) and its state
+  every minute, so that a silent job costs the run 2 requests a minute at 10/min, its first two
+  minutes included (a job that stays silent for 10 s shows its first line up to a cycle late: the
+  price of the quota). State checks are timed from when the job list that answered was sent (`as_of`), not
   from when the follower got it: followers that share one answer ask again together and share the
   next one too, and no follower's state is ever more than a minute old, whatever the number of entries.
 - The job-end line (or a checkout failure) makes the follower ask the state at once and then at
@@ -72,6 +74,7 @@ EARLY_READ_EVERY = 2.0        # a flowing entry's reads while the budget's windo
 EARLY_PERIOD = 60.0           # seconds from the run's start in which EARLY_READ_EVERY may apply
 END_RESERVE = 2               # requests that end a run besides each flowing entry's last read: job list, listing
 QUIET_START_READS = 3         # quick reads of a job that has printed nothing yet, before its quiet cycle
+QUICK_READ_MAX = 15.0         # seconds: a read of a job silent so far that would come later is not quick: its quiet cycle
 MISSING_QUICK_READS = 1       # a running job's output file not there yet: read again after a second, this often
 QUIET_SHARE = 0.2             # of the budget that silent jobs may take: their cycle (state and read) at 10/min: 60 s
 PENDING_POLL_FIRST = 2.0
@@ -343,7 +346,7 @@ class Follower:
         watch.delay = self.interval.next(watch.delay, flowing, self.pace.floor(flowing))
         if not flowing and not watch.recent and not limited:  # nothing printed yet: a quiet start
             watch.quiet_reads += 1
-            if watch.quiet_reads >= QUIET_START_READS:
+            if watch.quiet_reads >= QUIET_START_READS or watch.delay > QUICK_READ_MAX:
                 watch.delay = self.pace.quiet_cycle()
         watch.next_read = now + watch.delay
         if flowing:
