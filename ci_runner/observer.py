@@ -43,7 +43,7 @@ from ci_runner.layout import array_of, split_task_id, task_job_ids
 
 T = TypeVar("T")
 TASK_UNSEEN_GRACE = 60.0  # seconds an array task may be in neither the job list nor the listing
-STALL_REFRESH = 20.0  # a listing that waited this long for the budget is sent after a job list sent since
+STALL_REFRESH = 20.0  # seconds: a listing that waited this long for the budget goes after a job list sent since its wait began
 
 
 class RunCluster(Protocol):
@@ -82,14 +82,14 @@ class SharedRequest(Generic[T]):
         self.requests = 0
 
     @property
-    def latest(self) -> T | None:
-        """The latest answer, without asking again (None before the first)."""
-        return None if self._latest is None else self._latest.value
+    def latest_answer(self) -> _Answer[T] | None:
+        """The latest answer with its times, without asking again (None before the first)."""
+        return self._latest
 
     @property
-    def newest(self) -> _Answer[T] | None:
-        """The latest answer with its times (None before the first)."""
-        return self._latest
+    def latest(self) -> T | None:
+        """The latest answer's value (None before the first)."""
+        return None if self._latest is None else self._latest.value
 
     @property
     def latest_sent(self) -> float | None:
@@ -191,7 +191,7 @@ class RunObserver:
         when it was asked for, which can be a budget's wait earlier)."""
         answer = await self._jobs.answer(newer_than)
         status = await self._resolve(job_id, answer.value, newer_than)
-        newest = self._jobs.newest
+        newest = self._jobs.latest_answer
         if newest is not None and newest.sent > answer.sent:
             # resolving an array task waited for a listing, and a newer job list came meanwhile (the
             # listing's, after a stall): tell that one, not a state a stall old

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -150,15 +150,17 @@ def test_a_request_counts_as_sent_when_it_leaves_the_budget_s_gate() -> None:
 
 
 class Stall:
-    """The budget's `until_free`: waits `seconds` (moving the clock) each time, first `before` is called."""
+    """The budget's `until_free`: each call first calls `before`, then waits the next of `waits`
+    (moving the clock; none once they are used up) and returns it."""
 
-    def __init__(self, clock: Clock, seconds: float, before: Callable[[], None] = lambda: None) -> None:
-        self.clock, self.seconds, self.before = clock, seconds, before
+    def __init__(self, clock: Clock, waits: Sequence[float] = (), before: Callable[[], None] = lambda: None) -> None:
+        self.clock, self.waits, self.before = clock, list(waits), before
 
     async def __call__(self) -> float:
         self.before()
-        self.clock.now += self.seconds
-        return self.seconds
+        seconds = self.waits.pop(0) if self.waits else 0.0
+        self.clock.now += seconds
+        return seconds
 
 
 @pytest.mark.parametrize(("waited", "calls"), [(30.0, ["jobs", "ls"]), (STALL_REFRESH - 1.0, ["ls", "jobs"])])
@@ -166,14 +168,11 @@ def test_a_listing_that_waited_long_for_the_budget_is_sent_after_a_job_list(wait
     """After a stall, one job list before the listing: every follower that waited learns its job's
     state from it, and the listing gives the final size of every job that ended meanwhile."""
     cluster, clock = ListingCluster(), Clock()
-    stall = Stall(clock, 0.0)
-    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, stall)
+    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, Stall(clock, [waited]))  # the listing's wait
 
     async def main() -> None:
         began = clock.now
-        stall.seconds = waited
         await observer.size(f"{OUT}/a.1.out", began)
-        stall.seconds = 0.0
         await observer.job("1", began)  # the followers that waited: no job list of their own
 
     asyncio.run(main())
@@ -182,7 +181,7 @@ def test_a_listing_that_waited_long_for_the_budget_is_sent_after_a_job_list(wait
 
 def test_a_job_list_sent_since_the_listing_began_to_wait_is_not_asked_again() -> None:
     cluster, clock = ListingCluster(), Clock()
-    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, Stall(clock, 30.0))
+    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, Stall(clock, [30.0, 30.0]))
 
     async def main() -> None:
         listing = asyncio.ensure_future(observer.size(f"{OUT}/a.1.out", clock.now))
@@ -212,14 +211,8 @@ def test_an_array_task_resolved_after_a_stall_gets_the_newest_job_list_s_state()
             cluster.jobs = [status("7", "COMPLETED")]
             cluster.files = {"array+0.5_1.7.id": 0, "e.5_1.out": 12}
 
-    calls = iter([0.0, 30.0, 0.0])  # the first job list, the listing's stall, the job list after it
-    stall = Stall(clock, 0.0, the_task_ran)
-
-    async def until_free() -> float:
-        stall.seconds = next(calls)
-        return await stall()
-
-    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, until_free)
+    stall = Stall(clock, [0.0, 30.0], the_task_ran)  # the first job list, the listing's stall (the job list after it: none)
+    observer = RunObserver(cluster, "ci-runner-run", OUT, clock, stall)
     found = asyncio.run(observer.job("5_1", clock.now))
     assert found is not None and found.state == "COMPLETED"
     assert cluster.calls == ["jobs", "jobs", "ls"]
