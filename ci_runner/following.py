@@ -135,7 +135,13 @@ class JobFollowing:
                         final_since: float | None = None) -> Attempt:
         """The job is final: print the rest of its output, then decide from the final state. Output
         that could not be read to its end is a warning (how much, and where the file is), not a
-        different verdict: Slurm's state is known, and the file is still there to read."""
+        different verdict: Slurm's state is known, and the file is still there to read. A packed
+        job's stream read to its end line is complete when the state agrees (`pack.stream_complete`):
+        no listing for its final size."""
+        pack = entry.pack
+        if (pack is not None and reader.at_eof and not reader.limited and not pack.demux.pending_bytes
+                and packed.stream_complete(pack.end_status, status.state, status.exit_code, status.signal)):
+            return self.decide(entry, status)
         await self._drain(entry, reader, final_since)
         if reader.unread:
             self.output_incomplete(entry, "the reads stopped making progress")
@@ -228,6 +234,8 @@ class JobFollowing:
             member = pack.members[step]
             self.show(member, text, member.output_bytes + utf8_len(text))
         pack.job_text = out.job_text
+        if out.text or out.ends or out.job_text:
+            pack.end_status = packed.job_end_status(out.job_text)
         for line in out.job_text.splitlines():
             if line.strip() and not line.startswith(JOB_END_LINE):  # Slurm's own messages about the job
                 self.run.reporter.warning(f"packed job {pack.job.job_id}: {line}")

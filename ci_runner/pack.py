@@ -266,6 +266,27 @@ class StreamDemux:
         return Demuxed({step: "".join(parts) for step, parts in text.items()}, tuple(ends), "".join(job))
 
 
+def job_end_status(job_text: str) -> int | None:
+    """The status in the packed job's own end line (JOB_END_LINE) when that is the last line of
+    `job_text` (the job's lines of one piece of the stream, whole), else None."""
+    if not job_text.endswith("\n"):
+        return None
+    last = job_text[:-1].rpartition("\n")[2]
+    status = last[len(JOB_END_LINE):] if last.startswith(JOB_END_LINE) else ""
+    return int(status) if status.isdigit() else None
+
+
+def stream_complete(end_status: int | None, state: str, exit_code: int | None, signal: int | None) -> bool:
+    """Whether a packed job's stream, read to its end line (status `end_status`, nothing after it),
+    is complete once Slurm reports it final with `state`: COMPLETED or FAILED with that exit status.
+    Only the batch script and Slurm write the stream (the entries' processes write through their
+    steps, which all ended before the line); the script exits right after the line, and Slurm
+    writes into it only when it ends the job otherwise (CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...).
+    So no listing is needed for its final size."""
+    return (end_status is not None and base_state(state) in ("COMPLETED", "FAILED") and not signal
+            and exit_code == end_status)
+
+
 def entry_verdict(end: StepEnd | None, job_state: str | None, *, ci_cancelled: bool = False) -> Verdict:
     """An entry's outcome. From its end record: exit 0 passed, the checkout's exit infrastructure,
     other exits and signals failed, its step's time limit TIMEOUT, a step that could not start

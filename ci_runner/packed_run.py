@@ -136,7 +136,7 @@ class PackedJobs:
                     self.run.reporter.warning(f"packed job {job.job_id} ended {state} (cluster failure): resubmitting "
                                           f"the entries that did not finish ({resubmits} resubmit(s) left)", member.name)
                 steps = pack.undecided_steps()
-                pack.demux, pack.held = packed.StreamDemux(steps), {}
+                pack.demux, pack.held, pack.end_status = packed.StreamDemux(steps), {}, None
                 async with self.run.submit_slots:
                     await self._submit_pack(pack, steps)
                 offset = 0

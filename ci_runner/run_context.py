@@ -133,6 +133,7 @@ class PackProgress:
     demux: packed.StreamDemux
     decided: dict[str, asyncio.Future[Attempt]]
     job_text: str = ""              # the job's own lines in the last chunk read (the follower judges them)
+    end_status: int | None = None   # the status of the job's end line when it is the last thing read
     held: dict[int, packed.StepEnd] = field(default_factory=dict)  # ends decided by how the job ends
     task: asyncio.Task[None] | None = None
     artifacts: asyncio.Task[dict[str, bytes] | None] | None = None  # its tar of its entries' artifact tars

@@ -148,6 +148,7 @@ class OutputReader:
         self._warned_guess = False
         self._idle = True  # the last poll advanced nothing (or none yet): the next one asks `stat` before reading
         self.missing = False  # the last poll found no file (Slurm has not made it yet, or it was removed)
+        self.at_eof = False  # the last read took, exactly, every byte the file held when it was read
         self._known_size: int | None = None  # the file's size at the last `stat` (a lower bound while it grows)
         self._sizes = sizes  # the run's shared listing instead of a `stat` per file (observer.py)
         # whether an idle poll asks the size before reading: worth it when one listing answers for many
@@ -197,13 +198,22 @@ class OutputReader:
 
     async def drain_chunks(self, final_since: float | None = None) -> AsyncIterator[str]:
         """After the job reached a terminal state: `stat` once, then read until the offset reaches that
-        size, yielding the text chunk by chunk (memory stays one chunk whatever the file size). Reads are
+        size, yielding the text chunk by chunk (memory stays one chunk whatever the file size); a file
+        followed alone (`listing_first` says no) is read first, and needs no size when that read took
+        its whole rest. Reads are
         bounded (`drain_read_limit`, and a few without progress); if the end is not reached, a warning
         says so and `unread` holds the missing byte count: the caller must not treat the output as complete.
         A file that does not exist (never written, or deleted by the job) has nothing to drain."""
         self.unread = 0
         if self.limited:
             return  # the head is shown; the tail comes after `skip_to_tail`
+        if not self._mode.chunked and not self._mode.need_bracket and not self._listing_first():
+            # a file followed alone: its rest in one `tail` (the size first would cost a request more)
+            text = await self._read_head(final=True)
+            if text:
+                yield text
+            if self.at_eof or self.limited:
+                return
         size = await self._stat(final_since)  # `final_since`: when the final state was asked (any listing since will do)
         if size is None:
             if self.offset > 0:
@@ -268,6 +278,7 @@ class OutputReader:
         if self.limit is None or self._mode.part is Part.TAIL or self.offset <= self.limit:
             return text
         kept, used = cut_at_limit(text, before, self.limit)
+        self.at_eof = False
         self.offset = max(before, min(self.limit, before + used))
         self._mode = ReaderMode(Part.HEAD_CUT)  # also when a character crossing the limit left the offset just below it
         return kept
@@ -302,6 +313,7 @@ class OutputReader:
         """The file is not the one we were reading (truncated, requeued, replaced): warn, start again at 0."""
         self._warn(message)
         self.offset = 0
+        self.at_eof = False
         self._mode = ReaderMode()
         self._forget()
 
@@ -314,6 +326,7 @@ class OutputReader:
     def _lost(self) -> None:
         """The file is missing: normal before the job writes; after bytes were read, it was removed."""
         self.missing = True
+        self.at_eof = False
         if self.offset > 0:
             self._warn(f"{self.path} disappeared after {self.offset} bytes: waiting for it from 0")
             self.offset = 0
@@ -367,6 +380,8 @@ class OutputReader:
                                 "reading it again from 0")
                 return ""
             text = text[len(overlap.decode("utf-8")):]
+        # everything to EOF, exact: no U+FFFD, whose bytes are guessed or withheld
+        self.at_eof = REPLACEMENT not in text
         if not text:
             return ""
         exact = None
@@ -418,6 +433,7 @@ class OutputReader:
             )
         self._remember(block.text, self.offset, block.offset)
         self.offset = block.offset
+        self.at_eof = block.eof and REPLACEMENT not in text
         self._mode = self._mode.tailing() if block.eof else self._mode.chunking(block.carry)
         return block.text
 

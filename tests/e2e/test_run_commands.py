@@ -47,6 +47,32 @@ def test_readme_command_runs_the_realistic_example_in_an_embedded_sandbox(tmp_pa
         assert (results / f"{entry}-cases.txt").read_text().count("\n") == cases  # one result line per case
 
 
+def test_the_quick_start_fits_the_first_minute_of_a_10_per_minute_quota_with_a_request_to_spare(tmp_path: Path) -> None:
+    """The README's example at the sandbox's default quota (what `run --sandbox` starts): 9 requests
+    on the local backend, where every run takes the same path (systems, mkdir, upload, submit, the
+    job list that sees it running, two reads, the job list that sees it final, the artifacts), so
+    one more (a job still pending at the first look, an output file a moment late on Slurm) still
+    fits the first minute. A packed job's stream read to its own end line is complete once its
+    final state agrees: no listing for its final size (was a 10th request: 61 s in half of the
+    quick starts on Slurm)."""
+    repo = tmp_path / "project"
+    shutil.copytree(EXAMPLES, repo / "examples")
+    git_repo(repo)
+    options = SandboxOptions(root=tmp_path / "cluster", backend="local", port=0, faults=Faults(quota_per_minute=10))
+    (tmp_path / "cluster").mkdir()
+    with start_sandbox(options) as sandbox:
+        result = _run(["run", "--config", "examples/realistic.yml", "--workdir", f"{tmp_path}/cluster/ci"],
+                      repo, runner_env(sandbox), timeout=300)
+        served = [r for r in sandbox.request_log.records if r.route != "/auth/token"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "all 4 entries passed; exit code 0" in result.stdout
+    assert (repo / "ci-runner-artifacts" / "smoke-1" / "results" / "junit-smoke-1.xml").is_file()
+    assert [r.status for r in served if r.status == 429] == []
+    endpoints = [f"{r.method} {r.route.rsplit('/', 1)[-1]}" for r in served]
+    assert len(served) <= 9, endpoints
+    assert "GET ls" not in endpoints, " ".join(endpoints)
+
+
 def test_systems_reports_health(tmp_path: Path) -> None:
     with start_sandbox(SandboxOptions(root=tmp_path, backend="local", port=0)) as sandbox:
         env = runner_env(sandbox)

@@ -105,6 +105,46 @@ def test_a_packed_matrix_is_one_job_and_every_line_reaches_its_entry(sandbox: An
     assert code == 1, lines[-8:]
 
 
+ARTIFACTS = """\
+version: 1
+system: local
+checkout: none
+pack: true
+sbatch: {ntasks: 2, time: 4m}
+matrix:
+  kind: [alpha, beta]
+artifacts: ["result.txt"]
+script: |
+  for i in $(seq 1 15); do echo "{{ kind }} line $i"; sleep 0.2; done
+  echo "{{ kind }} passed" > result.txt
+"""
+
+
+def test_a_packed_job_read_to_its_own_end_line_ends_with_the_job_list_that_shows_it_final(
+        sandbox: Any, tmp_path: Path) -> None:
+    """With artifacts its follower waits for the job's final state. Its stream was read to the job's
+    own end line, so the job list that shows it final (COMPLETED, the line's status) ends the stream:
+    then only the artifacts' download, no listing or read for its final size."""
+    repo = git_repo(tmp_path / "repo")
+    (repo / "ci.yml").write_text(ARTIFACTS)
+    state_file = tmp_path / "state.json"
+    args = ["run", "--config", str(repo / "ci.yml"), "--state-file", str(state_file), "--requests-per-minute", "600",
+            "--workdir", f"{sandbox.root}/ci"]
+    try:
+        with ci_runner(args, repo, runner_env(sandbox)) as run:
+            code = run.finish(timeout=240)
+            lines = run.lines()
+    finally:
+        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    assert code == 0, lines[-12:]
+    for kind in ("alpha", "beta"):
+        assert entry_lines(lines, kind) == [f"{kind} line {i}" for i in range(1, 16)] + [f"{JOB_END_LINE}0"], kind
+        assert (repo / "ci-runner-artifacts" / kind / "result.txt").read_text() == f"{kind} passed\n"
+    routes = [r.route.rsplit("/", 1)[-1] for r in sandbox.request_log.records]
+    final = max(i for i, route in enumerate(routes) if route == "jobs")
+    assert routes[final + 1:] == ["download"], routes
+
+
 @pytest.mark.parametrize("backend, time_scale", [
     pytest.param("local", 0.05, id="local"),  # 1m -> 3 s (the allocation's 4m -> 12 s)
     pytest.param("slurm", 1.0, id="slurm", marks=[pytest.mark.slurm, pytest.mark.slow])])

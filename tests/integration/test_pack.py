@@ -273,6 +273,32 @@ def test_a_ci_cancel_of_the_allocation_cancels_the_unfinished_entries() -> None:
         pack.entry_verdict(None, None)
 
 
+def test_the_job_s_end_line_is_known_only_when_it_is_the_last_thing_read() -> None:
+    demux = pack.StreamDemux(range(2))
+    ending = demux.feed(f"0|a\n1!0 exited 1\n{JOB_END_LINE}1\n")
+    assert pack.job_end_status(ending.job_text) == 1
+    assert pack.job_end_status(f"{JOB_END_LINE}0\nslurmstepd: error: *** JOB 7 ON vm CANCELLED ***\n") is None
+    assert pack.job_end_status(f"{JOB_END_LINE}0") is None  # the line not whole yet
+    assert pack.job_end_status("") is None
+    assert pack.job_end_status(demux.feed(f"0|{JOB_END_LINE}0\n").job_text) is None  # an entry's line, not the job's
+
+
+@pytest.mark.parametrize("end, state, exit_code, signal, complete", [
+    (0, "COMPLETED", 0, None, True),
+    (1, "FAILED", 1, None, True),
+    (None, "COMPLETED", 0, None, False),          # the end line not read last: the listing says what follows
+    (0, "FAILED", 1, None, False),                # another status than the line's
+    (0, "OUT_OF_MEMORY", 0, None, False),         # Slurm ended it otherwise, and may have written why
+    (0, "CANCELLED by 1000", 0, 15, False),
+    (0, "TIMEOUT", 0, None, False),
+    (0, "NODE_FAIL", 0, None, False),
+    (0, "COMPLETED", 0, 9, False),
+])
+def test_a_packed_stream_read_to_its_end_line_is_complete_when_the_final_state_agrees(
+        end: int | None, state: str, exit_code: int, signal: int | None, complete: bool) -> None:
+    assert pack.stream_complete(end, state, exit_code, signal) is complete
+
+
 @pytest.mark.parametrize("size", [4090, 4091, 4092, 4093, 8183, 8184, 8185])
 def test_lines_at_the_record_size_round_trip(size: int) -> None:
     """Step 12345: a record holds 4089 bytes of text; a 4-byte character sits across every cut."""

@@ -73,15 +73,19 @@ def test_idle_back_off_reaches_forty_seconds_within_about_a_minute() -> None:
     assert policy.next(40.0, produced_output=True) == 1.0
 
 
-def test_an_output_file_not_made_yet_is_read_again_after_a_second_once() -> None:
-    """Slurm reports the job running before it has opened the output file: the read that finds no
-    file is repeated after a second (not the quick reads' 2 s), once; then the quiet reads go on."""
+def test_an_output_file_not_made_yet_is_waited_for_then_read_again_after_a_second_once() -> None:
+    """Slurm reports the job running before it has opened the output file: the first read comes
+    FIRST_READ_AFTER the job list that showed it running was sent (a read at once found no file in 2
+    of 6 quick starts); a read that still finds no file is repeated after a second (not the quick
+    reads' 2 s), once; then the quiet reads go on."""
     pace = RunPace(lambda: 10, spare=lambda: 10, clock=lambda: 0.0)
     with pace.follow("e"):
         f = Follower("7", "e", pace, FollowLimits(), now=0.0, submitted_wall=None)
-        assert f.state_seen(status("RUNNING"), now=1.0).step == Next(Ask.OUTPUT, 1.0)
-        assert f.output_read("", missing=True, now=1.2).step == Next(Ask.OUTPUT, 2.2)
-        assert f.output_read("", missing=True, now=2.2).step == Next(Ask.OUTPUT, 4.2)
+        assert f.state_seen(status("RUNNING"), now=1.2, as_of=1.0).step == Next(Ask.OUTPUT, 1.5)
+        assert f.output_read("", missing=True, now=1.7).step == Next(Ask.OUTPUT, 2.7)
+        assert f.output_read("", missing=True, now=2.7).step == Next(Ask.OUTPUT, 4.7)
+    late = Follower("7", "e", pace, FollowLimits(), now=0.0, submitted_wall=None)
+    assert late.state_seen(status("RUNNING"), now=3.0, as_of=1.0).step == Next(Ask.OUTPUT, 3.0)  # answered late: at once
 
 
 def test_quick_reads_of_a_silent_job_stop_once_the_budget_spaces_them_out() -> None:
@@ -93,7 +97,7 @@ def test_quick_reads_of_a_silent_job_stop_once_the_budget_spaces_them_out() -> N
         for name in names:
             following.enter_context(pace.follow(name))
         f = Follower("7", "e0", pace, FollowLimits(), now=0.0, submitted_wall=None)
-        assert f.state_seen(status("RUNNING"), now=1.0).step == Next(Ask.OUTPUT, 1.0)
+        assert f.state_seen(status("RUNNING"), now=1.0).step == Next(Ask.OUTPUT, 1.5)
         assert f.output_read("", now=1.5).step == Next(Ask.OUTPUT, 13.5)
         assert f.output_read("", now=13.5).step == Next(Ask.STATE, 61.0)  # its minute's state check, then
         assert f.watch.next_read == 73.5  # the quiet cycle's read, not one at 37.5
@@ -136,7 +140,7 @@ def test_a_queued_job_is_reported_when_it_changes_and_every_minute_with_a_growin
         ("Priority", 0), ("Priority", 64), ("Resources", 94), ("Resources", 154), ("Resources", 214)]
     assert pauses[:3] == [2.0, 3.0, 4.5] and max(pauses) == pauses[-1] == PENDING_POLL_MAX
     started = f.state_seen(status("RUNNING", start=100.0), now)
-    assert isinstance(started.notice, Started) and started.step == Next(Ask.OUTPUT, now)
+    assert isinstance(started.notice, Started) and started.step == Next(Ask.OUTPUT, now + 0.5)
 
 
 def test_a_hopeless_reason_or_the_queue_timeout_gives_up() -> None:

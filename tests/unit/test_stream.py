@@ -148,6 +148,49 @@ def test_split_character_is_withheld_then_completed() -> None:
     assert reader.offset == 5
 
 
+def test_at_eof_says_whether_the_last_read_took_every_byte_the_file_held() -> None:
+    """A packed job's stream read to its end line needs no final listing only when that read ended
+    at the file's end with every byte taken exactly (following.py): not after a missing file, a
+    withheld character, a block of a backlog, or a head cut at max_output."""
+    remote = RemoteBytes(exists=False, cap=64)
+    reader = OutputReader(remote, "/out", block_size=8, output_cap=64, listing_first=lambda: False)
+
+    async def main() -> list[bool]:
+        seen = [(await reader.poll(), reader.at_eof)[1]]  # no file
+        remote.exists, remote.data = True, bytearray(b"ab\n")
+        seen.append((await reader.poll(), reader.at_eof)[1])  # all of it
+        remote.data += "c€".encode()[:2]
+        seen.append((await reader.poll(), reader.at_eof)[1])  # "c", the € still being written: withheld
+        remote.data += "€".encode()[1:] + b"\n"
+        seen.append((await reader.poll(), reader.at_eof)[1])  # its rest
+        remote.data += b"x" * 100
+        seen.append((await reader.poll(), reader.at_eof)[1])  # a block of a backlog over the cap
+        while reader.offset < len(remote.data):
+            await reader.poll()
+        seen.append(reader.at_eof)  # its last block: short of the window, at the end
+        return seen
+
+    assert asyncio.run(main()) == [False, True, False, True, False, True]
+    limited = OutputReader(RemoteBytes(b"0123456789\n"), "/out", limit=4)
+    assert asyncio.run(limited.poll()) == "0123" and not limited.at_eof
+
+
+def test_a_file_followed_alone_is_drained_by_one_tail_when_that_takes_its_whole_rest() -> None:
+    """No size first (one request, not two), unless the rest is over the cap: then its blocks, up to
+    the size a `stat` gives; a file rewritten below the offset is read again from 0."""
+    remote = RemoteBytes(b"ab\n", cap=64)
+    reader = OutputReader(remote, "/out", block_size=8, output_cap=64, listing_first=lambda: False)
+    assert asyncio.run(reader.poll()) == "ab\n"
+    remote.data += b"cd\n"
+    remote.calls.clear()
+    assert drain_all(reader) == "cd\n" and remote.calls == ["tail"]
+    remote.data += b"x" * 100
+    remote.calls.clear()
+    assert drain_all(reader) == "x" * 100 and remote.calls[:3] == ["tail", "view", "stat"]
+    remote.data[:] = b"new\n" + b"y" * 110
+    assert drain_all(reader) == "new\n" + "y" * 110 and reader.warnings
+
+
 def test_ambiguous_replacement_resolved_by_size_bracket() -> None:
     # a genuine U+FFFD (3 bytes), an invalid byte (1), a truncated sequence (2) in the middle
     data = "x\ufffdy".encode() + b"\xff" + b"z" + "€".encode()[:2] + b"w\n"
