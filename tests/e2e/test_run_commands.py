@@ -35,7 +35,7 @@ def test_readme_command_runs_the_realistic_example_in_an_embedded_sandbox(tmp_pa
     repo = tmp_path / "project"
     shutil.copytree(EXAMPLES, repo / "examples")
     git_repo(repo)  # commits README only; `checkout: upload` archives that commit
-    result = _run(["run", "--sandbox", "--config", "examples/realistic.yml"], repo, _plain_env(), timeout=420)  # at the default 10/min: about a minute
+    result = _run(["run", "--sandbox", "--config", "examples/realistic.yml"], repo, _plain_env(), timeout=420)  # at the default 10/min: seconds (9 requests)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     for entry in ("unit-1", "unit-2", "integration-1", "smoke-1"):
         assert f"ci-runner: {entry}: PASSED (COMPLETED, exit code 0" in result.stdout, result.stdout[-3000:]
