@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +27,8 @@ from typing import Any
 from bench.metrics import Served, StreamSink, end_time
 
 BENCH_DIR = Path(__file__).resolve().parent
+EXAMPLES = BENCH_DIR.parent / "examples"
+QUICK_START_CONFIG = "examples/realistic.yml"  # the README's quick start
 GEN = BENCH_DIR / "gen.py"
 BASELINE = BENCH_DIR / "baseline.py"
 # BENCH_CI_RUNNER: measure another ci-runner executable (e.g. an older release) than the one beside this Python.
@@ -350,3 +354,19 @@ def measure(tool: str, backend: str, workload: Workload, *, run_dir: str, timeou
         if on_files is not None:
             on_files(files)
         return ToolResult(tool, runs, sb.served(), sum(p.stat().st_size for p in files), ends)
+
+
+def quick_start(backend: str, quota_per_minute: int, latency: float, timeout: float) -> ToolResult:
+    """The README's quick start: `ci-runner run --config examples/realistic.yml` in a fresh git
+    repository holding the examples, against a fresh sandbox at `quota_per_minute` (what `run
+    --sandbox` enforces) with `latency` seconds added to every request."""
+    with tempfile.TemporaryDirectory(prefix="ci-runner-bench-quick-") as work, \
+            sandbox(backend, quota_per_minute, latency=latency) as sb:
+        repo = Path(work) / "project"
+        shutil.copytree(EXAMPLES, repo / "examples")
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "quick start"]):
+            subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True, timeout=30)
+        runs = run_processes([((str(CI_RUNNER), "run", "--config", QUICK_START_CONFIG), StreamSink(analyse=False))],
+                             sb.env(), repo, timeout, Path(work) / "stderr")
+        return ToolResult("ci-runner", runs, sb.served(), 0, [])

@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import BASELINE, CI_RUNNER, PYTHON, TOOLS, ToolResult, Workload, clean_environ, measure
+from bench.harness import BASELINE, CI_RUNNER, PYTHON, TOOLS, ToolResult, Workload, clean_environ, measure, quick_start
 from bench.metrics import (
     EntrySink, StreamSink, api_requests, common_window, expected_sized, output_read_bytes, percentile, requests_between,
 )
@@ -34,7 +34,7 @@ from ci_runner.budget import max_in_window
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 METRICS = ("latency", "amplification", "completeness", "requests", "scale", "economy", "pack", "exit", "rss",
-           "coldstart")
+           "coldstart", "quickstart")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class Params:
     rss_bytes: int = GIB
     rss_budget: int = 600
     coldstart_repeats: int = 10
+    quickstart_repeats: int = 10  # row 9: the README's quick start, each run in a fresh sandbox
+    quickstart_quota: int = 10    # what `run --sandbox` enforces (the config's budget, default 10/min)
+    quickstart_latency: float = 0.0  # the README's sandbox adds none; a site adds 0.1-2 s
     run_timeout: float = 900.0
     tools: tuple[str, ...] = TOOLS
 
@@ -89,7 +92,8 @@ class Params:
                    scale_timeout=60.0, economy_entries=(2,), economy_quota=600, economy_latency=0.0,
                    economy_lines=2, economy_interval=0.1, economy_timeout=60.0, pack_entries=(2,), pack_queue_entries=2,
                    pack_pending_delay=1.0, exit_repeats=1, exit_quota=600,
-                   exit_latency=0.0, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, run_timeout=60.0)
+                   exit_latency=0.0, rss_bytes=2 * MIB, rss_budget=600, coldstart_repeats=1, quickstart_repeats=1,
+                   quickstart_quota=600, run_timeout=60.0)
 
 
 def log(message: str) -> None:
@@ -317,6 +321,26 @@ class Bench:
         self.results["coldstart"] = {"ci-runner": timings["ci-runner"], "baseline-head": timings["baseline"],
                                      "baseline-tail": timings["baseline"]}
 
+    # -- 9. the README's quick start ------------------------------------------------------------------
+    def quickstart(self) -> None:
+        """`quickstart_repeats` runs of the README's example (packed, artifacts, JUnit), each against a
+        fresh sandbox at `quickstart_quota` with `quickstart_latency` per request: wall times, requests,
+        429s, and how many runs stayed within the quota's first minute (ci-runner only)."""
+        p = self.params
+        if "ci-runner" not in p.tools:
+            return
+        runs = []
+        for _ in range(p.quickstart_repeats):
+            log(f"ci-runner: the quick start ({len(runs) + 1} of {p.quickstart_repeats})")
+            runs.append(quick_start(p.backend, p.quickstart_quota, p.quickstart_latency, p.run_timeout))
+        walls = [r.wall for r in runs]
+        requests = [len(api_requests(r.served)) for r in runs]
+        failures = [r.failure() for r in runs if r.failure()]
+        self.results["quickstart"] = {"ci-runner": {
+            **_spread(walls), "under_a_minute": sum(1 for w in walls if w < 60.0), "walls": walls,
+            "requests": requests, "429": sum(_count_429(r) for r in runs), "quota": p.quickstart_quota,
+            "latency": p.quickstart_latency, "failure": failures[0] if failures else ""}}
+
 
 def _count_429(result: ToolResult) -> int:
     return sum(1 for r in result.served if r.status == 429)
@@ -426,6 +450,10 @@ def cells(metric: str, data: dict[str, Any]) -> str:
         return f"peak {data['peak_mb']:.0f} MB (last {data['last_mb']:.0f} MB), {printed}{_failed(data)}"
     if metric == "coldstart":
         return " · ".join(f"{k} {_s(d['median'])}" for k, d in data.items())
+    if metric == "quickstart":
+        return (f"{data['quota']}/min + {data['latency']:g} s: {data['under_a_minute']} of {data['n']} under a minute, "
+                f"wall p50 {_s(data['p50'])}, max {_s(data['max'])}, {min(data['requests'])}-{max(data['requests'])} "
+                f"req, {data['429']}×429{_failed(data)}")
     return json.dumps(data)
 
 
@@ -440,6 +468,7 @@ TITLES = {
     "exit": "6 job end → process exit",
     "rss": "7 peak RSS while streaming",
     "coldstart": "8 cold start",
+    "quickstart": "9 README quick start (runs under a minute, wall, requests)",
 }
 TARGETS = {
     "latency": "p50 ≤ 3 s at 20/min",
@@ -453,6 +482,7 @@ TARGETS = {
     "exit": "p50 ≤ 2 s",
     "rss": "≤ 100 MB, flat",
     "coldstart": "--help ≤ 0.3 s",
+    "quickstart": "every run under a minute at 10/min",
 }
 
 
@@ -510,6 +540,8 @@ def verdict(metric: str, d: dict[str, Any]) -> str:
             ok = d["peak_mb"] <= 100 and not d["failure"] and d["stdout_bytes"] >= d["output_bytes"]
         elif metric == "coldstart":
             ok = d["help"]["median"] <= 0.3
+        elif metric == "quickstart":
+            ok = d["under_a_minute"] == d["n"] and not d["429"] and not d["failure"]
         else:
             return "n/a"
     except (KeyError, TypeError):

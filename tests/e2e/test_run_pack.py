@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, runner_env
+from helpers.run_process import cancel_jobs, ci_runner, entry_lines, git_repo, recorded_jobs, run_to_end, runner_env
 from helpers.waiting import wait_until
 
 from ci_runner import slurm_states
@@ -130,12 +130,8 @@ def test_a_packed_job_read_to_its_own_end_line_ends_with_the_job_list_that_shows
     state_file = tmp_path / "state.json"
     args = ["run", "--config", str(repo / "ci.yml"), "--state-file", str(state_file), "--requests-per-minute", "600",
             "--workdir", f"{sandbox.root}/ci"]
-    try:
-        with ci_runner(args, repo, runner_env(sandbox)) as run:
-            code = run.finish(timeout=240)
-            lines = run.lines()
-    finally:
-        cancel_jobs(sandbox, list(recorded_jobs(state_file).values()))
+    code, run = run_to_end(args, repo, runner_env(sandbox), sandbox, state_file, timeout=240)
+    lines = run.lines()
     assert code == 0, lines[-12:]
     for kind in ("alpha", "beta"):
         assert entry_lines(lines, kind) == [f"{kind} line {i}" for i in range(1, 16)] + [f"{JOB_END_LINE}0"], kind

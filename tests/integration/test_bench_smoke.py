@@ -17,8 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TOOL_COLUMNS = ("baseline-head", "baseline-tail", "ci-runner")
 ROWS = ("1 log latency", "2 transfer amplification", "3 completeness", "4 API requests", "5 scale", "5b economy",
-        "5c pack", "6 job end", "7 peak RSS", "8 cold start")
-CI_RUNNER_ONLY = ("5c pack",)  # pack mode: the baselines have no such thing
+        "5c pack", "6 job end", "7 peak RSS", "8 cold start", "9 README quick start")
+CI_RUNNER_ONLY = ("5c pack", "9 README quick start")  # pack mode, the example: the baselines have no such thing
 
 
 @pytest.mark.slow
@@ -47,7 +47,7 @@ def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) 
     assert document["smoke"] is True
     results = document["results"]
     assert set(results) == {"latency", "amplification", "completeness", "requests", "scale", "economy", "pack",
-                            "exit", "rss", "coldstart"}
+                            "exit", "rss", "coldstart", "quickstart"}
     packed = results["pack"]["ci-runner"]
     assert set(packed) == {"2", "queued-separate", "queued-packed"}, packed
     assert all(d["finished"] and d["delivered"] == 1.0 and d["exactly_once"] for d in packed.values()), packed
@@ -58,6 +58,8 @@ def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) 
         assert results["exit"][tool]["n"] == 1 and results["exit"][tool]["other_rows"]["n"] >= 1
         economy = results["economy"][tool]["2"]
         assert economy["finished"] and economy["delivered"] == 1.0 and economy["max"] >= economy["p50"]
+    quick = results["quickstart"]["ci-runner"]
+    assert quick["n"] == 1 and not quick["failure"] and quick["requests"][0] >= 8, quick
 
 
 def test_a_tool_stopped_at_the_economy_time_limit_is_reported_as_killed() -> None:
