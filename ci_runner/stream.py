@@ -199,16 +199,22 @@ class OutputReader:
     async def drain_chunks(self, final_since: float | None = None) -> AsyncIterator[str]:
         """After the job reached a terminal state: `stat` once, then read until the offset reaches that
         size, yielding the text chunk by chunk (memory stays one chunk whatever the file size); a file
-        followed alone (`listing_first` says no) is read first, and needs no size when that read took
-        its whole rest. Reads are
+        followed alone (`listing_first` says no) is read first when nothing was read yet (a block) or
+        the last poll advanced (a `tail`), and needs no size when that read took its whole rest. Reads are
         bounded (`drain_read_limit`, and a few without progress); if the end is not reached, a warning
         says so and `unread` holds the missing byte count: the caller must not treat the output as complete.
         A file that does not exist (never written, or deleted by the job) has nothing to drain."""
         self.unread = 0
         if self.limited:
             return  # the head is shown; the tail comes after `skip_to_tail`
-        if not self._mode.chunked and not self._mode.need_bracket and not self._listing_first():
-            # a file followed alone: its rest in one `tail` (the size first would cost a request more)
+        if (not self._mode.chunked and not self._mode.need_bracket and (self.offset == 0 or not self._idle)
+                and not self._listing_first()):
+            # a file followed alone: its rest in one read (the size first would cost a request more).
+            # Nothing read yet: a block (the rest may be a backlog past the output cap, whose `tail` the
+            # real server answers only with a timeout). After a poll that advanced: a `tail`, whose
+            # overlap shows a file rewritten below the offset. After an idle poll: the size first.
+            if self.offset == 0:
+                self._enter_chunk_mode()
             text = await self._read_head(final=True)
             if text:
                 yield text

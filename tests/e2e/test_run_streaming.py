@@ -113,7 +113,8 @@ def test_attach_to_a_finished_job_prints_all_of_a_large_output(sandbox: Any, tmp
 
 def test_the_job_end_line_makes_the_runner_check_the_state_at_once(sandbox: Any, tmp_path: Path) -> None:
     """After the read that delivered the job's last line (the job-end line) the runner asks for the job
-    state before anything else, and once the state is final it only confirms the size (no re-read)."""
+    state before anything else, and once the state is final one read takes what may have come after
+    (nothing here): no size first, no other request."""
     repo, state_file, args = _setup(sandbox, tmp_path, FLOWING)
     code, run = run_to_end(["run", *args], repo, runner_env(sandbox), sandbox, state_file)
     lines = run.lines()
@@ -121,10 +122,11 @@ def test_the_job_end_line_makes_the_runner_check_the_state_at_once(sandbox: Any,
     assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(1, 31)]
     assert f"{JOB_END_LINE}0" in lines
     routes = [r.route for r in sandbox.request_log.records if not r.route.startswith("/auth")]
-    last_read = max(i for i, route in enumerate(routes) if route in READ_ROUTES)
-    after = routes[last_read + 1:]
-    assert after and after[0] == JOB_ROUTE, after  # no other read, no sleep-then-read first
-    assert set(after[:-1]) == {JOB_ROUTE} and after[-1] == STAT_ROUTE, after
+    reads = [i for i, route in enumerate(routes) if route in READ_ROUTES]
+    end_line_read, drain = reads[-2], reads[-1]
+    between = routes[end_line_read + 1:drain]
+    assert between and set(between) == {JOB_ROUTE}, between  # no other read, no sleep-then-read first
+    assert drain == len(routes) - 1 and STAT_ROUTE not in routes[end_line_read:], routes[end_line_read:]
 
 
 def test_output_that_looks_like_the_job_end_line_only_costs_a_few_early_state_checks(

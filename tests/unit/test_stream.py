@@ -175,9 +175,16 @@ def test_at_eof_says_whether_the_last_read_took_every_byte_the_file_held() -> No
     assert asyncio.run(limited.poll()) == "0123" and not limited.at_eof
 
 
-def test_a_file_followed_alone_is_drained_by_one_tail_when_that_takes_its_whole_rest() -> None:
+def test_a_file_followed_alone_is_drained_by_one_read_when_that_takes_its_whole_rest() -> None:
     """No size first (one request, not two), unless the rest is over the cap: then its blocks, up to
-    the size a `stat` gives; a file rewritten below the offset is read again from 0."""
+    the size a `stat` gives; a file rewritten below the offset is read again from 0. With nothing known
+    of the rest (never polled) the read is a block: a `tail` of a backlog past the cap only times out
+    on the real server."""
+    for data in (b"small\n", b"z" * 200):
+        remote = RemoteBytes(data, cap=64)
+        fresh = OutputReader(remote, "/out", block_size=8, output_cap=64, listing_first=lambda: False)
+        assert drain_all(fresh) == data.decode() and "tail" not in remote.calls, remote.calls
+        assert remote.calls[0] == "view" and (len(data) > 8 or remote.calls == ["view"]), remote.calls
     remote = RemoteBytes(b"ab\n", cap=64)
     reader = OutputReader(remote, "/out", block_size=8, output_cap=64, listing_first=lambda: False)
     assert asyncio.run(reader.poll()) == "ab\n"
