@@ -274,7 +274,7 @@ def _prepare_ci_runner(local: Path, remote: Path, workload: Workload, entries: i
         names = ", ".join(f"e{i:02d}" for i in range(entries))
         matrix = f"matrix:\n  n: [{names}]\n"
     # max_output: the benchmarks stream everything (the default 256 MiB limit protects CI logs, not this)
-    packed = f"pack: true\n" if pack else ""
+    packed = "pack: true\n" if pack else ""
     ntasks = f"  ntasks: {pack}\n" if pack else ""
     config = (f"version: 1\nsystem: local\nworkdir: {remote}\ncheckout: none\nmax_output: 4GiB\n{packed}"
               f"sbatch:\n  partition: debug\n  time: \"{workload.time_limit}\"\n{ntasks}{matrix}"
