@@ -59,7 +59,8 @@ def test_smoke_run_prints_every_row_for_baselines_and_ci_runner(tmp_path: Path) 
         economy = results["economy"][tool]["2"]
         assert economy["finished"] and economy["delivered"] == 1.0 and economy["max"] >= economy["p50"]
     quick = results["quickstart"]["ci-runner"]
-    assert quick["n"] == 1 and not quick["failure"] and quick["requests"][0] >= 8, quick
+    # at least: systems, mkdir, upload, submit, one job list, one read, the artifact download
+    assert quick["n"] == 1 and not quick["failure"] and quick["requests"][0] >= 7, quick
 
 
 def test_a_tool_stopped_at_the_economy_time_limit_is_reported_as_killed() -> None:
