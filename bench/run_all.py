@@ -276,7 +276,8 @@ class Bench:
                 values += r.end_to_exit()
                 failures += [r.failure()] if r.failure() else []
             self.results.setdefault("exit", {})[tool] = {
-                **_spread(values), "quota": p.exit_quota, "latency": p.exit_latency,
+                **_spread(values), "values": [round(v, 3) for v in values], "quota": p.exit_quota,
+                "latency": p.exit_latency,
                 "other_rows": _spread(earlier.get(tool, [])), "failure": failures[0] if failures else ""}
 
     # -- 7. peak RSS while streaming -----------------------------------------------------------------
