@@ -158,6 +158,14 @@ class RequestBudget:
             return None
         return max(slot, self._answered[-older] + self.window + self.margin)
 
+    def refill_in(self) -> float:
+        """Seconds until the oldest answered request in the window ages out of it (0 when none is there)."""
+        now = self._clock()
+        self._prune(now)
+        if not self._answered:
+            return 0.0
+        return max(0.0, self._answered[0] + self.window + self.margin - now)
+
     def available(self) -> int:
         """How many requests could be granted right now without waiting (ignoring queued waiters)."""
         now = self._clock()

@@ -22,9 +22,10 @@ The policy, all in this module:
   minute spent on a 404); a read that still finds no file is repeated after a second
   (MISSING_QUICK_READS), not counted as quiet.
 - Running, output flowing: read again after `PollInterval` (1 s, never below the entry's share of the
-  budget, `RunPace`; an entry followed alone every `EARLY_READ_EVERY` while the budget's window has
-  requests to spare beyond what ending it costs: a short job's end is seen within seconds instead of
-  at the sustained pace, 7.5 s at 10/min); the state only as a backstop (`STATE_CHECK_EVERY`), since a job that ends
+  budget, `RunPace`; an entry followed alone every `EARLY_READ_EVERY` in the first `EARLY_BURST` s of
+  its output while the budget's window has requests to spare beyond what ending it costs: a short
+  job's end is seen within seconds instead of at the sustained pace, 7.5 s at 10/min; then the
+  window's rest is spread until it refills, not spent at once); the state only as a backstop (`STATE_CHECK_EVERY`), since a job that ends
   normally says so in its output (the job-end line) and one that is killed stops writing.
 - Idle: the interval backs off (2, 4, ... 40 s). While it backs off after output, every poll also asks
   the state (right after output stops is when a killed job is likely); once at its longest, the output
@@ -77,6 +78,7 @@ FIRST_STATE_AFTER = 1.0       # seconds after the submit: the first look at the 
 FIRST_READ_AFTER = 1.0        # seconds after the job list that first showed the job running: its first read
 EARLY_READ_EVERY = 2.0        # a flowing entry's reads while the budget's window has requests to spare
 EARLY_PERIOD = 60.0           # seconds from the run's start in which EARLY_READ_EVERY may apply
+EARLY_BURST = 5.0             # seconds from the first output in which it does (its reads at 0, 2.2, 4.4, 6.6 s)
 END_RESERVE = 2               # requests that end a run besides each flowing entry's last read: job list, listing
 QUIET_START_READS = 3         # quick reads of a job that has printed nothing yet, before its quiet cycle
 QUICK_READ_MAX = 15.0         # seconds: a read of a job silent so far that would come later is not quick: its quiet cycle
@@ -126,11 +128,13 @@ class RunPace:
     monotonic seconds (the run's first minute starts when the pace is made)."""
 
     def __init__(self, requests_per_minute: Callable[[], float], spare: Callable[[], int] = lambda: 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, refill: Callable[[], float] = lambda: 0.0) -> None:
         self._requests_per_minute = requests_per_minute
         self._spare = spare
+        self._refill = refill
         self._clock = clock
         self._since = clock()
+        self._first_output: float | None = None
         self.following = 0
         self.flowing: set[str] = set()
 
@@ -148,6 +152,8 @@ class RunPace:
         """Entry `name`'s last poll printed output (or not)."""
         if flowing:
             self.flowing.add(name)
+            if self._first_output is None:
+                self._first_output = self._clock()
         else:
             self.flowing.discard(name)
 
@@ -159,19 +165,27 @@ class RunPace:
 
     def floor(self, flowing: bool) -> float:
         """Seconds between one entry's polls so that the run stays within its budget. In the run's
-        first minute (EARLY_PERIOD) an entry followed alone polls every EARLY_READ_EVERY while the
-        window has more to spare than ending it would cost (its last read, then END_RESERVE): a short
-        job's end is seen within seconds, not at the sustained pace (7.5 s at 10/min). A longer job
-        pays for it once: what the window held is spent sooner, so the wait for the first minute's
-        requests to age out comes sooner and lasts longer. Only once: later, the spare left by those
-        early requests is not spent early again (it would come back a minute later, and so on: a
-        burst then a stall every minute). With several entries the sustained pace holds: their early
-        reads would take the window from one another (tests/test_poller.py, flooding)."""
+        first minute (EARLY_PERIOD) an entry followed alone polls every EARLY_READ_EVERY for the first
+        EARLY_BURST seconds of its output while the window has more to spare than ending it would cost
+        (its last read, then END_RESERVE): a short job's end is seen within seconds, not at the
+        sustained pace (7.5 s at 10/min). After that burst it polls at the sustained pace, or slower
+        when that would spend the window before its oldest requests age out: what is left beyond
+        END_RESERVE is spread until then (`refill`), so a longer job gets its lines at an even pace
+        instead of a burst and then a stall (at 20/min reads every 2 s spent the window in 25 s and
+        then waited 35 s). At 10/min the burst leaves nothing to spread: a job longer than it waits
+        once for the window. Only in the first minute: later, the spare left by those early requests
+        is not spent early again (it would come back a minute later, and so on). With several entries
+        the sustained pace holds: their early reads would take the window from one another
+        (tests/unit/test_poller.py, flooding)."""
         sustained = self._sustained(flowing)
-        early = self._clock() - self._since < EARLY_PERIOD
-        if early and self.following == 1 and self._spare() >= END_RESERVE + 1:
-            return min(sustained, EARLY_READ_EVERY)
-        return sustained
+        now = self._clock()
+        if now - self._since >= EARLY_PERIOD or self.following != 1:
+            return sustained
+        bursting = self._first_output is None or now - self._first_output < EARLY_BURST
+        if bursting:
+            return min(sustained, EARLY_READ_EVERY) if self._spare() >= END_RESERVE + 1 else sustained
+        left = self._spare() - END_RESERVE
+        return max(sustained, self._refill() / left) if left > 0 else sustained
 
     def quiet_cycle(self) -> float:
         """Seconds between the reads of a job that has printed nothing after its quick first reads:

@@ -53,7 +53,7 @@ class _Run:
         self.entries = {spec.entry.name: EntryProgress(spec) for spec in specs}
         self.submit_slots = asyncio.Semaphore(max(1, options.max_concurrent_submits))
         self.pace = RunPace(lambda: cluster.budget.requests_per_minute, cluster.budget.available,
-                            self.clock.monotonic)  # the followers' share of the budget
+                            self.clock.monotonic, cluster.budget.refill_in)  # the followers' share of the budget
         self.limits = FollowLimits(not_found_grace=options.not_found_grace, queue_timeout=options.queue_timeout)
         first = specs[0]
         self.run_layout = first.layout.run

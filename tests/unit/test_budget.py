@@ -56,6 +56,25 @@ def test_first_n_requests_are_immediate_then_wait_a_window() -> None:
     assert budget.max_in_any_window() == 5
 
 
+def test_refill_in_is_the_time_until_the_oldest_answered_request_leaves_the_window() -> None:
+    t = FakeTime()
+    budget = RequestBudget(5, t.clock, t.sleep, margin=0.5)
+    assert budget.refill_in() == 0.0  # nothing sent: nothing to wait for
+
+    async def main() -> None:
+        await send(budget)
+        t.now += 10.0
+        await send(budget)
+        t.now += 5.0
+
+    asyncio.run(main())
+    assert budget.refill_in() == pytest.approx(60.5 - 15.0)  # the first one, answered at 1000, ages out at 1060.5
+    t.now += 50.0
+    assert budget.refill_in() == pytest.approx(60.5 - 55.0)  # now the second one's
+    t.now += 10.0
+    assert budget.refill_in() == 0.0
+
+
 def test_concurrent_acquirers_never_exceed_the_window() -> None:
     t = FakeTime()
     rng = random.Random(7)
