@@ -140,8 +140,7 @@ class RequestBudget:
         return max(1, int(self.rate(now) + 1e-9))  # 1e-9: 0.5 × 0.5 × ... × 2 is a whole number again
 
     def _prune(self, now: float) -> None:
-        horizon = now - self.window - self.margin
-        while self._answered and self._answered[0] <= horizon:
+        while self._answered and self._ages_out(self._answered[0]) <= now:
             self._answered.popleft()
 
     def next_slot(self, now: float | None = None) -> float | None:
@@ -156,15 +155,17 @@ class RequestBudget:
         older = allowed - self._in_flight  # the in-flight requests are the newest
         if older <= 0:
             return None
-        return max(slot, self._answered[-older] + self.window + self.margin)
+        return max(slot, self._ages_out(self._answered[-older]))
 
     def refill_in(self) -> float:
         """Seconds until the oldest answered request in the window ages out of it (0 when none is there)."""
         now = self._clock()
         self._prune(now)
-        if not self._answered:
-            return 0.0
-        return max(0.0, self._answered[0] + self.window + self.margin - now)
+        return max(0.0, self._ages_out(self._answered[0]) - now) if self._answered else 0.0
+
+    def _ages_out(self, answered: float) -> float:
+        """Clock time at which a request answered at `answered` no longer counts in the window."""
+        return answered + self.window + self.margin
 
     def available(self) -> int:
         """How many requests could be granted right now without waiting (ignoring queued waiters)."""

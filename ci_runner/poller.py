@@ -23,10 +23,11 @@ The policy, all in this module:
   (MISSING_QUICK_READS), not counted as quiet.
 - Running, output flowing: read again after `PollInterval` (1 s, never below the entry's share of the
   budget, `RunPace`; an entry followed alone every `EARLY_READ_EVERY` in the first `EARLY_BURST` s of
-  its output while the budget's window has requests to spare beyond what ending it costs: a short
-  job's end is seen within seconds instead of at the sustained pace, 7.5 s at 10/min; then the
-  window's rest is spread until it refills, not spent at once); the state only as a backstop (`STATE_CHECK_EVERY`), since a job that ends
-  normally says so in its output (the job-end line) and one that is killed stops writing.
+  the run's output while the budget's window has requests to spare beyond what ending it costs: a
+  short job's end is seen within seconds instead of at the sustained pace, 7.5 s at 10/min; then the
+  window's rest is spread until it refills, not spent at once); the state only as a backstop
+  (`STATE_CHECK_EVERY`), since a job that ends normally says so in its output (the job-end line) and
+  one that is killed stops writing.
 - Idle: the interval backs off (2, 4, ... 40 s). While it backs off after output, every poll also asks
   the state (right after output stops is when a killed job is likely); once at its longest, the output
   is asked every 40 s and the state every 60 s: 2.5 requests a minute for the whole run, at most 3 in
@@ -78,7 +79,7 @@ FIRST_STATE_AFTER = 1.0       # seconds after the submit: the first look at the 
 FIRST_READ_AFTER = 1.0        # seconds after the job list that first showed the job running: its first read
 EARLY_READ_EVERY = 2.0        # a flowing entry's reads while the budget's window has requests to spare
 EARLY_PERIOD = 60.0           # seconds from the run's start in which EARLY_READ_EVERY may apply
-EARLY_BURST = 5.0             # seconds from the first output in which it does (its reads at 0, 2.2, 4.4, 6.6 s)
+EARLY_BURST = 5.0             # seconds from the run's first output in which it does (at 0.2 s a request: reads at 0, 2.2, 4.4, 6.6 s)
 END_RESERVE = 2               # requests that end a run besides each flowing entry's last read: job list, listing
 QUIET_START_READS = 3         # quick reads of a job that has printed nothing yet, before its quiet cycle
 QUICK_READ_MAX = 15.0         # seconds: a read of a job silent so far that would come later is not quick: its quiet cycle
@@ -166,7 +167,7 @@ class RunPace:
     def floor(self, flowing: bool) -> float:
         """Seconds between one entry's polls so that the run stays within its budget. In the run's
         first minute (EARLY_PERIOD) an entry followed alone polls every EARLY_READ_EVERY for the first
-        EARLY_BURST seconds of its output while the window has more to spare than ending it would cost
+        EARLY_BURST seconds of the run's output while the window has more to spare than ending it would cost
         (its last read, then END_RESERVE): a short job's end is seen within seconds, not at the
         sustained pace (7.5 s at 10/min). After that burst it polls at the sustained pace, or slower
         when that would spend the window before its oldest requests age out: what is left beyond
